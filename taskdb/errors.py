@@ -1,0 +1,123 @@
+"""The taskdb exception tree.
+
+Every error taskdb raises derives from :class:`TaskdbError`; driver errors
+(psycopg, sqlite3, SQLAlchemy) are translated at the storage boundary
+(:mod:`taskdb.store.database`) and never reach callers::
+
+    TaskdbError
+    ├── ConfigurationError          bad URL, bad option value
+    ├── StorageError                the database failed or is unreachable
+    │   └── SchemaOutOfDate         schema behind head: run `taskdb migrate`
+    ├── InvalidJobInput             input/output not JSON, naive datetimes, ...
+    ├── JobNotFound                 unknown job id
+    ├── WaitTimeout                 wait() gave up (also a TimeoutError)
+    ├── LeaseLost                   this worker no longer owns the job (fencing)
+    └── JobError                    a job ended in failure; carries error_code
+        ├── RetryableJobError       retried while attempts remain
+        ├── PermanentJobError       never retried
+        │   ├── DeadlineExceeded    the job's deadline passed
+        │   └── LeaseExpired        its worker died too often (lease ran out)
+        └── AbortedJobError         the job was aborted
+
+A job's error class survives its row as ``error_code`` (the class name), so a
+client in another process re-raises the same class (:func:`job_error_from_row`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class TaskdbError(Exception):
+    """Root of every error raised by taskdb."""
+
+
+class ConfigurationError(TaskdbError):
+    """A URL, option or argument is invalid."""
+
+
+class StorageError(TaskdbError):
+    """The database failed, is unreachable, or returned something unusable."""
+
+
+class SchemaOutOfDate(StorageError):
+    """The database schema is behind the code: run ``taskdb migrate``."""
+
+
+class InvalidJobInput(TaskdbError):
+    """A job input, output or option cannot be stored (not JSON, naive time, ...)."""
+
+
+class JobNotFound(TaskdbError):
+    """No job has this id."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class WaitTimeout(TaskdbError, TimeoutError):
+    """A wait for a job ended before the job did."""
+
+
+class LeaseLost(TaskdbError):
+    """The worker's claim on a job was lost (lease expired, aborted or re-claimed)."""
+
+
+class JobError(TaskdbError):
+    """A job failed. ``error_code`` names the error class stored in the job row."""
+
+    def __init__(self, message: str = "", *, error_code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code or type(self).__name__
+
+
+class RetryableJobError(JobError):
+    """Raise from a handler to ask for a retry, optionally at ``retry_at``."""
+
+    def __init__(self, message: str = "", retry_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class PermanentJobError(JobError):
+    """Raise from a handler to fail the job without retrying."""
+
+
+class DeadlineExceeded(PermanentJobError):
+    """The job did not finish before its deadline."""
+
+
+class LeaseExpired(PermanentJobError):
+    """The job's worker stopped renewing its lease and no retries were left."""
+
+
+class AbortedJobError(JobError):
+    """The job was aborted."""
+
+
+_JOB_ERRORS: dict[str, type[JobError]] = {
+    cls.__name__: cls
+    for cls in (
+        JobError,
+        RetryableJobError,
+        PermanentJobError,
+        DeadlineExceeded,
+        LeaseExpired,
+        AbortedJobError,
+    )
+}
+
+
+def job_error_from_row(error_code: str | None, message: str | None) -> JobError:
+    """Rebuild the error a failed job row describes (same class where taskdb knows it)."""
+    code = error_code or "JobError"
+    cls = _JOB_ERRORS.get(code)
+    if cls is None:
+        return JobError(message or "", error_code=code)
+    err = cls.__new__(cls)
+    JobError.__init__(err, message or "", error_code=code)
+    if isinstance(err, RetryableJobError):
+        err.retry_at = None
+    return err

@@ -1,0 +1,1 @@
+"""The durable job queue: models, client, server, limiters."""

@@ -1,0 +1,295 @@
+"""The client side of the queue: submit, inspect, wait for and abort jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from taskdb import settings
+from taskdb.errors import InvalidJobInput, JobError, WaitTimeout, job_error_from_row
+from taskdb.queue.local import hub_for
+from taskdb.queue.models import Job, JobChange, JobStatus, input_digest, require_aware
+from taskdb.store.database import Database
+from taskdb.store.jobs import JobStore, NewJob
+
+if TYPE_CHECKING:
+    from taskdb.queue.server import JobQueueServer
+
+log = logging.getLogger("taskdb.client")
+
+Clock = Callable[[], datetime]
+ProgressCallback = Callable[[float, str | None, Any], object]
+StreamCallback = Callable[[object], object]
+ChangeCallback = Callable[[JobChange], object]
+Unsubscribe = Callable[[], None]
+
+_INT32 = 2**31 - 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def job_result(job: Job) -> Any:
+    """The output of a terminal job, or the error it ended with (raised)."""
+    if job.status is JobStatus.COMPLETED:
+        return job.output
+    if job.status is JobStatus.DISABLED:
+        raise JobError(f"job {job.id} is disabled", error_code="Disabled")
+    raise job_error_from_row(job.error_code, job.error)
+
+
+async def _call(callback: Callable[..., object], *args: Any) -> None:
+    result = callback(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class JobHandle:
+    """A submitted job. ``on_stream`` is ``None`` unless the client is attached to
+    a server in this process (``callable(handle.on_stream)`` tells)."""
+
+    def __init__(self, client: JobQueueClient, job_id: int) -> None:
+        self.client = client
+        self.id = job_id
+        self.on_stream: Callable[[StreamCallback], Unsubscribe] | None = (
+            self._on_stream if client.server is not None else None
+        )
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id}, queue={self.client.queue!r})"
+
+    async def get(self) -> Job:
+        return await self.client.get(self.id)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        return await self.client.wait(self.id, timeout)
+
+    async def abort(self) -> None:
+        await self.client.abort(self.id)
+
+    def on_progress(self, callback: ProgressCallback) -> Unsubscribe:
+        """Call ``callback(progress, message, details)`` on each change until the job ends.
+
+        Works from any process (it polls the row); same-process updates arrive at once.
+        """
+        hub = hub_for(self.client.db)
+        last: list[tuple[float, str | None, Any]] = []
+        pending: set[asyncio.Future[Any]] = set()  # keeps async callbacks alive
+
+        def deliver(progress: float, message: str | None, details: Any) -> None:
+            if last and last[0] == (progress, message, details):
+                return
+            last[:] = [(progress, message, details)]
+            try:
+                result = callback(progress, message, details)
+                if inspect.isawaitable(result):
+                    future = asyncio.ensure_future(result)
+                    pending.add(future)
+                    future.add_done_callback(pending.discard)
+            except Exception:
+                log.exception("progress callback of job %s raised", self.id)
+
+        async def poll() -> None:
+            while True:
+                job = await self.client.get(self.id)
+                if (job.progress, job.progress_message, job.progress_details) != (0.0, None, None):
+                    deliver(job.progress, job.progress_message, job.progress_details)
+                if job.status.terminal:
+                    return
+                await asyncio.sleep(self.client.poll_interval)
+
+        hub.add_progress_listener(self.id, deliver)
+        task = asyncio.ensure_future(poll())
+
+        def unsubscribe() -> None:
+            hub.remove_progress_listener(self.id, deliver)
+            task.cancel()
+
+        task.add_done_callback(lambda _t: hub.remove_progress_listener(self.id, deliver))
+        return unsubscribe
+
+    def _on_stream(self, callback: StreamCallback) -> Unsubscribe:
+        server = self.client.server
+        assert server is not None
+        return server.add_stream_listener(self.id, callback)
+
+
+class JobQueueClient:
+    """Submit and follow jobs of one queue. Works in any process: with no server
+    attached, ``wait`` and ``on_progress`` poll the database."""
+
+    def __init__(
+        self,
+        db: Database,
+        queue: str,
+        *,
+        poll_interval: float = settings.DEFAULT_POLL_INTERVAL,
+        max_retries: int = settings.DEFAULT_MAX_RETRIES,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.queue = queue
+        self.poll_interval = poll_interval
+        self.default_max_retries = max_retries
+        self.server: JobQueueServer | None = None
+        self._clock = clock
+        self._store = JobStore(db)
+
+    def attach(self, server: JobQueueServer) -> None:
+        """Attach to a same-process server: handles then offer ``on_stream``."""
+        self.server = server
+
+    async def submit(
+        self,
+        input: Any,
+        *,
+        run_after: datetime | None = None,
+        deadline: datetime | None = None,
+        max_retries: int | None = None,
+        fingerprint: str | None = None,
+        job_run_id: str | None = None,
+        priority: int = 0,
+    ) -> JobHandle:
+        """Enqueue one job. A ``fingerprint`` equal to a job of this queue that has not
+        ended returns that job's handle and enqueues nothing."""
+        handles = await self.submit_batch(
+            [input],
+            run_after=run_after,
+            deadline=deadline,
+            max_retries=max_retries,
+            fingerprints=None if fingerprint is None else [fingerprint],
+            job_run_id=job_run_id,
+            priority=priority,
+        )
+        return handles[0]
+
+    async def submit_batch(
+        self,
+        inputs: Sequence[Any],
+        *,
+        run_after: datetime | None = None,
+        deadline: datetime | None = None,
+        max_retries: int | None = None,
+        fingerprints: Sequence[str | None] | None = None,
+        job_run_id: str | None = None,
+        priority: int = 0,
+    ) -> list[JobHandle]:
+        """Enqueue many jobs in one transaction; one handle per input, in order."""
+        now = self._clock()
+        require_aware("run_after", run_after)
+        require_aware("deadline", deadline)
+        retries = self.default_max_retries if max_retries is None else max_retries
+        if not isinstance(retries, int) or not 0 <= retries <= 1000:
+            raise InvalidJobInput(f"max_retries must be an integer 0..1000, got {retries!r}")
+        if not isinstance(priority, int) or not -_INT32 <= priority <= _INT32:
+            raise InvalidJobInput(f"priority must be a 32-bit integer, got {priority!r}")
+        if fingerprints is not None and len(fingerprints) != len(inputs):
+            raise InvalidJobInput("fingerprints must have one entry per input")
+        for fp in fingerprints or ():
+            if fp is not None and (not isinstance(fp, str) or not 0 < len(fp) <= 200):
+                raise InvalidJobInput(f"fingerprint must be a string of 1..200 chars: {fp!r}")
+        new = [
+            NewJob(
+                input=value,
+                input_digest=input_digest(value),
+                run_after=run_after or now,
+                max_retries=retries,
+                priority=priority,
+                deadline=deadline,
+                fingerprint=None if fingerprints is None else fingerprints[i],
+                job_run_id=job_run_id,
+            )
+            for i, value in enumerate(inputs)
+        ]
+        ids = await self._store.submit(self.queue, new, now)
+        hub_for(self.db).queue_has_work(self.queue)
+        return [JobHandle(self, job_id) for job_id in ids]
+
+    def handle(self, job_id: int) -> JobHandle:
+        """A handle for an existing job id (not checked until used)."""
+        return JobHandle(self, job_id)
+
+    async def get(self, job_id: int) -> Job:
+        return await self._store.get(job_id)
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> Any:
+        """The job's output once it completed; raises the job's error class if it
+        failed (``AbortedJobError`` if aborted), :class:`WaitTimeout` on timeout."""
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        changed = asyncio.Event()
+        hub = hub_for(self.db)
+        hub.watch_job(job_id, changed)
+        try:
+            while True:
+                changed.clear()
+                job = await self._store.get(job_id)
+                if job.status.terminal:
+                    return job_result(job)
+                pause = self.poll_interval
+                if give_up is not None:
+                    left = give_up - loop.time()
+                    if left <= 0:
+                        raise WaitTimeout(f"job {job_id} still {job.status} after {timeout}s")
+                    pause = min(pause, left)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), pause)
+        finally:
+            hub.unwatch_job(job_id, changed)
+
+    async def abort(self, job_id: int) -> None:
+        """Abort a job: a pending one fails at once; a running one's worker cancels it.
+        Aborting a job that already ended does nothing."""
+        await self._store.abort(self._clock(), job_id=job_id)
+        hub_for(self.db).job_changed([job_id])
+
+    async def abort_run(self, job_run_id: str) -> int:
+        """Abort every job of a run; returns how many were still active."""
+        return await self._store.abort(self._clock(), job_run_id=job_run_id)
+
+    async def output_for_input(self, input: Any) -> Any:
+        """The output of a completed job of this queue with an equal input, else ``None``."""
+        _found, output = await self._store.output_for_input(self.queue, input_digest(input))
+        return output
+
+    def subscribe_to_changes(
+        self,
+        callback: ChangeCallback,
+        *,
+        poll_interval: float | None = None,
+        after_seq: int | None = None,
+    ) -> Unsubscribe:
+        """Call ``callback`` (plain or async) with each :class:`JobChange` of this queue.
+
+        Starts after the newest change (or after ``after_seq``). Polls the
+        change feed; returns a function that stops it.
+        """
+        interval = self.poll_interval if poll_interval is None else poll_interval
+
+        async def run() -> None:
+            cursor = after_seq
+            if cursor is None:
+                cursor = await self._store.changes_head()
+            while True:
+                batch = await self._store.changes(cursor, queue=self.queue)
+                for change in batch:
+                    cursor = change.seq
+                    try:
+                        await _call(callback, change)
+                    except Exception:
+                        log.exception("change callback raised")
+                if len(batch) < 1000:
+                    await asyncio.sleep(interval)
+
+        task = asyncio.ensure_future(run())
+
+        def unsubscribe() -> None:
+            task.cancel()
+
+        return unsubscribe

@@ -1,0 +1,51 @@
+"""What a job handler receives besides its input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from taskdb.errors import InvalidJobInput
+from taskdb.queue.models import Job
+
+ProgressWriter = Callable[[float, str | None, Any], Awaitable[None]]
+StreamEmitter = Callable[[object], None]
+
+
+class JobContext:
+    """Per-run context of a job handler.
+
+    ``abort_signal`` is set when the job is being aborted (from any process);
+    a handler that ignores it is cancelled after the server's grace period.
+    """
+
+    __slots__ = ("_emit", "_write_progress", "abort_signal", "job")
+
+    def __init__(self, job: Job, write_progress: ProgressWriter, emit: StreamEmitter) -> None:
+        self.job = job
+        self.abort_signal = asyncio.Event()
+        self._write_progress = write_progress
+        self._emit = emit
+
+    @property
+    def aborting(self) -> bool:
+        return self.abort_signal.is_set()
+
+    async def update_progress(
+        self, progress: float, message: str | None = None, details: Any = None
+    ) -> None:
+        """Store progress (a float 0-100, stored as given) for every follower.
+
+        Raises :class:`~taskdb.LeaseLost` if this worker no longer owns the job.
+        """
+        if not isinstance(progress, int | float) or not 0 <= progress <= 100:
+            raise InvalidJobInput(f"progress must be a number from 0 to 100, got {progress!r}")
+        await self._write_progress(float(progress), message, details)
+
+    def emit_stream_event(self, event: object) -> None:
+        """Hand ``event`` to every same-process ``JobHandle.on_stream`` listener, in order.
+
+        A side channel: it never changes the job's output.
+        """
+        self._emit(event)

@@ -1,0 +1,109 @@
+"""Job rows, statuses and change-feed items (pure data, no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from taskdb.errors import InvalidJobInput
+
+
+class JobStatus(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    ABORTING = "ABORTING"
+    FAILED = "FAILED"
+    DISABLED = "DISABLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DISABLED)
+
+
+TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
+
+
+class ChangeKind(StrEnum):
+    """What a change-feed item records."""
+
+    SUBMITTED = "submitted"
+    CLAIMED = "claimed"
+    PROGRESS = "progress"
+    RETRIED = "retried"
+    REQUEUED = "requeued"  # lease expired, job back to PENDING
+    RELEASED = "released"  # worker stopped gracefully before the job finished
+    ABORTING = "aborting"
+    ABORTED = "aborted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PURGED = "purged"
+
+
+class Job(BaseModel):
+    """One row of ``taskdb_jobs``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    queue: str
+    status: JobStatus
+    input: Any
+    output: Any = None
+    error: str | None = None
+    error_code: str | None = None
+    attempts: int
+    max_retries: int
+    priority: int
+    run_after: datetime
+    deadline: datetime | None = None
+    progress: float
+    progress_message: str | None = None
+    progress_details: Any = None
+    fingerprint: str | None = None
+    job_run_id: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+
+
+class JobChange(BaseModel):
+    """One item of the change feed: a job's state transition."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    job_id: int
+    queue: str
+    kind: ChangeKind
+    status: JobStatus
+    attempts: int
+    progress: float | None = None
+    at: datetime
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON text of a job input (sorted keys); raises InvalidJobInput if not JSON."""
+    import json
+
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobInput(f"job input is not JSON-serialisable: {exc}") from exc
+
+
+def input_digest(value: Any) -> str:
+    """The digest ``output_for_input`` looks jobs up by."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def require_aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise InvalidJobInput(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value

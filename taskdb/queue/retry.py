@@ -1,0 +1,87 @@
+"""Retry decisions and backoff math (pure: every function takes ``now``)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from taskdb.errors import (
+    AbortedJobError,
+    DeadlineExceeded,
+    JobError,
+    PermanentJobError,
+    RetryableJobError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: ``base * factor**(attempt-1)``, capped, then jittered.
+
+    ``jitter`` is the fraction of the delay drawn at random (0 = none, 1 = "full jitter").
+    """
+
+    base_seconds: float = 1.0
+    factor: float = 2.0
+    max_seconds: float = 300.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, rand: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        raw = min(self.max_seconds, self.base_seconds * self.factor ** max(0, attempt - 1))
+        r = (rand or random).random()
+        return raw * (1.0 - self.jitter) + raw * self.jitter * r
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    output: object
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    run_after: datetime
+    error: str
+    error_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    error: str
+    error_code: str
+
+
+Outcome = Complete | Retry | Fail
+
+
+def error_code_of(exc: BaseException) -> str:
+    return exc.error_code if isinstance(exc, JobError) else type(exc).__name__
+
+
+def decide_failure(
+    exc: BaseException,
+    *,
+    attempts: int,
+    max_retries: int,
+    deadline: datetime | None,
+    now: datetime,
+    policy: RetryPolicy,
+    rand: random.Random | None = None,
+) -> Retry | Fail:
+    """What to do with a job whose attempt ``attempts`` raised ``exc``.
+
+    Any exception but :class:`PermanentJobError` / :class:`AbortedJobError` is
+    retried while ``attempts <= max_retries`` and the retry would start before
+    the deadline.
+    """
+    message = str(exc) or type(exc).__name__
+    code = error_code_of(exc)
+    if isinstance(exc, PermanentJobError | AbortedJobError) or attempts > max_retries:
+        return Fail(message, code)
+    retry_at = exc.retry_at if isinstance(exc, RetryableJobError) else None
+    if retry_at is None:
+        retry_at = now + timedelta(seconds=policy.delay(attempts, rand))
+    if deadline is not None and retry_at >= deadline:
+        return Fail(f"{message} (no retry before the deadline)", DeadlineExceeded.__name__)
+    return Retry(retry_at, message, code)

@@ -1,0 +1,426 @@
+"""The worker side of the queue: a server runs N concurrent handlers in one process.
+
+Each claimed job holds a lease renewed by heartbeat; every write a worker
+makes is fenced by (job id, attempt, worker id), so a worker that lost its
+lease cannot complete the job. Outcomes are group-committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from taskdb import settings
+from taskdb.errors import (
+    AbortedJobError,
+    ConfigurationError,
+    DeadlineExceeded,
+    InvalidJobInput,
+    StorageError,
+    TaskdbError,
+)
+from taskdb.queue.batcher import Batcher
+from taskdb.queue.client import Clock, StreamCallback, Unsubscribe, utcnow
+from taskdb.queue.context import JobContext
+from taskdb.queue.limiters import Limiter, NullLimiter
+from taskdb.queue.local import hub_for
+from taskdb.queue.models import Job, JobStatus
+from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
+from taskdb.store.database import Database, dumps
+from taskdb.store.jobs import Claim, JobStore
+
+log = logging.getLogger("taskdb.server")
+
+Handler = Callable[[Any, JobContext], Awaitable[Any]]
+_MAX_BATCH = 100
+
+
+@dataclass
+class ServerStats:
+    """Counters of one server since it started."""
+
+    queue: str
+    worker_id: str
+    workers: int
+    running: int = 0
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost: int = 0
+    released: int = 0
+
+
+@dataclass(eq=False)
+class _Run:
+    job: Job
+    claim: Claim
+    ctx: JobContext
+    task: asyncio.Task[None] | None = None
+    handler: asyncio.Future[Any] | None = None
+    releasing: bool = False
+    lost: bool = False
+    cancel_timer: asyncio.TimerHandle | None = None
+    listeners: list[StreamCallback] = field(default_factory=list)
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobQueueServer:
+    """Runs ``handler(input, ctx)`` for jobs of ``queue`` with ``workers`` concurrent slots."""
+
+    def __init__(
+        self,
+        db: Database,
+        queue: str,
+        handler: Handler,
+        *,
+        workers: int = 1,
+        limiter: Limiter | None = None,
+        lease_seconds: float = settings.DEFAULT_LEASE_SECONDS,
+        poll_interval: float = settings.DEFAULT_POLL_INTERVAL,
+        batch_size: int | None = None,
+        retry: RetryPolicy | None = None,
+        abort_grace_seconds: float = 2.0,
+        stop_timeout: float = 30.0,
+        clock: Clock = utcnow,
+        worker_id: str | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ConfigurationError(f"workers must be at least 1, got {workers}")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ConfigurationError("lease_seconds and poll_interval must be positive")
+        self.db = db
+        self.queue = queue
+        self.handler = handler
+        self.workers = workers
+        self.limiter = limiter or NullLimiter()
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.batch_size = min(batch_size or _MAX_BATCH, _MAX_BATCH)
+        self.retry = retry or RetryPolicy()
+        self.abort_grace_seconds = abort_grace_seconds
+        self.stop_timeout = stop_timeout
+        self.worker_id = worker_id or _default_worker_id()
+        self._clock = clock
+        self._store = JobStore(db)
+        self._hub = hub_for(db)
+        self._running: dict[int, _Run] = {}
+        self._listeners: defaultdict[int, list[StreamCallback]] = defaultdict(list)
+        self._finisher: Batcher[tuple[Claim, Outcome], dict[int, JobStatus]] = Batcher(self._flush)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._stats = ServerStats(queue, self.worker_id, workers)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start claiming and running jobs (returns at once)."""
+        if self._tasks:
+            return
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self.limiter.bind(self.db, self.queue)
+        self._hub.watch_queue(self.queue, self._wake)
+        self._tasks = [
+            asyncio.ensure_future(self._fetch_loop()),
+            asyncio.ensure_future(self._maintain_loop()),
+        ]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: claim nothing more, let running jobs finish for up to
+        ``timeout`` seconds (default ``stop_timeout``), then cancel the rest and
+        release them back to PENDING for another worker."""
+        if not self._tasks:
+            return
+        self._stopping = True
+        fetch, maintain = self._tasks
+        fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+        wait = self.stop_timeout if timeout is None else timeout
+        runs = [r.task for r in self._running.values() if r.task is not None]
+        if runs:
+            _done, pending = await asyncio.wait(runs, timeout=wait)
+            leftovers = [r for r in self._running.values() if r.task in pending]
+            for run in leftovers:
+                run.releasing = True
+                if run.handler is not None:
+                    run.handler.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self._finisher.drain()
+        maintain.cancel()
+        await asyncio.gather(maintain, return_exceptions=True)
+        self._hub.unwatch_queue(self.queue, self._wake)
+        self._tasks = []
+
+    async def __aenter__(self) -> JobQueueServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def scale_workers(self, workers: int) -> None:
+        """Change the number of concurrent slots (running jobs are never cut short)."""
+        if workers < 1:
+            raise ConfigurationError(f"workers must be at least 1, got {workers}")
+        self.workers = self._stats.workers = workers
+        self._wake.set()
+
+    def stats(self) -> ServerStats:
+        self._stats.running = len(self._running)
+        return ServerStats(**vars(self._stats))
+
+    def add_stream_listener(self, job_id: int, callback: StreamCallback) -> Unsubscribe:
+        """Listen to ``emit_stream_event`` of job ``job_id`` run by this server."""
+        self._listeners[job_id].append(callback)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(job_id)
+            if listeners and callback in listeners:
+                listeners.remove(callback)
+
+        return unsubscribe
+
+    # -- claiming ------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            free = self.workers - len(self._running)
+            if free <= 0:
+                await self._sleep(None)
+                continue
+            want = min(free, self.batch_size)
+            now = self._clock()
+            try:
+                grant = await self.limiter.reserve(want, now)
+                if grant == 0:
+                    await self._sleep(self._until(self.limiter.next_time(now)))
+                    continue
+                jobs = await self._store.claim(
+                    self.queue, self.worker_id, grant, now, self.lease_seconds
+                )
+                if len(jobs) < grant:
+                    await self.limiter.unreserve(grant - len(jobs), now)
+                failures = 0
+            except TaskdbError as exc:
+                failures += 1
+                log.warning("claim failed (%s); retrying", exc)
+                await self._sleep(min(self.poll_interval * 2**failures, 10.0))
+                continue
+            self._stats.claimed += len(jobs)
+            for job in jobs:
+                self._launch(job)
+            if len(jobs) < want:
+                await self._sleep(self.poll_interval)
+
+    def _until(self, when: datetime | None) -> float:
+        if when is None:
+            return self.poll_interval
+        return max(0.001, min(self.poll_interval, (when - self._clock()).total_seconds()))
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Sleep until woken (a slot freed, work submitted here) or ``seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _launch(self, job: Job) -> None:
+        claim = Claim(job.id, job.attempts)
+        run = _Run(job, claim, JobContext(job, self._progress_writer(claim), self._emitter(job.id)))
+        self._running[job.id] = run
+        run.task = asyncio.ensure_future(self._run(run))
+
+    # -- running -------------------------------------------------------------------
+
+    async def _run(self, run: _Run) -> None:
+        job = run.job
+        try:
+            outcome = await self._execute(run)
+            if outcome is not None:
+                await self._record(run, outcome)
+        except Exception:
+            log.exception("job %s: unexpected error in the server", job.id)
+        finally:
+            if run.cancel_timer is not None:
+                run.cancel_timer.cancel()
+            self._running.pop(job.id, None)
+            self._listeners.pop(job.id, None)
+            self.limiter.on_finish()
+            if run.releasing:
+                await self._release(run)
+            self._wake.set()
+
+    async def _execute(self, run: _Run) -> Outcome | None:
+        """Run the handler; ``None`` when nothing must be written (released, lease lost)."""
+        job = run.job
+        timeout = None
+        if job.deadline is not None:
+            timeout = max(0.0, (job.deadline - self._clock()).total_seconds())
+        run.handler = asyncio.ensure_future(self.handler(job.input, run.ctx))
+        try:
+            output = await asyncio.wait_for(run.handler, timeout)
+        except TimeoutError as exc:
+            if not run.handler.cancelled():  # the handler itself raised TimeoutError
+                return self._failure(run, exc)
+            return Fail("deadline exceeded while running", DeadlineExceeded.__name__)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            if run.releasing or run.lost:
+                return None
+            return Fail("aborted", AbortedJobError.__name__)
+        except Exception as exc:
+            return self._failure(run, exc)
+        try:
+            dumps(output)
+        except (TypeError, ValueError) as exc:
+            return Fail(f"handler output is not JSON: {exc}", InvalidJobInput.__name__)
+        return Complete(output)
+
+    def _failure(self, run: _Run, exc: BaseException) -> Outcome:
+        job = run.job
+        if run.ctx.aborting:
+            return Fail("aborted", AbortedJobError.__name__)
+        log.info("job %s attempt %s failed: %r", job.id, job.attempts, exc)
+        return decide_failure(
+            exc,
+            attempts=job.attempts,
+            max_retries=job.max_retries,
+            deadline=job.deadline,
+            now=self._clock(),
+            policy=self.retry,
+        )
+
+    async def _record(self, run: _Run, outcome: Outcome) -> None:
+        """Write the outcome, retrying through a database outage while the lease lasts."""
+        job = run.job
+        give_up = time.monotonic() + self.lease_seconds
+        delay = 0.05
+        while True:
+            try:
+                statuses = await self._finisher.submit((run.claim, outcome))
+                break
+            except StorageError as exc:
+                if time.monotonic() > give_up:
+                    log.error(
+                        "job %s: could not record its outcome (%s); its lease will expire",
+                        job.id,
+                        exc,
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        status = statuses.get(job.id)
+        if status is None:
+            self._stats.lost += 1
+            log.warning("job %s: lease lost before its outcome was stored; discarded", job.id)
+            return
+        if status is JobStatus.COMPLETED:
+            self._stats.completed += 1
+        elif status is JobStatus.PENDING:
+            self._stats.retried += 1
+        else:
+            self._stats.failed += 1
+        self._hub.job_changed([job.id])
+
+    async def _flush(self, items: Sequence[tuple[Claim, Outcome]]) -> dict[int, JobStatus]:
+        return await self._store.finish(self.worker_id, items, self._clock())
+
+    async def _release(self, run: _Run) -> None:
+        try:
+            released = await self._store.release(self.worker_id, [run.claim], self._clock())
+            self._stats.released += released
+        except TaskdbError as exc:
+            log.warning("job %s: release failed (%s); its lease will expire", run.job.id, exc)
+
+    def _progress_writer(self, claim: Claim) -> Callable[[float, str | None, Any], Awaitable[None]]:
+        async def write(progress: float, message: str | None, details: Any) -> None:
+            await self._store.update_progress(
+                self.worker_id, claim, progress, message, details, self._clock()
+            )
+            self._hub.progress(claim.job_id, progress, message, details)
+
+        return write
+
+    def _emitter(self, job_id: int) -> Callable[[object], None]:
+        def emit(event: object) -> None:
+            for listener in list(self._listeners.get(job_id, ())):
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("stream listener of job %s raised", job_id)
+
+        return emit
+
+    # -- leases, aborts, recovery ----------------------------------------------------
+
+    async def _maintain_loop(self) -> None:
+        tick = min(self.poll_interval, self.lease_seconds / 3)
+        beat_every = self.lease_seconds / 3
+        reap_every = min(self.lease_seconds / 2, 5.0)
+        last_beat = last_reap = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await self._maintain_once(
+                    beat=time.monotonic() - last_beat >= beat_every,
+                    reap=time.monotonic() - last_reap >= reap_every,
+                )
+            except TaskdbError as exc:
+                log.warning("lease maintenance failed (%s); retrying", exc)
+                continue
+            if time.monotonic() - last_beat >= beat_every:
+                last_beat = time.monotonic()
+            if time.monotonic() - last_reap >= reap_every:
+                last_reap = time.monotonic()
+
+    async def _maintain_once(self, *, beat: bool, reap: bool) -> None:
+        runs = [r for r in self._running.values() if not r.lost]
+        claims = [r.claim for r in runs]
+        now = self._clock()
+        if beat:
+            held = await self._store.heartbeat(self.worker_id, claims, now, self.lease_seconds)
+            for run in runs:
+                status = held.get(run.job.id)
+                if status is None:
+                    self._lose(run)
+                elif status is JobStatus.ABORTING:
+                    self._abort(run)
+        else:
+            for job_id in await self._store.aborting(claims):
+                target = self._running.get(job_id)
+                if target is not None:
+                    self._abort(target)
+        if reap and await self._store.reap(self.queue, now):
+            self._wake.set()
+
+    def _abort(self, run: _Run) -> None:
+        if run.ctx.aborting:
+            return
+        run.ctx.abort_signal.set()
+        if run.handler is not None:
+            loop = asyncio.get_running_loop()
+            run.cancel_timer = loop.call_later(self.abort_grace_seconds, run.handler.cancel)
+
+    def _lose(self, run: _Run) -> None:
+        log.warning("job %s: lease lost (expired or re-claimed); cancelling it", run.job.id)
+        run.lost = True
+        if run.handler is not None:
+            run.handler.cancel()

@@ -1,0 +1,164 @@
+"""Table definitions: the single source of truth, and Alembic's ``target_metadata``.
+
+Only Alembic migrations create or change these tables; nothing calls
+``create_all`` at runtime.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+from taskdb.errors import InvalidJobInput
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ACTIVE_STATUSES = ("PENDING", "PROCESSING", "ABORTING")
+"""Statuses of a job that has not ended (a fingerprint dedupes against these)."""
+
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on both dialects.
+
+    Naive datetimes are rejected. SQLite stores naive UTC text in one fixed
+    format, so text comparison orders like time.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidJobInput(f"naive datetime {value!r}: pass a timezone-aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _json() -> Any:
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def _id() -> Any:
+    # SQLite only autoincrements an INTEGER PRIMARY KEY.
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+jobs = Table(
+    "taskdb_jobs",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("queue", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input", _json(), nullable=False),
+    Column("input_digest", String(64), nullable=False),
+    Column("output", _json(), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("error_code", String(200), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_retries", Integer, nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("run_after", UtcDateTime, nullable=False),
+    Column("deadline", UtcDateTime, nullable=True),
+    Column("progress", Float, nullable=False, server_default=text("0")),
+    Column("progress_message", Text, nullable=True),
+    Column("progress_details", _json(), nullable=True),
+    Column("fingerprint", String(200), nullable=True),
+    Column("job_run_id", String(200), nullable=True),
+    Column("worker_id", String(100), nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("completed_at", UtcDateTime, nullable=True),
+)
+
+_pending = jobs.c.status == "PENDING"
+_active = jobs.c.status.in_(ACTIVE_STATUSES)
+_running = jobs.c.status.in_(("PROCESSING", "ABORTING"))
+
+Index(
+    "ix_taskdb_jobs_claim",
+    jobs.c.queue,
+    jobs.c.priority.desc(),
+    jobs.c.run_after,
+    jobs.c.id,
+    postgresql_where=_pending,
+    sqlite_where=_pending,
+)
+Index(
+    "ux_taskdb_jobs_fingerprint",
+    jobs.c.queue,
+    jobs.c.fingerprint,
+    unique=True,
+    postgresql_where=_active & jobs.c.fingerprint.is_not(None),
+    sqlite_where=_active & jobs.c.fingerprint.is_not(None),
+)
+Index(
+    "ix_taskdb_jobs_lease",
+    jobs.c.lease_expires_at,
+    postgresql_where=_running,
+    sqlite_where=_running,
+)
+Index("ix_taskdb_jobs_input_digest", jobs.c.queue, jobs.c.input_digest)
+Index("ix_taskdb_jobs_run_id", jobs.c.job_run_id)
+Index("ix_taskdb_jobs_status_updated", jobs.c.status, jobs.c.updated_at)
+
+job_changes = Table(
+    "taskdb_job_changes",
+    metadata,
+    Column("seq", _id(), primary_key=True, autoincrement=True),
+    Column("job_id", _id(), nullable=False),
+    Column("queue", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("progress", Float, nullable=True),
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("ix_taskdb_job_changes_job", job_changes.c.job_id, job_changes.c.seq)
+Index("ix_taskdb_job_changes_at", job_changes.c.at)
+
+rate_limit_hits = Table(
+    "taskdb_rate_limit_hits",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    Column("queue", String(200), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("ix_taskdb_rate_limit_hits_queue_at", rate_limit_hits.c.queue, rate_limit_hits.c.at)
+
+VERSION_TABLE = "taskdb_alembic_version"
