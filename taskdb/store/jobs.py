@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
     Row,
     and_,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskdb.errors import JobNotFound, LeaseLost
+from taskdb.errors import JobNotFound, LeaseLost, StorageError
 from taskdb.queue.models import (
     TERMINAL_STATUSES,
     ChangeKind,
@@ -42,6 +43,7 @@ from taskdb.store import postgres, sqlite
 from taskdb.store.database import Database
 from taskdb.store.schema import ACTIVE_STATUSES, UtcDateTime, job_changes, jobs, rate_limit_hits
 
+M = TypeVar("M", bound=BaseModel)
 _RUNNING = ("PROCESSING", "ABORTING")
 _ABORTED = "AbortedJobError"
 _FINISH_COLUMNS = (
@@ -80,6 +82,16 @@ class Claim:
 
 def _ts(value: datetime) -> Any:
     return literal(value, UtcDateTime)
+
+
+def _model(model: type[M], row: Row[Any]) -> M:
+    """Validate a row into a model; a malformed row is a StorageError, not a crash."""
+    try:
+        return model.model_validate(row._mapping)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StorageError(f"malformed {model.__name__} row: {where}: {first['msg']}") from exc
 
 
 def _kind_for(status: str, error_code: str | None) -> ChangeKind:
@@ -209,7 +221,7 @@ class JobStore:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         if row is None:
             raise JobNotFound(job_id)
-        return Job.model_validate(row._mapping)
+        return _model(Job, row)
 
     async def list_jobs(
         self,
@@ -227,7 +239,7 @@ class JobStore:
         stmt = stmt.order_by(jobs.c.id.desc() if newest_first else jobs.c.id).limit(limit)
         async with self.db.transaction(write=False) as conn:
             rows = (await conn.execute(stmt)).all()
-        return [Job.model_validate(r._mapping) for r in rows]
+        return [_model(Job, r) for r in rows]
 
     async def output_for_input(self, queue: str, digest: str) -> tuple[bool, Any]:
         """``(found, output)`` of the newest completed job of ``queue`` with this input."""
@@ -276,7 +288,7 @@ class JobStore:
         stmt = stmt.order_by(job_changes.c.seq).limit(limit)
         async with self.db.transaction(write=False) as conn:
             rows = (await conn.execute(stmt)).all()
-        return [JobChange.model_validate(r._mapping) for r in rows]
+        return [_model(JobChange, r) for r in rows]
 
     # -- worker side -----------------------------------------------------------------
 
@@ -312,7 +324,7 @@ class JobStore:
         async with self.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
             await self._record(conn, rows, now, ChangeKind.CLAIMED)
-        claimed = [Job.model_validate(r._mapping) for r in rows]
+        claimed = [_model(Job, r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return claimed
 
@@ -639,8 +651,9 @@ class JobStore:
                     [{"queue": queue, "at": now}] * grant,
                 )
                 ids = [int(i) for i in result.scalars().all()]
-        # The window is full: the next slot frees when the oldest hit ages out.
-        next_free = in_window[0] + timedelta(seconds=window_seconds) if grant < want else None
+        # The window is full: the next slot frees when its oldest hit ages out.
+        oldest = in_window[0] if in_window else now
+        next_free = oldest + timedelta(seconds=window_seconds) if grant < want else None
         return ids, next_free
 
     async def return_rate_slots(self, ids: Sequence[int]) -> None:

@@ -1,0 +1,3 @@
+from taskdb.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL.
+
+PostgreSQL: migrate once into a template database, then each test gets
+``CREATE DATABASE ... TEMPLATE``. SQLite: migrate once into a template file,
+then each test gets a copy. Without ``TASKDB_REQUIRE_PG=1`` an unreachable
+PostgreSQL skips its tests with the reason; with it, they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+import taskdb
+
+PG_URL = os.environ.get("TASKDB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("TASKDB_REQUIRE_PG") == "1"
+DIALECTS = ["sqlite", "postgresql"]
+
+
+def _pg_admin() -> psycopg.Connection[tuple[object, ...]]:
+    url = make_url(PG_URL)
+    return psycopg.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        dbname=url.database or "postgres",
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def pg_database_url(name: str) -> str:
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """Name of a migrated template database (skips or fails when PostgreSQL is down)."""
+    try:
+        admin = _pg_admin()
+    except psycopg.Error as exc:
+        reason = f"PostgreSQL unreachable at {make_url(PG_URL).render_as_string()}: {exc}"
+        if REQUIRE_PG:
+            pytest.fail(reason + " (TASKDB_REQUIRE_PG=1)")
+        pytest.skip(reason)
+    name = f"taskdb_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        db = taskdb.connect(pg_database_url(name))
+        db.migrate()
+        db.close()
+        yield name
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    db = taskdb.connect(f"sqlite:///{path}")
+    db.migrate()
+    db.close()
+    return path
+
+
+@pytest.fixture
+def fresh_pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a new migrated PostgreSQL database, dropped after the test."""
+    template = request.getfixturevalue("pg_template")
+    name = f"taskdb_t_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield pg_database_url(name)
+    with _pg_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "taskdb.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=DIALECTS)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh migrated database of each dialect."""
+    fixture = "fresh_sqlite_url" if request.param == "sqlite" else "fresh_pg_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[taskdb.Database]:
+    database = taskdb.connect(db_url)
+    yield database
+    await database.aclose()
+
+
+@pytest.fixture(params=DIALECTS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of each dialect with no taskdb schema at all."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    request.getfixturevalue("pg_template")  # skip/fail like the others when PG is down
+    name = f"taskdb_e_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield pg_database_url(name)
+    with _pg_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,136 @@
+"""Failure paths: the database goes away and comes back, lock contention, bad rows."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import make_url, text
+
+import taskdb
+from taskdb import JobContext, JobQueueClient, JobQueueServer
+from tests.helpers import eventually
+
+
+async def test_postgres_connections_killed_mid_run(fresh_pg_url: str) -> None:
+    """Every backend of the database is terminated repeatedly while jobs run."""
+    db = taskdb.connect(fresh_pg_url)
+    client = JobQueueClient(db, "q", poll_interval=0.02)
+    handled: list[Any] = []
+
+    async def work(value: Any, ctx: JobContext) -> Any:
+        handled.append(value)
+        await asyncio.sleep(0.01)
+        return value
+
+    name = make_url(fresh_pg_url).database
+    base = make_url(fresh_pg_url).set(database="postgres").render_as_string(hide_password=False)
+
+    def kill_backends() -> None:
+        with psycopg.connect(base.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+
+    server = JobQueueServer(db, "q", work, workers=4, poll_interval=0.02, lease_seconds=10)
+    await server.start()
+    try:
+        handles = await client.submit_batch(list(range(200)))
+        for _ in range(5):
+            await asyncio.to_thread(kill_backends)
+            await asyncio.sleep(0.1)
+        # the client's own connections were killed too: it recovers on its next call
+        results = [await h.wait(timeout=30) for h in handles]
+    finally:
+        await server.stop(timeout=5)
+        await db.aclose()
+    assert results == list(range(200))
+    assert sorted(set(handled)) == list(range(200))
+
+
+async def test_postgres_down_gives_storage_error_then_recovers(fresh_pg_url: str) -> None:
+    bad = taskdb.connect(fresh_pg_url.replace(":5432", ":1"))
+    with pytest.raises(taskdb.StorageError, match="unavailable"):
+        await JobQueueClient(bad, "q").submit({})
+    await bad.aclose()
+
+
+async def test_sqlite_writer_lock_never_reaches_callers(fresh_sqlite_url: str) -> None:
+    """Another process-like connection holds the write lock for a while."""
+    path = make_url(fresh_sqlite_url).database
+    assert path
+    db = taskdb.connect(fresh_sqlite_url)
+    client = JobQueueClient(db, "q", poll_interval=0.02)
+
+    async def work(value: Any, ctx: JobContext) -> Any:
+        await ctx.update_progress(50)
+        return value * 2
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(10)
+        conn.execute("COMMIT")
+        conn.close()
+
+    server = JobQueueServer(db, "q", work, workers=4, poll_interval=0.02)
+    await server.start()
+    try:
+        first = await client.submit_batch(list(range(20)))
+        holder = threading.Thread(target=hold_lock)
+        holder.start()
+        await asyncio.to_thread(locked.wait, 5)
+        submitting = asyncio.ensure_future(client.submit_batch(list(range(20, 40))))
+        await asyncio.sleep(1.0)  # writers queue on the busy timeout meanwhile
+        release.set()
+        holder.join()
+        handles = [*first, *await submitting]
+        assert [await h.wait(timeout=30) for h in handles] == [i * 2 for i in range(40)]
+    finally:
+        release.set()
+        await server.stop(timeout=5)
+        await db.aclose()
+
+
+async def test_malformed_row_is_a_clear_error(db: taskdb.Database) -> None:
+    client = JobQueueClient(db, "q")
+    handle = await client.submit({})
+    async with db.transaction() as conn:
+        await conn.execute(text("UPDATE taskdb_jobs SET status = 'EXPLODED'"))
+    with pytest.raises(taskdb.StorageError, match="malformed Job row: status"):
+        await client.get(handle.id)
+
+
+async def test_schema_behind_head_is_reported(empty_db_url: str) -> None:
+    db = taskdb.connect(empty_db_url)
+    with pytest.raises(taskdb.SchemaOutOfDate, match="taskdb migrate"):
+        await JobQueueClient(db, "q").submit({})
+    await db.aclose()
+    db.migrate()
+    db.downgrade("base")
+    with pytest.raises(taskdb.SchemaOutOfDate):
+        await JobQueueClient(db, "q").get(1)
+    await db.aclose()
+
+
+async def test_server_keeps_running_through_an_outage_window(db: taskdb.Database) -> None:
+    """A server started before its jobs exist idles, then serves them promptly."""
+    client = JobQueueClient(db, "q", poll_interval=0.02)
+
+    async def work(value: Any, ctx: JobContext) -> Any:
+        return value
+
+    async with JobQueueServer(db, "q", work, poll_interval=0.02):
+        await asyncio.sleep(0.1)
+        handle = await client.submit("late")
+        assert await handle.wait(timeout=10) == "late"
+        await eventually(lambda: handle.get(), lambda j: j.status == "COMPLETED")

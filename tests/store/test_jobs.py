@@ -1,0 +1,305 @@
+"""The job store contract, on both dialects, with an injected clock (no sleeps)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import taskdb
+from taskdb.errors import JobNotFound, LeaseLost
+from taskdb.queue.models import ChangeKind, JobStatus, input_digest
+from taskdb.queue.retry import Complete, Fail, Retry
+from taskdb.store.jobs import Claim, JobStore, NewJob
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+Q = "q"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def new(value: Any = None, **kw: Any) -> NewJob:
+    value = {"v": 1} if value is None else value
+    kw.setdefault("run_after", T0)
+    kw.setdefault("max_retries", 3)
+    return NewJob(input=value, input_digest=input_digest(value), **kw)
+
+
+@pytest.fixture
+def store(db: taskdb.Database) -> JobStore:
+    return JobStore(db)
+
+
+async def test_submit_returns_ids_in_order_and_records_changes(store: JobStore) -> None:
+    ids = await store.submit(Q, [new({"i": i}) for i in range(5)], T0)
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    jobs = {j.id: j for j in await store.list_jobs(queue=Q)}
+    assert [jobs[i].input for i in ids] == [{"i": i} for i in range(5)]
+    assert all(j.status is JobStatus.PENDING and j.attempts == 0 for j in jobs.values())
+    changes = await store.changes(0)
+    assert [(c.job_id, c.kind) for c in changes] == [(i, ChangeKind.SUBMITTED) for i in ids]
+
+
+async def test_claim_order_priority_then_run_after_then_submission(store: JobStore) -> None:
+    low = await store.submit(Q, [new(priority=0)], T0)
+    late = await store.submit(Q, [new(priority=5, run_after=at(-10))], T0)
+    early = await store.submit(Q, [new(priority=5, run_after=at(-20))], T0)
+    high_a, high_b = await store.submit(Q, [new(priority=9), new(priority=9)], T0)
+    claimed = await store.claim(Q, "w", 10, T0, 30)
+    assert [j.id for j in claimed] == [high_a, high_b, *early, *late, *low]
+    assert all(j.status is JobStatus.PROCESSING and j.attempts == 1 for j in claimed)
+    assert all(j.worker_id == "w" and j.lease_expires_at == at(30) for j in claimed)
+
+
+async def test_claim_respects_run_after_queue_and_limit(store: JobStore) -> None:
+    (future,) = await store.submit(Q, [new(run_after=at(60))], T0)
+    await store.submit("other", [new()], T0)
+    now_ids = await store.submit(Q, [new(), new(), new()], T0)
+    assert [j.id for j in await store.claim(Q, "w", 2, T0, 30)] == now_ids[:2]
+    assert [j.id for j in await store.claim(Q, "w", 10, T0, 30)] == now_ids[2:]
+    assert await store.claim(Q, "w", 10, at(59), 30) == []
+    assert [j.id for j in await store.claim(Q, "w", 10, at(60), 30)] == [future]
+
+
+async def test_no_job_is_claimed_twice(store: JobStore) -> None:
+    await store.submit(Q, [new({"i": i}) for i in range(50)], T0)
+    seen: list[int] = []
+    for worker in range(20):
+        seen += [j.id for j in await store.claim(Q, f"w{worker}", 7, T0, 30)]
+    assert len(seen) == len(set(seen)) == 50
+
+
+async def test_fingerprint_dedupes_only_active_jobs(store: JobStore) -> None:
+    a = await store.submit(Q, [new(fingerprint="fp")], T0)
+    b = await store.submit(Q, [new({"other": True}, fingerprint="fp")], T0)
+    assert a == b
+    assert len(await store.list_jobs(queue=Q)) == 1
+    # the same fingerprint on another queue is another job
+    assert await store.submit("other", [new(fingerprint="fp")], T0) != a
+    # once the job ended, the fingerprint is free again
+    (job,) = await store.claim(Q, "w", 1, T0, 30)
+    await store.finish("w", [(Claim(job.id, 1), Complete({"ok": 1}))], T0)
+    c = await store.submit(Q, [new(fingerprint="fp")], T0)
+    assert c != a
+    # duplicates inside one batch collapse onto the first
+    d = await store.submit(Q, [new(fingerprint="x"), new(), new(fingerprint="x")], T0)
+    assert d[0] == d[2] != d[1]
+
+
+async def test_finish_is_fenced_by_worker_and_attempt(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new()], T0)
+    (job,) = await store.claim(Q, "a", 1, T0, 10)
+    stale = Claim(job_id, job.attempts)
+    assert await store.reap(Q, at(11)) == 1  # a's lease ran out: back to PENDING
+    assert (await store.get(job_id)).status is JobStatus.PENDING
+    (again,) = await store.claim(Q, "b", 1, at(12), 10)
+    assert again.attempts == 2
+    assert await store.finish("a", [(stale, Complete({"from": "a"}))], at(13)) == {}
+    with pytest.raises(LeaseLost):
+        await store.update_progress("a", stale, 50, None, None, at(13))
+    fresh = Claim(job_id, again.attempts)
+    assert await store.finish("b", [(fresh, Complete({"from": "b"}))], at(13)) == {
+        job_id: JobStatus.COMPLETED
+    }
+    row = await store.get(job_id)
+    assert row.output == {"from": "b"} and row.completed_at == at(13) and row.worker_id is None
+    # a second completion (replay) is refused too
+    assert await store.finish("b", [(fresh, Complete({"again": 1}))], at(14)) == {}
+
+
+async def test_finish_batch_mixes_outcomes(store: JobStore) -> None:
+    ids = await store.submit(Q, [new({"i": i}) for i in range(4)], T0)
+    claimed = await store.claim(Q, "w", 4, T0, 30)
+    c = [Claim(j.id, j.attempts) for j in claimed]
+    outs = [
+        (c[0], Complete({"n": 1})),
+        (c[1], Complete("plain string")),
+        (c[2], Retry(at(100), "flaky", "RetryableJobError")),
+        (c[3], Fail("broken", "PermanentJobError")),
+    ]
+    result = await store.finish("w", outs, at(1))
+    assert result == {
+        ids[0]: JobStatus.COMPLETED,
+        ids[1]: JobStatus.COMPLETED,
+        ids[2]: JobStatus.PENDING,
+        ids[3]: JobStatus.FAILED,
+    }
+    rows = {j.id: j for j in await store.list_jobs(queue=Q)}
+    assert rows[ids[0]].output == {"n": 1}
+    assert rows[ids[1]].output == "plain string"
+    assert rows[ids[2]].run_after == at(100) and rows[ids[2]].error == "flaky"
+    assert rows[ids[3]].error_code == "PermanentJobError" and rows[ids[3]].completed_at == at(1)
+    kinds = [c.kind for c in await store.changes(0) if c.kind not in ("submitted", "claimed")]
+    assert sorted(kinds) == ["completed", "completed", "failed", "retried"]
+    # the retried job is claimable again only at its run_after
+    assert await store.claim(Q, "w", 5, at(99), 30) == []
+    assert [j.id for j in await store.claim(Q, "w", 5, at(100), 30)] == [ids[2]]
+
+
+async def test_lease_expiry_requeues_then_fails_when_out_of_retries(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new(max_retries=1)], T0)
+    await store.claim(Q, "w", 1, T0, 10)
+    assert await store.reap(Q, at(10)) == 0  # not yet expired
+    assert await store.reap(Q, at(11)) == 1
+    row = await store.get(job_id)
+    assert row.status is JobStatus.PENDING and row.error_code == "LeaseExpired"
+    await store.claim(Q, "w2", 1, at(12), 10)
+    assert await store.reap(Q, at(30)) == 1
+    row = await store.get(job_id)
+    assert row.status is JobStatus.FAILED and row.attempts == 2
+    assert row.error_code == "LeaseExpired"
+    kinds = [c.kind for c in await store.changes(0, job_id=job_id)]
+    assert kinds == ["submitted", "claimed", "requeued", "claimed", "failed"]
+
+
+async def test_heartbeat_extends_lease_and_reports_aborts(store: JobStore) -> None:
+    a, b = await store.submit(Q, [new(), new()], T0)
+    jobs = await store.claim(Q, "w", 2, T0, 10)
+    claims = [Claim(j.id, j.attempts) for j in jobs]
+    await store.abort(at(1), job_id=b)
+    held = await store.heartbeat("w", claims, at(5), 10)
+    assert held == {a: JobStatus.PROCESSING, b: JobStatus.ABORTING}
+    assert await store.aborting(claims) == {b}
+    assert await store.reap(Q, at(14)) == 0  # the heartbeat moved the lease to at(15)
+    assert (await store.get(a)).lease_expires_at == at(15)
+    assert await store.heartbeat("intruder", claims, at(6), 10) == {}
+
+
+async def test_abort_pending_running_and_finished(store: JobStore) -> None:
+    first, second, waiting = await store.submit(Q, [new(), new(), new()], T0)
+    assert [j.id for j in await store.claim(Q, "w", 2, T0, 30)] == [first, second]
+    assert await store.abort(at(1), job_id=waiting) == 1
+    row = await store.get(waiting)
+    assert row.status is JobStatus.FAILED and row.error_code == "AbortedJobError"
+    assert await store.abort(at(1), job_id=first) == 1
+    assert (await store.get(first)).status is JobStatus.ABORTING
+    # the running job's worker finishes: abort wins over completion or retry
+    result = await store.finish(
+        "w",
+        [
+            (Claim(first, 1), Complete({"late": True})),
+            (Claim(second, 1), Retry(at(50), "again", "RetryableJobError")),
+        ],
+        at(2),
+    )
+    assert result == {first: JobStatus.FAILED, second: JobStatus.PENDING}
+    row = await store.get(first)
+    assert row.output is None and row.error_code == "AbortedJobError"
+    # aborting an ended job changes nothing; an unknown id raises
+    assert await store.abort(at(3), job_id=first) == 0
+    with pytest.raises(JobNotFound):
+        await store.abort(at(3), job_id=999_999)
+
+
+async def test_abort_run_aborts_every_job_of_the_run(store: JobStore) -> None:
+    ids = await store.submit(Q, [new(job_run_id="run-1"), new(job_run_id="run-1")], T0)
+    other = await store.submit(Q, [new(job_run_id="run-2")], T0)
+    assert await store.abort(T0, job_run_id="run-1") == 2
+    assert [(await store.get(i)).status for i in ids] == [JobStatus.FAILED] * 2
+    assert (await store.get(other[0])).status is JobStatus.PENDING
+
+
+async def test_abort_wins_over_a_pending_retry(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new()], T0)
+    await store.claim(Q, "w", 1, T0, 30)
+    await store.finish("w", [(Claim(job_id, 1), Retry(at(60), "x", "ValueError"))], at(1))
+    assert await store.abort(at(2), job_id=job_id) == 1
+    row = await store.get(job_id)
+    assert row.status is JobStatus.FAILED and row.error_code == "AbortedJobError"
+    assert await store.claim(Q, "w", 1, at(61), 30) == []
+
+
+async def test_aborting_job_whose_worker_died_fails_at_lease_expiry(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new()], T0)
+    await store.claim(Q, "w", 1, T0, 10)
+    await store.abort(at(1), job_id=job_id)
+    assert await store.reap(Q, at(11)) == 1
+    row = await store.get(job_id)
+    assert row.status is JobStatus.FAILED and row.error_code == "AbortedJobError"
+
+
+async def test_deadline_fails_pending_job_and_blocks_claim(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new(deadline=at(5))], T0)
+    assert await store.claim(Q, "w", 1, at(5), 30) == []
+    assert await store.reap(Q, at(5)) == 1
+    row = await store.get(job_id)
+    assert row.status is JobStatus.FAILED and row.error_code == "DeadlineExceeded"
+
+
+async def test_release_returns_job_without_counting_the_attempt(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new()], T0)
+    (job,) = await store.claim(Q, "w", 1, T0, 30)
+    assert await store.release("w", [Claim(job_id, job.attempts)], at(1)) == 1
+    row = await store.get(job_id)
+    assert row.status is JobStatus.PENDING and row.attempts == 0 and row.worker_id is None
+
+
+async def test_progress_is_stored_and_recorded(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new()], T0)
+    (_job,) = await store.claim(Q, "w", 1, T0, 30)
+    status = await store.update_progress("w", Claim(job_id, 1), 42.5, "halfway", {"step": 3}, at(1))
+    assert status is JobStatus.PROCESSING
+    row = await store.get(job_id)
+    assert (row.progress, row.progress_message, row.progress_details) == (
+        42.5,
+        "halfway",
+        {"step": 3},
+    )
+    changes = [c for c in await store.changes(0, job_id=job_id) if c.kind == "progress"]
+    assert [c.progress for c in changes] == [42.5]
+
+
+async def test_purge_deletes_old_terminal_jobs_only(store: JobStore) -> None:
+    old, recent, running = await store.submit(Q, [new(), new(), new()], T0)
+    jobs = await store.claim(Q, "w", 3, T0, 3600)
+    claims = {j.id: Claim(j.id, j.attempts) for j in jobs}
+    await store.finish("w", [(claims[old], Complete(1))], at(10))
+    await store.finish("w", [(claims[recent], Fail("x", "PermanentJobError"))], at(100))
+    assert await store.purge(at(50), at(200)) == 1
+    remaining = {j.id for j in await store.list_jobs(queue=Q)}
+    assert remaining == {recent, running}
+    assert [c.kind for c in await store.changes(0, job_id=old)][-1] == "purged"
+    assert await store.purge(at(1000), at(1000), statuses=["COMPLETED"]) == 0
+    assert await store.purge(at(1000), at(1000), statuses=["FAILED"]) == 1
+
+
+async def test_retry_now_requeues_a_failed_job(store: JobStore) -> None:
+    (job_id,) = await store.submit(Q, [new(max_retries=0)], T0)
+    (_job,) = await store.claim(Q, "w", 1, T0, 30)
+    await store.finish("w", [(Claim(job_id, 1), Fail("boom", "ValueError"))], at(1))
+    assert await store.retry_now(job_id, at(2)) is True
+    row = await store.get(job_id)
+    assert row.status is JobStatus.PENDING and row.max_retries >= row.attempts
+    assert await store.retry_now(job_id, at(2)) is False  # not failed any more
+    with pytest.raises(JobNotFound):
+        await store.retry_now(424242, at(2))
+
+
+async def test_output_for_input_matches_equal_input(store: JobStore) -> None:
+    (a,) = await store.submit(Q, [new({"x": 1, "y": [1, 2]})], T0)
+    (_job,) = await store.claim(Q, "w", 1, T0, 30)
+    await store.finish("w", [(Claim(a, 1), Complete({"sum": 3}))], at(1))
+    same = input_digest({"y": [1, 2], "x": 1})  # key order does not matter
+    assert await store.output_for_input(Q, same) == (True, {"sum": 3})
+    assert await store.output_for_input(Q, input_digest({"x": 2})) == (False, None)
+    assert await store.output_for_input("other", same) == (False, None)
+
+
+async def test_rate_slots_hold_a_sliding_window(store: JobStore) -> None:
+    ids, nxt = await store.take_rate_slots(Q, 5, 3, 10, T0)
+    assert len(ids) == 3 and nxt == at(10)
+    ids2, nxt2 = await store.take_rate_slots(Q, 1, 3, 10, at(5))
+    assert ids2 == [] and nxt2 == at(10)
+    await store.return_rate_slots(ids[:1])
+    ids3, _ = await store.take_rate_slots(Q, 2, 3, 10, at(5))
+    assert len(ids3) == 1
+    ids4, _ = await store.take_rate_slots(Q, 3, 3, 10, at(10.5))
+    assert len(ids4) == 2  # the hits at T0 aged out, the one at 5 still counts
+
+
+async def test_unknown_job_raises(store: JobStore) -> None:
+    with pytest.raises(JobNotFound, match="999"):
+        await store.get(999)

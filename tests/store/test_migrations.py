@@ -1,0 +1,67 @@
+"""Migration drift: the migrated schema is the SQLAlchemy metadata, on both dialects."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
+
+import taskdb
+from taskdb.store.migrate import alembic_config
+from taskdb.store.schema import VERSION_TABLE, metadata
+
+
+def _sync_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://")
+
+
+def _diff(url: str) -> list[object]:
+    engine = create_engine(_sync_url(url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(_sync_url(url))
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_single_head() -> None:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert len(heads) == 1
+
+
+def test_migrated_schema_matches_metadata(empty_db_url: str) -> None:
+    db = taskdb.connect(empty_db_url)
+    assert db.schema_revision() is None
+    db.migrate()
+    assert _diff(empty_db_url) == []
+    assert {t for t in _tables(empty_db_url)} == {*metadata.tables, VERSION_TABLE}
+    db.close()
+
+
+def test_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
+    db = taskdb.connect(empty_db_url)
+    db.migrate()
+    head = db.schema_revision()
+    db.downgrade("base")
+    assert db.schema_revision() is None
+    assert _tables(empty_db_url) <= {VERSION_TABLE}
+    db.migrate()
+    assert db.schema_revision() == head
+    assert _diff(empty_db_url) == []
+    db.close()
+
+
+def test_every_table_is_prefixed() -> None:
+    assert all(name.startswith("taskdb_") for name in metadata.tables)
