@@ -29,7 +29,9 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     assert url, "set sqlalchemy.url in alembic.ini or pass a connection"
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"), poolclass=pool.NullPool)
+    engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://"), poolclass=pool.NullPool
+    )
     with engine.begin() as conn:
         _run(conn)
 

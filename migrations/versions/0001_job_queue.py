@@ -104,9 +104,7 @@ def upgrade() -> None:
         sa.Column("at", TS, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_taskdb_rate_limit_hits"),
     )
-    op.create_index(
-        "ix_taskdb_rate_limit_hits_queue_at", "taskdb_rate_limit_hits", ["queue", "at"]
-    )
+    op.create_index("ix_taskdb_rate_limit_hits_queue_at", "taskdb_rate_limit_hits", ["queue", "at"])
 
 
 def downgrade() -> None:
