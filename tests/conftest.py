@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -71,16 +72,25 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@contextmanager
+def scratch_pg_database(template: str | None = None) -> Iterator[str]:
+    """URL of a new PostgreSQL database (a copy of ``template`` if given), dropped after."""
+    name = f"taskdb_t_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield pg_database_url(name)
+    finally:
+        with _pg_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def fresh_pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of a new migrated PostgreSQL database, dropped after the test."""
-    template = request.getfixturevalue("pg_template")
-    name = f"taskdb_t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    yield pg_database_url(name)
-    with _pg_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_pg_database(request.getfixturevalue("pg_template")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -112,9 +122,5 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
         return
     request.getfixturevalue("pg_template")  # skip/fail like the others when PG is down
-    name = f"taskdb_e_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield pg_database_url(name)
-    with _pg_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_pg_database() as url:
+        yield url

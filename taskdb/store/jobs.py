@@ -541,6 +541,11 @@ class JobStore:
             await self._record(conn, late, now)
         return len(leased) + len(late)
 
+    @staticmethod
+    async def _require_job(conn: AsyncConnection, job_id: int) -> None:
+        if await conn.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
+            raise JobNotFound(job_id)
+
     # -- client side -----------------------------------------------------------------
 
     async def abort(
@@ -568,9 +573,7 @@ class JobStore:
         async with self.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
             if not rows and job_id is not None:
-                exists = await conn.scalar(select(jobs.c.id).where(jobs.c.id == job_id))
-                if exists is None:
-                    raise JobNotFound(job_id)
+                await self._require_job(conn, job_id)
             await self._record(conn, rows, now)
         return len(rows)
 
@@ -593,9 +596,7 @@ class JobStore:
         async with self.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
             if not rows:
-                exists = await conn.scalar(select(jobs.c.id).where(jobs.c.id == job_id))
-                if exists is None:
-                    raise JobNotFound(job_id)
+                await self._require_job(conn, job_id)
             await self._record(conn, rows, now, ChangeKind.RETRIED)
         return bool(rows)
 
