@@ -70,6 +70,7 @@ class _Run:
     handler: asyncio.Future[Any] | None = None
     releasing: bool = False
     lost: bool = False
+    recording: bool = False  # its outcome is being written: the row may leave PROCESSING
     cancel_timer: asyncio.TimerHandle | None = None
     listeners: list[StreamCallback] = field(default_factory=list)
 
@@ -241,6 +242,11 @@ class JobQueueServer:
         self._wake.clear()
 
     def _launch(self, job: Job) -> None:
+        stale = self._running.get(job.id)
+        if stale is not None:
+            # This worker stalled past its lease, the job was requeued and we
+            # claimed it again: the old attempt is fenced off, stop it.
+            self._lose(stale)
         claim = Claim(job.id, job.attempts)
         run = _Run(job, claim, JobContext(job, self._progress_writer(claim), self._emitter(job.id)))
         self._running[job.id] = run
@@ -253,14 +259,16 @@ class JobQueueServer:
         try:
             outcome = await self._execute(run)
             if outcome is not None:
+                run.recording = True
                 await self._record(run, outcome)
         except Exception:
             log.exception("job %s: unexpected error in the server", job.id)
         finally:
             if run.cancel_timer is not None:
                 run.cancel_timer.cancel()
-            self._running.pop(job.id, None)
-            self._listeners.pop(job.id, None)
+            if self._running.get(job.id) is run:
+                del self._running[job.id]
+                self._listeners.pop(job.id, None)
             self.limiter.on_finish()
             if run.releasing:
                 await self._release(run)
@@ -392,7 +400,7 @@ class JobQueueServer:
                 last_reap = time.monotonic()
 
     async def _maintain_once(self, *, beat: bool, reap: bool) -> None:
-        runs = [r for r in self._running.values() if not r.lost]
+        runs = [r for r in self._running.values() if not (r.lost or r.recording)]
         claims = [r.claim for r in runs]
         now = self._clock()
         if beat:
@@ -400,7 +408,8 @@ class JobQueueServer:
             for run in runs:
                 status = held.get(run.job.id)
                 if status is None:
-                    self._lose(run)
+                    if not run.recording:  # (it may have started writing meanwhile)
+                        self._lose(run)
                 elif status is JobStatus.ABORTING:
                     self._abort(run)
         else:

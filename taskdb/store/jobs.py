@@ -8,7 +8,7 @@ depends on time takes ``now`` so tests never sleep.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -46,6 +46,16 @@ from taskdb.store.schema import ACTIVE_STATUSES, UtcDateTime, job_changes, jobs,
 M = TypeVar("M", bound=BaseModel)
 _RUNNING = ("PROCESSING", "ABORTING")
 _ABORTED = "AbortedJobError"
+_SUBMIT_COLUMNS = (
+    "ord",
+    "input",
+    "input_digest",
+    "max_retries",
+    "priority",
+    "run_after",
+    "deadline",
+    "job_run_id",
+)
 _FINISH_COLUMNS = (
     "id",
     "attempts",
@@ -94,14 +104,19 @@ def _model(model: type[M], row: Row[Any]) -> M:
         raise StorageError(f"malformed {model.__name__} row: {where}: {first['msg']}") from exc
 
 
-def _kind_for(status: str, error_code: str | None) -> ChangeKind:
-    if status == JobStatus.COMPLETED:
-        return ChangeKind.COMPLETED
-    if status == JobStatus.FAILED:
-        return ChangeKind.ABORTED if error_code == _ABORTED else ChangeKind.FAILED
-    if status == JobStatus.ABORTING:
-        return ChangeKind.ABORTING
-    return ChangeKind.RETRIED
+# The change kind of a transition, derived from the row it left (for writes whose
+# rows end in different states, such as a batch of outcomes).
+_DERIVED_KIND = case(
+    (jobs.c.status == JobStatus.COMPLETED.value, ChangeKind.COMPLETED.value),
+    (
+        and_(jobs.c.status == JobStatus.FAILED.value, jobs.c.error_code == _ABORTED),
+        ChangeKind.ABORTED.value,
+    ),
+    (jobs.c.status == JobStatus.FAILED.value, ChangeKind.FAILED.value),
+    (jobs.c.status == JobStatus.ABORTING.value, ChangeKind.ABORTING.value),
+    else_=ChangeKind.RETRIED.value,
+)
+_CHANGE_FIELDS = ("job_id", "queue", "kind", "status", "attempts", "progress", "at")
 
 
 class JobStore:
@@ -113,28 +128,40 @@ class JobStore:
 
     # -- change feed ---------------------------------------------------------------
 
-    @staticmethod
     async def _record(
+        self,
         conn: AsyncConnection,
-        rows: Iterable[Row[Any]],
+        ids: Sequence[int],
         now: datetime,
         kind: ChangeKind | None = None,
     ) -> None:
-        """Append one change per returned row (``kind`` None: derive it from the status)."""
-        values = [
-            {
-                "job_id": r.id,
-                "queue": r.queue,
-                "kind": kind or _kind_for(r.status, r.error_code),
-                "status": r.status,
-                "attempts": r.attempts,
-                "progress": getattr(r, "progress", None),
-                "at": now,
-            }
-            for r in rows
-        ]
-        if values:
-            await conn.execute(insert(job_changes), values)
+        """Append one change per job in ``ids``, read from the rows as they are now
+        (``kind`` None: derive it from the status). One statement, no per-row Python."""
+        if not ids:
+            return
+        source = select(
+            jobs.c.id,
+            jobs.c.queue,
+            _DERIVED_KIND if kind is None else literal(kind.value),
+            jobs.c.status,
+            jobs.c.attempts,
+            jobs.c.progress,
+            _ts(now),
+        ).where(self._dialect.id_in(jobs.c.id, ids))
+        await conn.execute(
+            insert(job_changes).from_select(_CHANGE_FIELDS, source.order_by(jobs.c.id))
+        )
+
+    async def _lock(self, conn: AsyncConnection, ids: Sequence[int]) -> None:
+        """Lock rows in id order before a multi-row write, so that two writers of
+        overlapping rows (a heartbeat and a batch of outcomes) cannot deadlock."""
+        if self.db.dialect == "postgresql" and len(ids) > 1:
+            await conn.execute(
+                select(jobs.c.id)
+                .where(self._dialect.id_in(jobs.c.id, ids))
+                .order_by(jobs.c.id)
+                .with_for_update()
+            )
 
     _CHANGE_COLS = (jobs.c.id, jobs.c.queue, jobs.c.status, jobs.c.attempts, jobs.c.error_code)
 
@@ -143,65 +170,93 @@ class JobStore:
     async def submit(self, queue: str, new: Sequence[NewJob], now: datetime) -> list[int]:
         """Insert jobs; one id per item, in order. A fingerprint matching an active job
         of the queue returns that job's id and inserts nothing."""
-        ids: list[int | None] = [None] * len(new)
+        ids: list[int] = [0] * len(new)
+        plain = [i for i, n in enumerate(new) if n.fingerprint is None]
+        keyed = [i for i, n in enumerate(new) if n.fingerprint is not None]
+        async with self.db.transaction() as conn:
+            inserted: list[int] = []
+            if plain:
+                got = await self._insert_many(conn, queue, [new[i] for i in plain], now)
+                inserted += got
+                for i, job_id in zip(plain, got, strict=True):
+                    ids[i] = job_id
+            for i in keyed:
+                fresh = await self._insert_deduped(conn, queue, new[i], now)
+                if fresh is None:
+                    ids[i] = await self._active_by_fingerprint(conn, queue, new[i].fingerprint)
+                else:
+                    ids[i] = fresh
+                    inserted.append(fresh)
+            await self._record(conn, inserted, now, ChangeKind.SUBMITTED)
+        return ids
+
+    async def _insert_many(
+        self, conn: AsyncConnection, queue: str, new: Sequence[NewJob], now: datetime
+    ) -> list[int]:
+        """One INSERT ... SELECT over the batch as a JSON row source; ids in input order."""
         rows = [
             {
-                "queue": queue,
-                "status": JobStatus.PENDING.value,
+                "ord": i,
                 "input": n.input,
                 "input_digest": n.input_digest,
                 "max_retries": n.max_retries,
                 "priority": n.priority,
                 "run_after": n.run_after,
                 "deadline": n.deadline,
-                "fingerprint": n.fingerprint,
                 "job_run_id": n.job_run_id,
-                "attempts": 0,
-                "progress": 0.0,
-                "created_at": now,
-                "updated_at": now,
             }
-            for n in new
+            for i, n in enumerate(new)
         ]
-        plain = [i for i, n in enumerate(new) if n.fingerprint is None]
-        keyed = [i for i, n in enumerate(new) if n.fingerprint is not None]
-        async with self.db.transaction() as conn:
-            inserted: list[Row[Any]] = []
-            if plain:
-                result = await conn.execute(
-                    insert(jobs).returning(*self._CHANGE_COLS, sort_by_parameter_order=True),
-                    [rows[i] for i in plain],
-                )
-                got = result.all()
-                inserted.extend(got)
-                for i, r in zip(plain, got, strict=True):
-                    ids[i] = r.id
-            for i in keyed:
-                row = await self._insert_deduped(conn, rows[i])
-                if row is None:
-                    ids[i] = await self._active_by_fingerprint(conn, queue, rows[i]["fingerprint"])
-                else:
-                    ids[i] = row.id
-                    inserted.append(row)
-            await self._record(conn, inserted, now, ChangeKind.SUBMITTED)
-        return [i for i in ids if i is not None]
+        v = self._dialect.batch_source(rows, _SUBMIT_COLUMNS)
+        source = select(
+            literal(queue),
+            literal(JobStatus.PENDING.value),
+            *(v.c[name] for name in _SUBMIT_COLUMNS[1:]),
+            _ts(now),
+            _ts(now),
+        ).order_by(v.c.ord)
+        stmt = (
+            insert(jobs)
+            .from_select(
+                ["queue", "status", *_SUBMIT_COLUMNS[1:], "created_at", "updated_at"], source
+            )
+            .returning(jobs.c.id)
+        )
+        # ids come from the sequence in the order rows are inserted: the ORDER BY's.
+        return sorted(int(i) for i in (await conn.scalars(stmt)).all())
 
-    async def _insert_deduped(self, conn: AsyncConnection, row: dict[str, Any]) -> Row[Any] | None:
+    async def _insert_deduped(
+        self, conn: AsyncConnection, queue: str, new: NewJob, now: datetime
+    ) -> int | None:
         stmt = (
             self._dialect.insert(jobs)
-            .values(**row)
+            .values(
+                queue=queue,
+                status=JobStatus.PENDING.value,
+                input=new.input,
+                input_digest=new.input_digest,
+                max_retries=new.max_retries,
+                priority=new.priority,
+                run_after=new.run_after,
+                deadline=new.deadline,
+                fingerprint=new.fingerprint,
+                job_run_id=new.job_run_id,
+                created_at=now,
+                updated_at=now,
+            )
             .on_conflict_do_nothing(
                 index_elements=[jobs.c.queue, jobs.c.fingerprint],
                 index_where=and_(
                     jobs.c.status.in_(ACTIVE_STATUSES), jobs.c.fingerprint.is_not(None)
                 ),
             )
-            .returning(*self._CHANGE_COLS)
+            .returning(jobs.c.id)
         )
-        return (await conn.execute(stmt)).first()
+        found = await conn.scalar(stmt)
+        return None if found is None else int(found)
 
     async def _active_by_fingerprint(
-        self, conn: AsyncConnection, queue: str, fingerprint: str
+        self, conn: AsyncConnection, queue: str, fingerprint: str | None
     ) -> int:
         found = await conn.scalar(
             select(jobs.c.id).where(
@@ -323,7 +378,7 @@ class JobStore:
         )
         async with self.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
-            await self._record(conn, rows, now, ChangeKind.CLAIMED)
+            await self._record(conn, [r.id for r in rows], now, ChangeKind.CLAIMED)
         claimed = [_model(Job, r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return claimed
@@ -345,6 +400,7 @@ class JobStore:
             .returning(jobs.c.id, jobs.c.attempts, jobs.c.status)
         )
         async with self.db.transaction() as conn:
+            await self._lock(conn, [c.job_id for c in claims])
             rows = (await conn.execute(stmt)).all()
         held = {(c.job_id, c.attempts) for c in claims}
         return {r.id: JobStatus(r.status) for r in rows if (r.id, r.attempts) in held}
@@ -391,7 +447,7 @@ class JobStore:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 raise LeaseLost(f"job {claim.job_id}: this worker no longer holds it")
-            await self._record(conn, [row], now, ChangeKind.PROGRESS)
+            await self._record(conn, [row.id], now, ChangeKind.PROGRESS)
         return JobStatus(row.status)
 
     async def finish(
@@ -430,8 +486,9 @@ class JobStore:
             .returning(*self._CHANGE_COLS)
         )
         async with self.db.transaction() as conn:
+            await self._lock(conn, [claim.job_id for claim, _ in items])
             done = (await conn.execute(stmt)).all()
-            await self._record(conn, done, now)
+            await self._record(conn, [r.id for r in done], now)
         return {r.id: JobStatus(r.status) for r in done}
 
     @staticmethod
@@ -480,7 +537,7 @@ class JobStore:
         )
         async with self.db.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
-            await self._record(conn, rows, now, ChangeKind.RELEASED)
+            await self._record(conn, [r.id for r in rows], now, ChangeKind.RELEASED)
         return len(rows)
 
     async def reap(self, queue: str, now: datetime) -> int:
@@ -533,12 +590,11 @@ class JobStore:
         )
         async with self.db.transaction() as conn:
             leased = (await conn.execute(lease_stmt)).all()
-            await self._record(
-                conn, [r for r in leased if r.status == "PENDING"], now, ChangeKind.REQUEUED
-            )
-            await self._record(conn, [r for r in leased if r.status != "PENDING"], now)
+            requeued = [r.id for r in leased if r.status == JobStatus.PENDING.value]
+            await self._record(conn, requeued, now, ChangeKind.REQUEUED)
+            await self._record(conn, [r.id for r in leased if r.id not in requeued], now)
             late = (await conn.execute(deadline_stmt)).all()
-            await self._record(conn, late, now)
+            await self._record(conn, [r.id for r in late], now)
         return len(leased) + len(late)
 
     @staticmethod
@@ -574,7 +630,7 @@ class JobStore:
             rows = (await conn.execute(stmt)).all()
             if not rows and job_id is not None:
                 await self._require_job(conn, job_id)
-            await self._record(conn, rows, now)
+            await self._record(conn, [r.id for r in rows], now)
         return len(rows)
 
     async def retry_now(self, job_id: int, now: datetime) -> bool:
@@ -597,7 +653,7 @@ class JobStore:
             rows = (await conn.execute(stmt)).all()
             if not rows:
                 await self._require_job(conn, job_id)
-            await self._record(conn, rows, now, ChangeKind.RETRIED)
+            await self._record(conn, [r.id for r in rows], now, ChangeKind.RETRIED)
         return bool(rows)
 
     async def purge(
@@ -610,20 +666,18 @@ class JobStore:
     ) -> int:
         """Delete terminal jobs that ended before ``older_than``."""
         ended = [s for s in statuses if s in TERMINAL_STATUSES]
-        stmt = (
-            delete(jobs)
-            .where(
-                jobs.c.status.in_(ended),
-                func.coalesce(jobs.c.completed_at, jobs.c.updated_at) < older_than,
-            )
-            .returning(*self._CHANGE_COLS)
+        doomed = select(jobs.c.id).where(
+            jobs.c.status.in_(ended),
+            func.coalesce(jobs.c.completed_at, jobs.c.updated_at) < older_than,
         )
         if queue is not None:
-            stmt = stmt.where(jobs.c.queue == queue)
+            doomed = doomed.where(jobs.c.queue == queue)
         async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
-            await self._record(conn, rows, now, ChangeKind.PURGED)
-        return len(rows)
+            ids: list[int] = list((await conn.scalars(doomed.with_for_update())).all())
+            await self._record(conn, ids, now, ChangeKind.PURGED)
+            if ids:
+                await conn.execute(delete(jobs).where(self._dialect.id_in(jobs.c.id, ids)))
+        return len(ids)
 
     # -- rate limits -------------------------------------------------------------------
 

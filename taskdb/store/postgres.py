@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, FromClause, Integer, Text, bindparam, column, func
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    FromClause,
+    Integer,
+    Text,
+    any_,
+    column,
+    func,
+    literal,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as insert
 
 _TYPES: dict[str, Any] = {
     "id": BigInteger(),
     "attempts": Integer(),
     "output": JSONB(none_as_null=True),
-    "progress": Integer(),
+    "ord": Integer(),
+    "input": JSONB(none_as_null=True),
+    "max_retries": Integer(),
+    "priority": Integer(),
     "run_after": TIMESTAMP(timezone=True),
+    "deadline": TIMESTAMP(timezone=True),
     "completed_at": TIMESTAMP(timezone=True),
 }
 
@@ -26,14 +41,19 @@ def batch_source(rows: list[dict[str, Any]], names: tuple[str, ...]) -> FromClau
     ]
     cols = [column(name, _TYPES.get(name, Text())) for name in names]
     return (
-        func.jsonb_to_recordset(bindparam("taskdb_batch", encoded, type_=JSONB))
+        func.jsonb_to_recordset(literal(encoded, JSONB))
         .table_valued(*cols)
         .render_derived(name="v", with_types=True)
     )
+
+
+def id_in(col: ColumnElement[Any], ids: Sequence[int]) -> ColumnElement[bool]:
+    """``col`` is one of ``ids`` (one array parameter, whatever the count)."""
+    return col == any_(literal(list(ids), ARRAY(BigInteger)))
 
 
 def advisory_lock_sql() -> str:
     return "SELECT pg_advisory_xact_lock(hashtext(:key))"
 
 
-__all__ = ["advisory_lock_sql", "batch_source", "insert"]
+__all__ = ["advisory_lock_sql", "batch_source", "id_in", "insert"]
