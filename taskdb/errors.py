@@ -37,7 +37,13 @@ class ConfigurationError(TaskdbError):
 
 
 class StorageError(TaskdbError):
-    """The database failed, is unreachable, or returned something unusable."""
+    """The database failed, is unreachable, or returned something unusable.
+
+    ``retryable`` is True when the transaction certainly did not commit (the
+    connection was lost before COMMIT), so running it again is safe.
+    """
+
+    retryable: bool = False
 
 
 class SchemaOutOfDate(StorageError):

@@ -78,9 +78,32 @@ def upgrade() -> None:
         postgresql_where=running,
         sqlite_where=running,
     )
-    op.create_index("ix_taskdb_jobs_input_digest", "taskdb_jobs", ["queue", "input_digest"])
-    op.create_index("ix_taskdb_jobs_run_id", "taskdb_jobs", ["job_run_id"])
-    op.create_index("ix_taskdb_jobs_status_updated", "taskdb_jobs", ["status", "updated_at"])
+    # Status changes are never HOT updates: secondary indexes are partial so a
+    # transition only adds entries where a query needs them.
+    completed = sa.text("status = 'COMPLETED'")
+    has_run = sa.text("job_run_id IS NOT NULL")
+    ended = sa.text("completed_at IS NOT NULL")
+    op.create_index(
+        "ix_taskdb_jobs_input_digest",
+        "taskdb_jobs",
+        ["queue", "input_digest"],
+        postgresql_where=completed,
+        sqlite_where=completed,
+    )
+    op.create_index(
+        "ix_taskdb_jobs_run_id",
+        "taskdb_jobs",
+        ["job_run_id"],
+        postgresql_where=has_run,
+        sqlite_where=has_run,
+    )
+    op.create_index(
+        "ix_taskdb_jobs_completed",
+        "taskdb_jobs",
+        ["completed_at"],
+        postgresql_where=ended,
+        sqlite_where=ended,
+    )
 
     op.create_table(
         "taskdb_job_changes",
@@ -95,7 +118,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name="pk_taskdb_job_changes"),
     )
     op.create_index("ix_taskdb_job_changes_job", "taskdb_job_changes", ["job_id", "seq"])
-    op.create_index("ix_taskdb_job_changes_at", "taskdb_job_changes", ["at"])
 
     op.create_table(
         "taskdb_rate_limit_hits",

@@ -79,13 +79,16 @@ class JobHandle:
         Works from any process (it polls the row); same-process updates arrive at once.
         """
         hub = hub_for(self.client.db)
-        last: list[tuple[float, str | None, Any]] = []
+        # (written at, value) of the last delivery: a poll that read the row before a
+        # newer same-process update must not deliver the older value after it.
+        last: list[tuple[datetime, tuple[float, str | None, Any]]] = []
         pending: set[asyncio.Future[Any]] = set()  # keeps async callbacks alive
 
-        def deliver(progress: float, message: str | None, details: Any) -> None:
-            if last and last[0] == (progress, message, details):
+        def deliver(at: datetime, progress: float, message: str | None, details: Any) -> None:
+            value = (progress, message, details)
+            if last and (at < last[0][0] or (at == last[0][0] and value == last[0][1])):
                 return
-            last[:] = [(progress, message, details)]
+            last[:] = [(at, value)]
             try:
                 result = callback(progress, message, details)
                 if inspect.isawaitable(result):
@@ -99,7 +102,9 @@ class JobHandle:
             while True:
                 job = await self.client.get(self.id)
                 if (job.progress, job.progress_message, job.progress_details) != (0.0, None, None):
-                    deliver(job.progress, job.progress_message, job.progress_details)
+                    deliver(
+                        job.updated_at, job.progress, job.progress_message, job.progress_details
+                    )
                 if job.status.terminal:
                     return
                 await asyncio.sleep(self.client.poll_interval)

@@ -11,11 +11,12 @@ import asyncio
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from taskdb.store.database import Database
 
-ProgressListener = Callable[[float, str | None, Any], None]
+ProgressListener = Callable[[datetime, float, str | None, Any], None]
 
 
 class LocalHub:
@@ -59,9 +60,11 @@ class LocalHub:
             if not listeners:
                 del self._progress[job_id]
 
-    def progress(self, job_id: int, progress: float, message: str | None, details: Any) -> None:
+    def progress(
+        self, job_id: int, at: datetime, progress: float, message: str | None, details: Any
+    ) -> None:
         for listener in list(self._progress.get(job_id, ())):
-            listener(progress, message, details)
+            listener(at, progress, message, details)
 
 
 _hubs: weakref.WeakKeyDictionary[Database, LocalHub] = weakref.WeakKeyDictionary()

@@ -70,7 +70,7 @@ class _Run:
     handler: asyncio.Future[Any] | None = None
     releasing: bool = False
     lost: bool = False
-    recording: bool = False  # its outcome is being written: the row may leave PROCESSING
+    recording: bool = False  # handler done, slot freed; its outcome is being written
     cancel_timer: asyncio.TimerHandle | None = None
     listeners: list[StreamCallback] = field(default_factory=list)
 
@@ -118,7 +118,8 @@ class JobQueueServer:
         self._clock = clock
         self._store = JobStore(db)
         self._hub = hub_for(db)
-        self._running: dict[int, _Run] = {}
+        self._running: dict[int, _Run] = {}  # claimed and not yet recorded
+        self._executing = 0  # runs holding a slot (their handler has not returned)
         self._listeners: defaultdict[int, list[StreamCallback]] = defaultdict(list)
         self._finisher: Batcher[tuple[Claim, Outcome], dict[int, JobStatus]] = Batcher(self._flush)
         self._wake = asyncio.Event()
@@ -157,6 +158,8 @@ class JobQueueServer:
             _done, pending = await asyncio.wait(runs, timeout=wait)
             leftovers = [r for r in self._running.values() if r.task in pending]
             for run in leftovers:
+                if run.recording:  # finished; its outcome write completes below
+                    continue
                 run.releasing = True
                 if run.handler is not None:
                     run.handler.cancel()
@@ -183,7 +186,7 @@ class JobQueueServer:
         self._wake.set()
 
     def stats(self) -> ServerStats:
-        self._stats.running = len(self._running)
+        self._stats.running = self._executing
         return ServerStats(**vars(self._stats))
 
     def add_stream_listener(self, job_id: int, callback: StreamCallback) -> Unsubscribe:
@@ -202,7 +205,11 @@ class JobQueueServer:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self.workers - len(self._running)
+            # Outcomes are written in the background; cap that backlog at one
+            # server's worth so a slow database slows claiming down.
+            free = self.workers - self._executing
+            if len(self._running) >= 2 * self.workers:
+                free = 0
             if free <= 0:
                 await self._sleep(None)
                 continue
@@ -250,6 +257,7 @@ class JobQueueServer:
         claim = Claim(job.id, job.attempts)
         run = _Run(job, claim, JobContext(job, self._progress_writer(claim), self._emitter(job.id)))
         self._running[job.id] = run
+        self._executing += 1
         run.task = asyncio.ensure_future(self._run(run))
 
     # -- running -------------------------------------------------------------------
@@ -258,20 +266,29 @@ class JobQueueServer:
         job = run.job
         try:
             outcome = await self._execute(run)
+            self._free_slot(run)
             if outcome is not None:
-                run.recording = True
                 await self._record(run, outcome)
         except Exception:
             log.exception("job %s: unexpected error in the server", job.id)
         finally:
+            self._free_slot(run)
             if run.cancel_timer is not None:
                 run.cancel_timer.cancel()
             if self._running.get(job.id) is run:
                 del self._running[job.id]
                 self._listeners.pop(job.id, None)
-            self.limiter.on_finish()
             if run.releasing:
                 await self._release(run)
+            self._wake.set()
+
+    def _free_slot(self, run: _Run) -> None:
+        """The handler returned: its slot can take the next job while the outcome is
+        written (the write stays fenced; ``stop`` waits for it)."""
+        if not run.recording:
+            run.recording = True
+            self._executing -= 1
+            self.limiter.on_finish()
             self._wake.set()
 
     async def _execute(self, run: _Run) -> Outcome | None:
@@ -360,10 +377,11 @@ class JobQueueServer:
 
     def _progress_writer(self, claim: Claim) -> Callable[[float, str | None, Any], Awaitable[None]]:
         async def write(progress: float, message: str | None, details: Any) -> None:
+            now = self._clock()
             await self._store.update_progress(
-                self.worker_id, claim, progress, message, details, self._clock()
+                self.worker_id, claim, progress, message, details, now
             )
-            self._hub.progress(claim.job_id, progress, message, details)
+            self._hub.progress(claim.job_id, now, progress, message, details)
 
         return write
 

@@ -2,11 +2,15 @@
 
 Every statement taskdb runs goes through :meth:`Database.transaction`, which
 is the one place where driver exceptions become :class:`TaskdbError`\\ s.
+PostgreSQL pools do not ping on checkout (a round trip per transaction): a
+connection found dead is reported as a retryable :class:`StorageError` and
+the pool is invalidated, and :mod:`taskdb.store.jobs` retries once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -64,10 +68,18 @@ def _parse_url(raw: str) -> tuple[URL, Dialect]:
     )
 
 
-def translate_error(exc: BaseException, where: str) -> TaskdbError:
-    """Map a driver exception to the taskdb error tree."""
+def translate_error(exc: BaseException, where: str, *, retryable: bool = True) -> TaskdbError:
+    """Map a driver exception to the taskdb error tree.
+
+    A lost connection before COMMIT means the transaction was rolled back: the
+    resulting :class:`StorageError` is marked ``retryable``.
+    """
     if isinstance(exc, TaskdbError):
         return exc
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        err = StorageError(f"database {where} connection lost: {str(exc.orig).strip()}")
+        err.retryable = retryable
+        return err
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     lowered = detail.lower()
@@ -144,7 +156,7 @@ class Database:
             options: dict[str, Any] = {"echo": self._echo, "json_serializer": dumps}
             if self.dialect == "postgresql":
                 options.update(pool_size=self._pool_size, max_overflow=self._pool_size * 2)
-                options.update(pool_pre_ping=True)
+                options.update(pool_pre_ping=False, pool_reset_on_return=None)
             else:
                 options.update(connect_args={"timeout": self._busy_ms / 1000})
             engine = create_async_engine(self._url, **options)
@@ -166,8 +178,18 @@ class Database:
             async with self._engine().connect() as conn:
                 if not write:
                     await conn.execution_options(taskdb_write=False)
-                async with conn.begin():
+                transaction = await conn.begin()
+                try:
                     yield conn
+                except BaseException:
+                    with contextlib.suppress(*_DRIVER_ERRORS):
+                        await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except _DRIVER_ERRORS as exc:
+                    # The commit may or may not have happened: never retried.
+                    raise translate_error(exc, self.safe_url, retryable=False) from exc
         except _DRIVER_ERRORS as exc:
             raise translate_error(exc, self.safe_url) from exc
 

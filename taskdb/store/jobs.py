@@ -4,19 +4,29 @@ Methods are domain verbs (submit, claim, heartbeat, finish, reap, ...). Each
 runs in one transaction and records the transitions it makes in the change
 feed (``taskdb_job_changes``) in that same transaction. Every method that
 depends on time takes ``now`` so tests never sleep.
+
+The statements are built once per dialect with bind parameters
+(:class:`_Statements`); a call only binds values. On PostgreSQL a write and
+its change records are one statement (a data-modifying CTE); SQLite, which
+has none, runs the change INSERT right after it in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from functools import cache
+from types import ModuleType
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
+    Integer,
     Row,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -44,6 +54,8 @@ from taskdb.store.database import Database
 from taskdb.store.schema import ACTIVE_STATUSES, UtcDateTime, job_changes, jobs, rate_limit_hits
 
 M = TypeVar("M", bound=BaseModel)
+KindOf = Callable[[Any], Any]  # a change kind as an SQL expression over the changed rows
+
 _RUNNING = ("PROCESSING", "ABORTING")
 _ABORTED = "AbortedJobError"
 _SUBMIT_COLUMNS = (
@@ -66,6 +78,15 @@ _FINISH_COLUMNS = (
     "run_after",
     "completed_at",
 )
+_CHANGE_COLS = (
+    jobs.c.id,
+    jobs.c.queue,
+    jobs.c.status,
+    jobs.c.attempts,
+    jobs.c.progress,
+    jobs.c.error_code,
+)
+_CHANGE_FIELDS = ("job_id", "queue", "kind", "status", "attempts", "progress", "at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +111,6 @@ class Claim:
     attempts: int
 
 
-def _ts(value: datetime) -> Any:
-    return literal(value, UtcDateTime)
-
-
 def _model(model: type[M], row: Row[Any]) -> M:
     """Validate a row into a model; a malformed row is a StorageError, not a crash."""
     try:
@@ -104,19 +121,327 @@ def _model(model: type[M], row: Row[Any]) -> M:
         raise StorageError(f"malformed {model.__name__} row: {where}: {first['msg']}") from exc
 
 
-# The change kind of a transition, derived from the row it left (for writes whose
-# rows end in different states, such as a batch of outcomes).
-_DERIVED_KIND = case(
-    (jobs.c.status == JobStatus.COMPLETED.value, ChangeKind.COMPLETED.value),
-    (
-        and_(jobs.c.status == JobStatus.FAILED.value, jobs.c.error_code == _ABORTED),
-        ChangeKind.ABORTED.value,
-    ),
-    (jobs.c.status == JobStatus.FAILED.value, ChangeKind.FAILED.value),
-    (jobs.c.status == JobStatus.ABORTING.value, ChangeKind.ABORTING.value),
-    else_=ChangeKind.RETRIED.value,
-)
-_CHANGE_FIELDS = ("job_id", "queue", "kind", "status", "attempts", "progress", "at")
+def _derived_kind(c: Any, pending: ChangeKind = ChangeKind.RETRIED) -> Any:
+    """The change kind of a transition, from the state the row is left in (for one
+    write whose rows end in different states, such as a batch of outcomes)."""
+    return case(
+        (c.status == JobStatus.COMPLETED.value, ChangeKind.COMPLETED.value),
+        (
+            and_(c.status == JobStatus.FAILED.value, c.error_code == _ABORTED),
+            ChangeKind.ABORTED.value,
+        ),
+        (c.status == JobStatus.FAILED.value, ChangeKind.FAILED.value),
+        (c.status == JobStatus.ABORTING.value, ChangeKind.ABORTING.value),
+        else_=pending.value,
+    )
+
+
+def _requeued_kind(c: Any) -> Any:
+    return _derived_kind(c, pending=ChangeKind.REQUEUED)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retrying(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a store method once more if its connection died before COMMIT (the
+    pool has then been refreshed): a database restart costs no caller an error."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except StorageError as exc:
+            if not exc.retryable:
+                raise
+            return await method(*args, **kwargs)
+
+    return wrapper
+
+
+def _p(name: str, type_: Any = None) -> Any:
+    """A bind parameter; names are prefixed so none collides with a column name."""
+    return bindparam(f"p_{name}", type_=type_)
+
+
+def _now() -> Any:
+    return _p("now", UtcDateTime())
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    """Values for :func:`_p` parameters (``ids`` and ``batch`` are the dialects' own)."""
+    return {k if k in ("ids", "batch") else f"p_{k}": v for k, v in values.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """A write that records its changes: ``record`` runs after ``main`` (SQLite) or
+    is ``None`` when ``main`` does both (PostgreSQL)."""
+
+    main: Any
+    record: Any | None
+
+
+class _Statements:
+    """Every hot statement of the store, built once per dialect with bind parameters."""
+
+    def __init__(self, d: ModuleType) -> None:
+        self.d = d
+        self.record_ids = {kind: self._record_by_ids(kind) for kind in ChangeKind}
+        self.claim = self._claim()
+        self.finish = self._finish()
+        self.heartbeat, self.held = self._heartbeat()
+        self.aborting = select(jobs.c.id).where(
+            d.id_in(jobs.c.id), jobs.c.status == JobStatus.ABORTING.value
+        )
+        self.progress = self._progress()
+        self.release = self._release()
+        self.reap_leases, self.reap_deadlines = self._reap()
+        self.abort_job, self.abort_run = self._abort()
+        self.retry_now = self._retry_now()
+        self.insert_many = self._insert_many()
+
+    # -- building blocks ---------------------------------------------------------------
+
+    @staticmethod
+    def _changes_from(c: Any, kind: ChangeKind | KindOf | None, where: Any = None) -> Any:
+        """INSERT of one change per row of ``c`` (the table, or a CTE of changed rows)."""
+        expr: Any
+        if kind is None:
+            expr = _derived_kind(c)
+        elif isinstance(kind, ChangeKind):
+            expr = literal(kind.value)
+        else:
+            expr = kind(c)
+        rows = select(c.id, c.queue, expr, c.status, c.attempts, c.progress, _now())
+        if where is not None:
+            rows = rows.where(where).order_by(c.id)
+        return insert(job_changes).from_select(_CHANGE_FIELDS, rows)
+
+    def _record_by_ids(self, kind: ChangeKind | KindOf | None) -> Any:
+        return self._changes_from(jobs.c, kind, self.d.id_in(jobs.c.id))
+
+    def _recorded(
+        self,
+        dml: Any,
+        kind: ChangeKind | KindOf | None = None,
+        returning: Sequence[Any] = _CHANGE_COLS,
+    ) -> _Recorded:
+        dml = dml.returning(*returning)
+        if self.d.DML_CTES:
+            changed = dml.cte("changed")
+            recorded = self._changes_from(changed.c, kind).cte("recorded")
+            return _Recorded(select(changed).add_cte(recorded), None)
+        return _Recorded(dml, self._record_by_ids(kind))
+
+    # -- statements --------------------------------------------------------------------
+
+    def _claim(self) -> _Recorded:
+        runnable = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.queue == _p("queue"),
+                jobs.c.status == JobStatus.PENDING.value,
+                jobs.c.run_after <= _now(),
+                or_(jobs.c.deadline.is_(None), jobs.c.deadline > _now()),
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.id)
+            .limit(_p("limit", Integer()))
+            .with_for_update(skip_locked=True)
+        )
+        dml = (
+            update(jobs)
+            .where(jobs.c.id.in_(runnable.scalar_subquery()))
+            .values(
+                status=JobStatus.PROCESSING.value,
+                worker_id=_p("worker_id"),
+                attempts=jobs.c.attempts + 1,
+                lease_expires_at=_p("lease_until", UtcDateTime()),
+                updated_at=_now(),
+            )
+        )
+        return self._recorded(dml, ChangeKind.CLAIMED, returning=list(jobs.c))
+
+    def _finish(self) -> _Recorded:
+        v = self.d.batch_source(_FINISH_COLUMNS)
+        aborting = jobs.c.status == JobStatus.ABORTING.value
+        dml = (
+            update(jobs)
+            .where(
+                jobs.c.id == v.c.id,
+                jobs.c.attempts == v.c.attempts,
+                jobs.c.worker_id == _p("worker_id"),
+                jobs.c.status.in_(_RUNNING),
+            )
+            .values(
+                status=case((aborting, JobStatus.FAILED.value), else_=v.c.status),
+                output=case((aborting, null()), else_=v.c.output),
+                error=case((aborting, "aborted"), else_=v.c.error),
+                error_code=case((aborting, _ABORTED), else_=v.c.error_code),
+                run_after=func.coalesce(v.c.run_after, jobs.c.run_after),
+                completed_at=case((aborting, _now()), else_=v.c.completed_at),
+                worker_id=None,
+                lease_expires_at=None,
+                updated_at=_now(),
+            )
+        )
+        return self._recorded(dml)
+
+    def _heartbeat(self) -> tuple[Any, Any]:
+        mine = and_(
+            self.d.id_in(jobs.c.id),
+            jobs.c.worker_id == _p("worker_id"),
+            jobs.c.status.in_(_RUNNING),
+        )
+        # SKIP LOCKED: never wait on (or deadlock with) a batch of outcomes being
+        # written; a row skipped now is read by ``held`` and renewed next beat.
+        lockable = select(jobs.c.id).where(mine).with_for_update(skip_locked=True)
+        renew = (
+            update(jobs)
+            .where(jobs.c.id.in_(lockable.scalar_subquery()))
+            .values(lease_expires_at=_p("lease_until", UtcDateTime()))
+            .returning(jobs.c.id, jobs.c.attempts, jobs.c.status)
+        )
+        held = select(jobs.c.id, jobs.c.attempts, jobs.c.status).where(mine)
+        return renew, held
+
+    def _progress(self) -> _Recorded:
+        dml = (
+            update(jobs)
+            .where(
+                jobs.c.id == _p("job_id"),
+                jobs.c.worker_id == _p("worker_id"),
+                jobs.c.attempts == _p("attempts"),
+                jobs.c.status.in_(_RUNNING),
+            )
+            .values(
+                progress=_p("progress"),
+                progress_message=_p("message"),
+                progress_details=_p("details", jobs.c.progress_details.type),
+                updated_at=_now(),
+            )
+        )
+        return self._recorded(dml, ChangeKind.PROGRESS)
+
+    def _release(self) -> _Recorded:
+        dml = (
+            update(jobs)
+            .where(
+                self.d.id_in(jobs.c.id),
+                jobs.c.worker_id == _p("worker_id"),
+                jobs.c.status == JobStatus.PROCESSING.value,
+            )
+            .values(
+                status=JobStatus.PENDING.value,
+                attempts=jobs.c.attempts - 1,
+                worker_id=None,
+                lease_expires_at=None,
+                run_after=_now(),
+                updated_at=_now(),
+            )
+        )
+        return self._recorded(dml, ChangeKind.RELEASED)
+
+    def _reap(self) -> tuple[_Recorded, _Recorded]:
+        expired_abort = jobs.c.status == JobStatus.ABORTING.value
+        ends = or_(expired_abort, jobs.c.attempts > jobs.c.max_retries)
+        # SKIP LOCKED: rows being written by their worker right now are not dead.
+        expired = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.queue == _p("queue"),
+                jobs.c.status.in_(_RUNNING),
+                jobs.c.lease_expires_at < _now(),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        leases = (
+            update(jobs)
+            .where(jobs.c.id.in_(expired.scalar_subquery()))
+            .values(
+                status=case((ends, JobStatus.FAILED.value), else_=JobStatus.PENDING.value),
+                error=case(
+                    (expired_abort, "aborted (its worker stopped)"),
+                    else_="lease expired: the worker stopped renewing it",
+                ),
+                error_code=case((expired_abort, _ABORTED), else_="LeaseExpired"),
+                completed_at=case((ends, _now()), else_=null()),
+                worker_id=None,
+                lease_expires_at=None,
+                run_after=_now(),
+                updated_at=_now(),
+            )
+        )
+        deadlines = (
+            update(jobs)
+            .where(
+                jobs.c.queue == _p("queue"),
+                jobs.c.status == JobStatus.PENDING.value,
+                jobs.c.deadline <= _now(),
+            )
+            .values(
+                status=JobStatus.FAILED.value,
+                error="deadline passed before the job could run",
+                error_code="DeadlineExceeded",
+                completed_at=_now(),
+                updated_at=_now(),
+            )
+        )
+        return self._recorded(leases, _requeued_kind), self._recorded(deadlines)
+
+    def _abort(self) -> tuple[_Recorded, _Recorded]:
+        pending = jobs.c.status == JobStatus.PENDING.value
+        dml = (
+            update(jobs)
+            .where(jobs.c.status.in_(ACTIVE_STATUSES), jobs.c.status != "ABORTING")
+            .values(
+                status=case((pending, JobStatus.FAILED.value), else_=JobStatus.ABORTING.value),
+                error=case((pending, "aborted"), else_=jobs.c.error),
+                error_code=case((pending, _ABORTED), else_=jobs.c.error_code),
+                completed_at=case((pending, _now()), else_=jobs.c.completed_at),
+                updated_at=_now(),
+            )
+        )
+        return (
+            self._recorded(dml.where(jobs.c.id == _p("job_id"))),
+            self._recorded(dml.where(jobs.c.job_run_id == _p("job_run_id"))),
+        )
+
+    def _retry_now(self) -> _Recorded:
+        dml = (
+            update(jobs)
+            .where(jobs.c.id == _p("job_id"), jobs.c.status == JobStatus.FAILED.value)
+            .values(
+                status=JobStatus.PENDING.value,
+                max_retries=case(
+                    (jobs.c.attempts > jobs.c.max_retries, jobs.c.attempts),
+                    else_=jobs.c.max_retries,
+                ),
+                run_after=_now(),
+                completed_at=None,
+                updated_at=_now(),
+            )
+        )
+        return self._recorded(dml, ChangeKind.RETRIED)
+
+    def _insert_many(self) -> Any:
+        """One INSERT ... SELECT over the batch; ids follow the batch order."""
+        v = self.d.batch_source(_SUBMIT_COLUMNS)
+        source = select(
+            _p("queue"),
+            literal(JobStatus.PENDING.value),
+            *(v.c[name] for name in _SUBMIT_COLUMNS[1:]),
+            _now(),
+            _now(),
+        ).order_by(v.c.ord)
+        names = ["queue", "status", *_SUBMIT_COLUMNS[1:], "created_at", "updated_at"]
+        return insert(jobs).from_select(names, source).returning(jobs.c.id)
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(postgres if dialect == "postgresql" else sqlite)
 
 
 class JobStore:
@@ -124,49 +449,30 @@ class JobStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._dialect = postgres if db.dialect == "postgresql" else sqlite
+        self._s = _statements(db.dialect)
+        self._d = self._s.d
 
-    # -- change feed ---------------------------------------------------------------
+    async def _write(
+        self, conn: AsyncConnection, stmt: _Recorded, params: dict[str, Any]
+    ) -> list[Row[Any]]:
+        """Run a recorded write; returns the changed rows."""
+        rows = list((await conn.execute(stmt.main, params)).all())
+        if stmt.record is not None and rows:
+            ids = self._d.encode_ids([r.id for r in rows])
+            await conn.execute(stmt.record, {"p_now": params["p_now"], "ids": ids})
+        return rows
 
     async def _record(
-        self,
-        conn: AsyncConnection,
-        ids: Sequence[int],
-        now: datetime,
-        kind: ChangeKind | None = None,
+        self, conn: AsyncConnection, ids: Sequence[int], now: datetime, kind: ChangeKind
     ) -> None:
-        """Append one change per job in ``ids``, read from the rows as they are now
-        (``kind`` None: derive it from the status). One statement, no per-row Python."""
-        if not ids:
-            return
-        source = select(
-            jobs.c.id,
-            jobs.c.queue,
-            _DERIVED_KIND if kind is None else literal(kind.value),
-            jobs.c.status,
-            jobs.c.attempts,
-            jobs.c.progress,
-            _ts(now),
-        ).where(self._dialect.id_in(jobs.c.id, ids))
-        await conn.execute(
-            insert(job_changes).from_select(_CHANGE_FIELDS, source.order_by(jobs.c.id))
-        )
-
-    async def _lock(self, conn: AsyncConnection, ids: Sequence[int]) -> None:
-        """Lock rows in id order before a multi-row write, so that two writers of
-        overlapping rows (a heartbeat and a batch of outcomes) cannot deadlock."""
-        if self.db.dialect == "postgresql" and len(ids) > 1:
-            await conn.execute(
-                select(jobs.c.id)
-                .where(self._dialect.id_in(jobs.c.id, ids))
-                .order_by(jobs.c.id)
-                .with_for_update()
-            )
-
-    _CHANGE_COLS = (jobs.c.id, jobs.c.queue, jobs.c.status, jobs.c.attempts, jobs.c.error_code)
+        """Append one change per job in ``ids``, read from the rows as they are now."""
+        if ids:
+            params = _params(now=now, ids=self._d.encode_ids(ids))
+            await conn.execute(self._s.record_ids[kind], params)
 
     # -- submit --------------------------------------------------------------------
 
+    @_retrying
     async def submit(self, queue: str, new: Sequence[NewJob], now: datetime) -> list[int]:
         """Insert jobs; one id per item, in order. A fingerprint matching an active job
         of the queue returns that job's id and inserts nothing."""
@@ -176,7 +482,22 @@ class JobStore:
         async with self.db.transaction() as conn:
             inserted: list[int] = []
             if plain:
-                got = await self._insert_many(conn, queue, [new[i] for i in plain], now)
+                rows = [
+                    {
+                        "ord": i,
+                        "input": n.input,
+                        "input_digest": n.input_digest,
+                        "max_retries": n.max_retries,
+                        "priority": n.priority,
+                        "run_after": n.run_after,
+                        "deadline": n.deadline,
+                        "job_run_id": n.job_run_id,
+                    }
+                    for i, n in enumerate(new[i] for i in plain)
+                ]
+                params = _params(queue=queue, now=now, batch=self._d.encode_batch(rows))
+                # ids come from the sequence in insertion order: the ORDER BY's.
+                got = sorted((await conn.scalars(self._s.insert_many, params)).all())
                 inserted += got
                 for i, job_id in zip(plain, got, strict=True):
                     ids[i] = job_id
@@ -190,46 +511,11 @@ class JobStore:
             await self._record(conn, inserted, now, ChangeKind.SUBMITTED)
         return ids
 
-    async def _insert_many(
-        self, conn: AsyncConnection, queue: str, new: Sequence[NewJob], now: datetime
-    ) -> list[int]:
-        """One INSERT ... SELECT over the batch as a JSON row source; ids in input order."""
-        rows = [
-            {
-                "ord": i,
-                "input": n.input,
-                "input_digest": n.input_digest,
-                "max_retries": n.max_retries,
-                "priority": n.priority,
-                "run_after": n.run_after,
-                "deadline": n.deadline,
-                "job_run_id": n.job_run_id,
-            }
-            for i, n in enumerate(new)
-        ]
-        v = self._dialect.batch_source(rows, _SUBMIT_COLUMNS)
-        source = select(
-            literal(queue),
-            literal(JobStatus.PENDING.value),
-            *(v.c[name] for name in _SUBMIT_COLUMNS[1:]),
-            _ts(now),
-            _ts(now),
-        ).order_by(v.c.ord)
-        stmt = (
-            insert(jobs)
-            .from_select(
-                ["queue", "status", *_SUBMIT_COLUMNS[1:], "created_at", "updated_at"], source
-            )
-            .returning(jobs.c.id)
-        )
-        # ids come from the sequence in the order rows are inserted: the ORDER BY's.
-        return sorted(int(i) for i in (await conn.scalars(stmt)).all())
-
     async def _insert_deduped(
         self, conn: AsyncConnection, queue: str, new: NewJob, now: datetime
     ) -> int | None:
         stmt = (
-            self._dialect.insert(jobs)
+            self._d.insert(jobs)
             .values(
                 queue=queue,
                 status=JobStatus.PENDING.value,
@@ -271,6 +557,7 @@ class JobStore:
 
     # -- reads -----------------------------------------------------------------------
 
+    @_retrying
     async def get(self, job_id: int) -> Job:
         async with self.db.transaction(write=False) as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
@@ -278,6 +565,7 @@ class JobStore:
             raise JobNotFound(job_id)
         return _model(Job, row)
 
+    @_retrying
     async def list_jobs(
         self,
         *,
@@ -296,6 +584,7 @@ class JobStore:
             rows = (await conn.execute(stmt)).all()
         return [_model(Job, r) for r in rows]
 
+    @_retrying
     async def output_for_input(self, queue: str, digest: str) -> tuple[bool, Any]:
         """``(found, output)`` of the newest completed job of ``queue`` with this input."""
         stmt = (
@@ -312,6 +601,7 @@ class JobStore:
             row = (await conn.execute(stmt)).first()
         return (False, None) if row is None else (True, row.output)
 
+    @_retrying
     async def counts(self) -> list[tuple[str, str, int]]:
         """``(queue, status, count)`` for every queue and status present."""
         stmt = select(jobs.c.queue, jobs.c.status, func.count()).group_by(
@@ -320,6 +610,7 @@ class JobStore:
         async with self.db.transaction(write=False) as conn:
             return [(r[0], r[1], int(r[2])) for r in (await conn.execute(stmt)).all()]
 
+    @_retrying
     async def changes_head(self) -> int:
         """The newest change-feed cursor (0 when empty)."""
         async with self.db.transaction(write=False) as conn:
@@ -327,6 +618,7 @@ class JobStore:
                 await conn.scalar(select(func.coalesce(func.max(job_changes.c.seq), 0))) or 0
             )
 
+    @_retrying
     async def changes(
         self,
         after_seq: int = 0,
@@ -347,76 +639,55 @@ class JobStore:
 
     # -- worker side -----------------------------------------------------------------
 
+    @_retrying
     async def claim(
         self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
     ) -> list[Job]:
         """Atomically take up to ``limit`` runnable jobs: highest priority, then
         ``run_after``, then submission order. No job is ever handed to two claims."""
-        runnable = (
-            select(jobs.c.id)
-            .where(
-                jobs.c.queue == queue,
-                jobs.c.status == JobStatus.PENDING.value,
-                jobs.c.run_after <= now,
-                or_(jobs.c.deadline.is_(None), jobs.c.deadline > now),
-            )
-            .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(jobs)
-            .where(jobs.c.id.in_(runnable.scalar_subquery()))
-            .values(
-                status=JobStatus.PROCESSING.value,
-                worker_id=worker_id,
-                attempts=jobs.c.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                updated_at=now,
-            )
-            .returning(*jobs.c)
+        params = _params(
+            queue=queue,
+            worker_id=worker_id,
+            limit=limit,
+            now=now,
+            lease_until=now + timedelta(seconds=lease_seconds),
         )
         async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
-            await self._record(conn, [r.id for r in rows], now, ChangeKind.CLAIMED)
+            rows = await self._write(conn, self._s.claim, params)
         claimed = [_model(Job, r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return claimed
 
+    @_retrying
     async def heartbeat(
         self, worker_id: str, claims: Sequence[Claim], now: datetime, lease_seconds: float
     ) -> dict[int, JobStatus]:
         """Extend the leases of ``claims``; returns the status of each claim still held."""
         if not claims:
             return {}
-        stmt = (
-            update(jobs)
-            .where(
-                jobs.c.id.in_([c.job_id for c in claims]),
-                jobs.c.worker_id == worker_id,
-                jobs.c.status.in_(_RUNNING),
-            )
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .returning(jobs.c.id, jobs.c.attempts, jobs.c.status)
+        params = _params(
+            ids=self._d.encode_ids([c.job_id for c in claims]),
+            worker_id=worker_id,
+            lease_until=now + timedelta(seconds=lease_seconds),
         )
         async with self.db.transaction() as conn:
-            await self._lock(conn, [c.job_id for c in claims])
-            rows = (await conn.execute(stmt)).all()
+            rows = list((await conn.execute(self._s.heartbeat, params)).all())
+            if len(rows) < len(claims):  # some were locked by our own outcome writes
+                rows = list((await conn.execute(self._s.held, params)).all())
         held = {(c.job_id, c.attempts) for c in claims}
         return {r.id: JobStatus(r.status) for r in rows if (r.id, r.attempts) in held}
 
+    @_retrying
     async def aborting(self, claims: Sequence[Claim]) -> set[int]:
         """Which of ``claims`` were asked to abort (a read: cheap to poll)."""
         if not claims:
             return set()
-        stmt = select(jobs.c.id).where(
-            jobs.c.id.in_([c.job_id for c in claims]),
-            jobs.c.status == JobStatus.ABORTING.value,
-        )
+        params = _params(ids=self._d.encode_ids([c.job_id for c in claims]))
         async with self.db.transaction(write=False) as conn:
-            found: list[int] = list((await conn.scalars(stmt)).all())
+            found: list[int] = list((await conn.scalars(self._s.aborting, params)).all())
         return set(found)
 
+    @_retrying
     async def update_progress(
         self,
         worker_id: str,
@@ -427,29 +698,22 @@ class JobStore:
         now: datetime,
     ) -> JobStatus:
         """Store progress; raises :class:`LeaseLost` when the claim is no longer held."""
-        stmt = (
-            update(jobs)
-            .where(
-                jobs.c.id == claim.job_id,
-                jobs.c.worker_id == worker_id,
-                jobs.c.attempts == claim.attempts,
-                jobs.c.status.in_(_RUNNING),
-            )
-            .values(
-                progress=progress,
-                progress_message=message,
-                progress_details=details,
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS, jobs.c.progress)
+        params = _params(
+            job_id=claim.job_id,
+            attempts=claim.attempts,
+            worker_id=worker_id,
+            progress=progress,
+            message=message,
+            details=details,
+            now=now,
         )
         async with self.db.transaction() as conn:
-            row = (await conn.execute(stmt)).first()
-            if row is None:
-                raise LeaseLost(f"job {claim.job_id}: this worker no longer holds it")
-            await self._record(conn, [row.id], now, ChangeKind.PROGRESS)
-        return JobStatus(row.status)
+            rows = await self._write(conn, self._s.progress, params)
+        if not rows:
+            raise LeaseLost(f"job {claim.job_id}: this worker no longer holds it")
+        return JobStatus(rows[0].status)
 
+    @_retrying
     async def finish(
         self, worker_id: str, items: Sequence[tuple[Claim, Outcome]], now: datetime
     ) -> dict[int, JobStatus]:
@@ -461,85 +725,38 @@ class JobStore:
         """
         if not items:
             return {}
-        rows = [self._finish_row(claim, outcome, now) for claim, outcome in items]
-        v = self._dialect.batch_source(rows, _FINISH_COLUMNS)
-        aborting = jobs.c.status == JobStatus.ABORTING.value
-        stmt = (
-            update(jobs)
-            .where(
-                jobs.c.id == v.c.id,
-                jobs.c.attempts == v.c.attempts,
-                jobs.c.worker_id == worker_id,
-                jobs.c.status.in_(_RUNNING),
-            )
-            .values(
-                status=case((aborting, JobStatus.FAILED.value), else_=v.c.status),
-                output=case((aborting, null()), else_=v.c.output),
-                error=case((aborting, "aborted"), else_=v.c.error),
-                error_code=case((aborting, _ABORTED), else_=v.c.error_code),
-                run_after=func.coalesce(v.c.run_after, jobs.c.run_after),
-                completed_at=case((aborting, _ts(now)), else_=v.c.completed_at),
-                worker_id=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS)
-        )
+        batch = [self._finish_row(claim, outcome, now) for claim, outcome in items]
+        params = _params(worker_id=worker_id, now=now, batch=self._d.encode_batch(batch))
         async with self.db.transaction() as conn:
-            await self._lock(conn, [claim.job_id for claim, _ in items])
-            done = (await conn.execute(stmt)).all()
-            await self._record(conn, [r.id for r in done], now)
+            done = await self._write(conn, self._s.finish, params)
         return {r.id: JobStatus(r.status) for r in done}
 
     @staticmethod
     def _finish_row(claim: Claim, outcome: Outcome, now: datetime) -> dict[str, Any]:
-        row: dict[str, Any] = {"id": claim.job_id, "attempts": claim.attempts}
+        row: dict[str, Any] = dict.fromkeys(_FINISH_COLUMNS)
+        row.update(id=claim.job_id, attempts=claim.attempts)
         if isinstance(outcome, Complete):
             row.update(status="COMPLETED", output=outcome.output, completed_at=now)
         elif isinstance(outcome, Retry):
-            row.update(
-                status="PENDING",
-                error=outcome.error,
-                error_code=outcome.error_code,
-                run_after=outcome.run_after,
-            )
+            row.update(status="PENDING", error=outcome.error, error_code=outcome.error_code)
+            row.update(run_after=outcome.run_after)
         elif isinstance(outcome, Fail):
-            row.update(
-                status="FAILED",
-                error=outcome.error,
-                error_code=outcome.error_code,
-                completed_at=now,
-            )
-        for name in _FINISH_COLUMNS:
-            row.setdefault(name, None)
+            row.update(status="FAILED", error=outcome.error, error_code=outcome.error_code)
+            row.update(completed_at=now)
         return row
 
+    @_retrying
     async def release(self, worker_id: str, claims: Sequence[Claim], now: datetime) -> int:
         """Give claims back untouched (graceful stop): PENDING, the attempt not counted."""
         if not claims:
             return 0
-        stmt = (
-            update(jobs)
-            .where(
-                jobs.c.id.in_([c.job_id for c in claims]),
-                jobs.c.worker_id == worker_id,
-                jobs.c.status == JobStatus.PROCESSING.value,
-            )
-            .values(
-                status=JobStatus.PENDING.value,
-                attempts=jobs.c.attempts - 1,
-                worker_id=None,
-                lease_expires_at=None,
-                run_after=now,
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS)
+        params = _params(
+            ids=self._d.encode_ids([c.job_id for c in claims]), worker_id=worker_id, now=now
         )
         async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
-            await self._record(conn, [r.id for r in rows], now, ChangeKind.RELEASED)
-        return len(rows)
+            return len(await self._write(conn, self._s.release, params))
 
+    @_retrying
     async def reap(self, queue: str, now: datetime) -> int:
         """Recover jobs whose worker died and fail jobs whose deadline passed.
 
@@ -547,54 +764,10 @@ class JobStore:
         ``LeaseExpired`` once its retries are used up, or ``AbortedJobError``
         if it was being aborted); a pending job past its deadline fails.
         """
-        expired_abort = jobs.c.status == JobStatus.ABORTING.value
-        out_of_retries = jobs.c.attempts > jobs.c.max_retries
-        ends = or_(expired_abort, out_of_retries)
-        lease_stmt = (
-            update(jobs)
-            .where(
-                jobs.c.queue == queue,
-                jobs.c.status.in_(_RUNNING),
-                jobs.c.lease_expires_at < now,
-            )
-            .values(
-                status=case((ends, JobStatus.FAILED.value), else_=JobStatus.PENDING.value),
-                error=case(
-                    (expired_abort, "aborted (its worker stopped)"),
-                    else_="lease expired: the worker stopped renewing it",
-                ),
-                error_code=case((expired_abort, _ABORTED), else_="LeaseExpired"),
-                completed_at=case((ends, _ts(now)), else_=null()),
-                worker_id=None,
-                lease_expires_at=None,
-                run_after=now,
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS)
-        )
-        deadline_stmt = (
-            update(jobs)
-            .where(
-                jobs.c.queue == queue,
-                jobs.c.status == JobStatus.PENDING.value,
-                jobs.c.deadline <= now,
-            )
-            .values(
-                status=JobStatus.FAILED.value,
-                error="deadline passed before the job could run",
-                error_code="DeadlineExceeded",
-                completed_at=now,
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS)
-        )
+        params = _params(queue=queue, now=now)
         async with self.db.transaction() as conn:
-            leased = (await conn.execute(lease_stmt)).all()
-            requeued = [r.id for r in leased if r.status == JobStatus.PENDING.value]
-            await self._record(conn, requeued, now, ChangeKind.REQUEUED)
-            await self._record(conn, [r.id for r in leased if r.id not in requeued], now)
-            late = (await conn.execute(deadline_stmt)).all()
-            await self._record(conn, [r.id for r in late], now)
+            leased = await self._write(conn, self._s.reap_leases, params)
+            late = await self._write(conn, self._s.reap_deadlines, params)
         return len(leased) + len(late)
 
     @staticmethod
@@ -604,58 +777,34 @@ class JobStore:
 
     # -- client side -----------------------------------------------------------------
 
+    @_retrying
     async def abort(
         self, now: datetime, *, job_id: int | None = None, job_run_id: str | None = None
     ) -> int:
         """Abort one job or a whole run: PENDING ends FAILED at once, running jobs
         become ABORTING (their worker cancels them). Returns how many changed."""
-        pending = jobs.c.status == JobStatus.PENDING.value
-        stmt = (
-            update(jobs)
-            .where(jobs.c.status.in_(ACTIVE_STATUSES), jobs.c.status != "ABORTING")
-            .values(
-                status=case((pending, JobStatus.FAILED.value), else_=JobStatus.ABORTING.value),
-                error=case((pending, "aborted"), else_=jobs.c.error),
-                error_code=case((pending, _ABORTED), else_=jobs.c.error_code),
-                completed_at=case((pending, _ts(now)), else_=jobs.c.completed_at),
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS)
-        )
-        if job_id is not None:
-            stmt = stmt.where(jobs.c.id == job_id)
-        if job_run_id is not None:
-            stmt = stmt.where(jobs.c.job_run_id == job_run_id)
         async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
-            if not rows and job_id is not None:
-                await self._require_job(conn, job_id)
-            await self._record(conn, [r.id for r in rows], now)
+            if job_id is not None:
+                params = _params(job_id=job_id, now=now)
+                rows = await self._write(conn, self._s.abort_job, params)
+                if not rows:
+                    await self._require_job(conn, job_id)
+            else:
+                params = _params(job_run_id=job_run_id, now=now)
+                rows = await self._write(conn, self._s.abort_run, params)
         return len(rows)
 
+    @_retrying
     async def retry_now(self, job_id: int, now: datetime) -> bool:
         """Put a FAILED job back to PENDING for one more run (admin action)."""
-        stmt = (
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.FAILED.value)
-            .values(
-                status=JobStatus.PENDING.value,
-                max_retries=func.max(jobs.c.max_retries, jobs.c.attempts)
-                if self.db.dialect == "sqlite"
-                else func.greatest(jobs.c.max_retries, jobs.c.attempts),
-                run_after=now,
-                completed_at=None,
-                updated_at=now,
-            )
-            .returning(*self._CHANGE_COLS)
-        )
         async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
+            params = _params(job_id=job_id, now=now)
+            rows = await self._write(conn, self._s.retry_now, params)
             if not rows:
                 await self._require_job(conn, job_id)
-            await self._record(conn, [r.id for r in rows], now, ChangeKind.RETRIED)
         return bool(rows)
 
+    @_retrying
     async def purge(
         self,
         older_than: datetime,
@@ -668,7 +817,7 @@ class JobStore:
         ended = [s for s in statuses if s in TERMINAL_STATUSES]
         doomed = select(jobs.c.id).where(
             jobs.c.status.in_(ended),
-            func.coalesce(jobs.c.completed_at, jobs.c.updated_at) < older_than,
+            jobs.c.completed_at < older_than,  # every ended job has completed_at
         )
         if queue is not None:
             doomed = doomed.where(jobs.c.queue == queue)
@@ -676,11 +825,13 @@ class JobStore:
             ids: list[int] = list((await conn.scalars(doomed.with_for_update())).all())
             await self._record(conn, ids, now, ChangeKind.PURGED)
             if ids:
-                await conn.execute(delete(jobs).where(self._dialect.id_in(jobs.c.id, ids)))
+                params = _params(ids=self._d.encode_ids(ids))
+                await conn.execute(delete(jobs).where(self._d.id_in(jobs.c.id)), params)
         return len(ids)
 
     # -- rate limits -------------------------------------------------------------------
 
+    @_retrying
     async def take_rate_slots(
         self, queue: str, want: int, limit: int, window_seconds: float, now: datetime
     ) -> tuple[list[int], datetime | None]:
@@ -692,7 +843,7 @@ class JobStore:
         start = now - timedelta(seconds=window_seconds)
         hits = rate_limit_hits
         async with self.db.transaction() as conn:
-            lock = self._dialect.advisory_lock_sql()
+            lock = self._d.advisory_lock_sql()
             if lock is not None:
                 await conn.execute(text(lock), {"key": f"taskdb-rate:{queue}"})
             await conn.execute(delete(hits).where(hits.c.queue == queue, hits.c.at <= start))
@@ -711,6 +862,7 @@ class JobStore:
         next_free = oldest + timedelta(seconds=window_seconds) if grant < want else None
         return ids, next_free
 
+    @_retrying
     async def return_rate_slots(self, ids: Sequence[int]) -> None:
         if ids:
             async with self.db.transaction() as conn:

@@ -1,4 +1,4 @@
-"""What PostgreSQL does differently: its INSERT construct and batch row source."""
+"""What PostgreSQL does differently: its INSERT construct, row sources, locks."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from sqlalchemy import (
     Integer,
     Text,
     any_,
+    bindparam,
     column,
     func,
-    literal,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as insert
+
+# Changed rows and their change records can be written in one statement.
+DML_CTES = True
 
 _TYPES: dict[str, Any] = {
     "id": BigInteger(),
@@ -33,27 +36,43 @@ _TYPES: dict[str, Any] = {
 }
 
 
-def batch_source(rows: list[dict[str, Any]], names: tuple[str, ...]) -> FromClause:
-    """``rows`` as a derived table ``v`` (one bound JSON array: one round trip)."""
-    encoded = [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-        for row in rows
-    ]
+def batch_source(names: Sequence[str], param: str = "batch") -> FromClause:
+    """A derived table ``v`` with columns ``names``, read from one JSON array bound
+    as ``param`` (see :func:`encode_batch`): a whole batch in one parameter."""
     cols = [column(name, _TYPES.get(name, Text())) for name in names]
     return (
-        func.jsonb_to_recordset(literal(encoded, JSONB))
+        func.jsonb_to_recordset(bindparam(param, type_=JSONB))
         .table_valued(*cols)
         .render_derived(name="v", with_types=True)
     )
 
 
-def id_in(col: ColumnElement[Any], ids: Sequence[int]) -> ColumnElement[bool]:
-    """``col`` is one of ``ids`` (one array parameter, whatever the count)."""
-    return col == any_(literal(list(ids), ARRAY(BigInteger)))
+def encode_batch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def id_in(col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
+    """``col`` is one of the ids bound as ``param`` (one array, whatever the count)."""
+    return col == any_(bindparam(param, type_=ARRAY(BigInteger)))
+
+
+def encode_ids(ids: Sequence[int]) -> list[int]:
+    return list(ids)
 
 
 def advisory_lock_sql() -> str:
     return "SELECT pg_advisory_xact_lock(hashtext(:key))"
 
 
-__all__ = ["advisory_lock_sql", "batch_source", "id_in", "insert"]
+__all__ = [
+    "DML_CTES",
+    "advisory_lock_sql",
+    "batch_source",
+    "encode_batch",
+    "encode_ids",
+    "id_in",
+    "insert",
+]

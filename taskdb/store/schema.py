@@ -133,9 +133,21 @@ Index(
     postgresql_where=_running,
     sqlite_where=_running,
 )
-Index("ix_taskdb_jobs_input_digest", jobs.c.queue, jobs.c.input_digest)
-Index("ix_taskdb_jobs_run_id", jobs.c.job_run_id)
-Index("ix_taskdb_jobs_status_updated", jobs.c.status, jobs.c.updated_at)
+# Status changes can never be HOT updates, so every full index would get a new
+# entry per transition: the secondary indexes are partial, covering only the
+# rows their queries read.
+_completed = jobs.c.status == "COMPLETED"
+_has_run = jobs.c.job_run_id.is_not(None)
+_ended = jobs.c.completed_at.is_not(None)
+Index(
+    "ix_taskdb_jobs_input_digest",
+    jobs.c.queue,
+    jobs.c.input_digest,
+    postgresql_where=_completed,
+    sqlite_where=_completed,
+)
+Index("ix_taskdb_jobs_run_id", jobs.c.job_run_id, postgresql_where=_has_run, sqlite_where=_has_run)
+Index("ix_taskdb_jobs_completed", jobs.c.completed_at, postgresql_where=_ended, sqlite_where=_ended)
 
 job_changes = Table(
     "taskdb_job_changes",
@@ -150,7 +162,6 @@ job_changes = Table(
     Column("at", UtcDateTime, nullable=False),
 )
 Index("ix_taskdb_job_changes_job", job_changes.c.job_id, job_changes.c.seq)
-Index("ix_taskdb_job_changes_at", job_changes.c.at)
 
 rate_limit_hits = Table(
     "taskdb_rate_limit_hits",

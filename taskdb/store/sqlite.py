@@ -1,4 +1,4 @@
-"""What SQLite does differently: its INSERT construct and batch row source."""
+"""What SQLite does differently: its INSERT construct, row sources, locks."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, FromClause, func, literal, select
+from sqlalchemy import JSON, ColumnElement, FromClause, bindparam, func, select
 from sqlalchemy.dialects.sqlite import insert as insert
 
 from taskdb.store.database import dumps
 from taskdb.store.schema import SQLITE_TIME_FORMAT
+
+# SQLite has no data-modifying CTEs: a change record is a second statement.
+DML_CTES = False
 
 _JSON_COLUMNS = frozenset({"input", "output"})
 
@@ -20,24 +23,32 @@ def _encode(name: str, value: Any) -> Any:
         return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
     if name in _JSON_COLUMNS and value is not None:
         # json_extract returns nested JSON as text but a JSON string unquoted:
-        # pre-encoding keeps every output stored as its JSON text.
+        # pre-encoding keeps every value stored as its JSON text.
         return dumps(value)
     return value
 
 
-def batch_source(rows: list[dict[str, Any]], names: tuple[str, ...]) -> FromClause:
-    """``rows`` as a derived table ``v`` (one bound JSON array: one statement)."""
-    encoded = [{k: _encode(k, v) for k, v in row.items()} for row in rows]
-    each = func.json_each(literal(encoded, JSON)).table_valued("value")
+def batch_source(names: Sequence[str], param: str = "batch") -> FromClause:
+    """A derived table ``v`` with columns ``names``, read from one JSON array bound
+    as ``param`` (see :func:`encode_batch`): a whole batch in one parameter."""
+    each = func.json_each(bindparam(param, type_=JSON)).table_valued("value")
     return select(
         *(func.json_extract(each.c.value, f"$.{name}").label(name) for name in names)
     ).subquery("v")
 
 
-def id_in(col: ColumnElement[Any], ids: Sequence[int]) -> ColumnElement[bool]:
-    """``col`` is one of ``ids`` (one JSON parameter, whatever the count)."""
-    each = func.json_each(literal(list(ids), JSON)).table_valued("value")
+def encode_batch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: _encode(k, v) for k, v in row.items()} for row in rows]
+
+
+def id_in(col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
+    """``col`` is one of the ids bound as ``param`` (one JSON array, whatever the count)."""
+    each = func.json_each(bindparam(param, type_=JSON)).table_valued("value")
     return col.in_(select(each.c.value))
+
+
+def encode_ids(ids: Sequence[int]) -> list[int]:
+    return list(ids)
 
 
 def advisory_lock_sql() -> None:
@@ -45,4 +56,12 @@ def advisory_lock_sql() -> None:
     return None
 
 
-__all__ = ["advisory_lock_sql", "batch_source", "id_in", "insert"]
+__all__ = [
+    "DML_CTES",
+    "advisory_lock_sql",
+    "batch_source",
+    "encode_batch",
+    "encode_ids",
+    "id_in",
+    "insert",
+]

@@ -13,7 +13,10 @@ from sqlalchemy import make_url, text
 
 import taskdb
 from taskdb import JobContext, JobQueueClient, JobQueueServer
+from tests.conftest import pg_database_url
 from tests.helpers import eventually
+
+PG_ADMIN_URL = pg_database_url("postgres").replace("+psycopg", "")
 
 
 async def test_postgres_connections_killed_mid_run(fresh_pg_url: str) -> None:
@@ -52,6 +55,24 @@ async def test_postgres_connections_killed_mid_run(fresh_pg_url: str) -> None:
         await db.aclose()
     assert results == list(range(200))
     assert sorted(set(handled)) == list(range(200))
+
+
+async def test_killed_idle_connection_costs_the_caller_nothing(fresh_pg_url: str) -> None:
+    """Pools do not ping: a dead pooled connection is found on use and retried once."""
+    db = taskdb.connect(fresh_pg_url)
+    client = JobQueueClient(db, "q")
+    handle = await client.submit({"n": 1})
+    name = make_url(fresh_pg_url).database
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    assert (await client.get(handle.id)).input == {"n": 1}  # no error reaches the caller
+    assert (await client.submit({"n": 2})).id > handle.id
+    await db.aclose()
 
 
 async def test_postgres_down_gives_storage_error_then_recovers(fresh_pg_url: str) -> None:
