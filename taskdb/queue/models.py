@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -88,12 +89,14 @@ class JobChange(BaseModel):
     at: datetime
 
 
+# One encoder, made once: json.dumps with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """Stable JSON text of a job input (sorted keys); raises InvalidJobInput if not JSON."""
-    import json
-
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return _CANONICAL.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidJobInput(f"job input is not JSON-serialisable: {exc}") from exc
 

@@ -43,9 +43,12 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """The JSON encoding used for every JSON column (strict: no NaN, no infinities)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def _parse_url(raw: str) -> tuple[URL, Dialect]:
@@ -166,16 +169,24 @@ class Database:
         return engine
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def transaction(
+        self, *, write: bool = True, atomic: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
         """A connection inside one transaction, committed on success.
 
-        ``write=False`` lets SQLite readers run beside the writer. Driver errors
-        raised inside become :class:`TaskdbError`.
+        ``write=False`` lets SQLite readers run beside the writer.
+        ``atomic=False`` says each statement of the body stands alone: on
+        PostgreSQL they then run in autocommit mode, saving the BEGIN and COMMIT
+        round trips. Driver errors raised inside become :class:`TaskdbError`.
         """
         try:
             if not self._schema_ok:
                 await self._check_schema()
             async with self._engine().connect() as conn:
+                if not atomic and self.dialect == "postgresql":
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    yield conn
+                    return
                 if not write:
                     await conn.execution_options(taskdb_write=False)
                 transaction = await conn.begin()

@@ -425,7 +425,7 @@ class _Statements:
         )
         return self._recorded(dml, ChangeKind.RETRIED)
 
-    def _insert_many(self) -> Any:
+    def _insert_many(self) -> _Recorded:
         """One INSERT ... SELECT over the batch; ids follow the batch order."""
         v = self.d.batch_source(_SUBMIT_COLUMNS)
         source = select(
@@ -436,7 +436,7 @@ class _Statements:
             _now(),
         ).order_by(v.c.ord)
         names = ["queue", "status", *_SUBMIT_COLUMNS[1:], "created_at", "updated_at"]
-        return insert(jobs).from_select(names, source).returning(jobs.c.id)
+        return self._recorded(insert(jobs).from_select(names, source), ChangeKind.SUBMITTED)
 
 
 @cache
@@ -451,6 +451,10 @@ class JobStore:
         self.db = db
         self._s = _statements(db.dialect)
         self._d = self._s.d
+        # Where a write records its changes in the same statement (PostgreSQL),
+        # each statement stands alone and needs no transaction; on SQLite a write
+        # and its change records are two statements in one transaction.
+        self._atomic = not self._d.DML_CTES
 
     async def _write(
         self, conn: AsyncConnection, stmt: _Recorded, params: dict[str, Any]
@@ -479,12 +483,13 @@ class JobStore:
         ids: list[int] = [0] * len(new)
         plain = [i for i, n in enumerate(new) if n.fingerprint is None]
         keyed = [i for i, n in enumerate(new) if n.fingerprint is not None]
-        async with self.db.transaction() as conn:
-            inserted: list[int] = []
+        # Plain jobs are one statement on PostgreSQL (their change records too).
+        atomic = self._atomic or bool(keyed)
+        async with self.db.transaction(atomic=atomic) as conn:
             if plain:
                 rows = [
                     {
-                        "ord": i,
+                        "ord": ord_,
                         "input": n.input,
                         "input_digest": n.input_digest,
                         "max_retries": n.max_retries,
@@ -493,14 +498,14 @@ class JobStore:
                         "deadline": n.deadline,
                         "job_run_id": n.job_run_id,
                     }
-                    for i, n in enumerate(new[i] for i in plain)
+                    for ord_, n in enumerate([new[i] for i in plain] if keyed else new)
                 ]
                 params = _params(queue=queue, now=now, batch=self._d.encode_batch(rows))
+                written = await self._write(conn, self._s.insert_many, params)
                 # ids come from the sequence in insertion order: the ORDER BY's.
-                got = sorted((await conn.scalars(self._s.insert_many, params)).all())
-                inserted += got
-                for i, job_id in zip(plain, got, strict=True):
+                for i, job_id in zip(plain, sorted(r.id for r in written), strict=True):
                     ids[i] = job_id
+            inserted: list[int] = []
             for i in keyed:
                 fresh = await self._insert_deduped(conn, queue, new[i], now)
                 if fresh is None:
@@ -559,7 +564,7 @@ class JobStore:
 
     @_retrying
     async def get(self, job_id: int) -> Job:
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         if row is None:
             raise JobNotFound(job_id)
@@ -580,7 +585,7 @@ class JobStore:
         if status:
             stmt = stmt.where(jobs.c.status.in_(status))
         stmt = stmt.order_by(jobs.c.id.desc() if newest_first else jobs.c.id).limit(limit)
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             rows = (await conn.execute(stmt)).all()
         return [_model(Job, r) for r in rows]
 
@@ -597,7 +602,7 @@ class JobStore:
             .order_by(jobs.c.id.desc())
             .limit(1)
         )
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             row = (await conn.execute(stmt)).first()
         return (False, None) if row is None else (True, row.output)
 
@@ -607,13 +612,13 @@ class JobStore:
         stmt = select(jobs.c.queue, jobs.c.status, func.count()).group_by(
             jobs.c.queue, jobs.c.status
         )
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             return [(r[0], r[1], int(r[2])) for r in (await conn.execute(stmt)).all()]
 
     @_retrying
     async def changes_head(self) -> int:
         """The newest change-feed cursor (0 when empty)."""
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             return int(
                 await conn.scalar(select(func.coalesce(func.max(job_changes.c.seq), 0))) or 0
             )
@@ -633,7 +638,7 @@ class JobStore:
         if job_id is not None:
             stmt = stmt.where(job_changes.c.job_id == job_id)
         stmt = stmt.order_by(job_changes.c.seq).limit(limit)
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             rows = (await conn.execute(stmt)).all()
         return [_model(JobChange, r) for r in rows]
 
@@ -652,7 +657,7 @@ class JobStore:
             now=now,
             lease_until=now + timedelta(seconds=lease_seconds),
         )
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             rows = await self._write(conn, self._s.claim, params)
         claimed = [_model(Job, r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.run_after, j.id))
@@ -670,7 +675,7 @@ class JobStore:
             worker_id=worker_id,
             lease_until=now + timedelta(seconds=lease_seconds),
         )
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             rows = list((await conn.execute(self._s.heartbeat, params)).all())
             if len(rows) < len(claims):  # some were locked by our own outcome writes
                 rows = list((await conn.execute(self._s.held, params)).all())
@@ -683,7 +688,7 @@ class JobStore:
         if not claims:
             return set()
         params = _params(ids=self._d.encode_ids([c.job_id for c in claims]))
-        async with self.db.transaction(write=False) as conn:
+        async with self.db.transaction(write=False, atomic=False) as conn:
             found: list[int] = list((await conn.scalars(self._s.aborting, params)).all())
         return set(found)
 
@@ -707,7 +712,7 @@ class JobStore:
             details=details,
             now=now,
         )
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             rows = await self._write(conn, self._s.progress, params)
         if not rows:
             raise LeaseLost(f"job {claim.job_id}: this worker no longer holds it")
@@ -727,7 +732,7 @@ class JobStore:
             return {}
         batch = [self._finish_row(claim, outcome, now) for claim, outcome in items]
         params = _params(worker_id=worker_id, now=now, batch=self._d.encode_batch(batch))
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             done = await self._write(conn, self._s.finish, params)
         return {r.id: JobStatus(r.status) for r in done}
 
@@ -753,7 +758,7 @@ class JobStore:
         params = _params(
             ids=self._d.encode_ids([c.job_id for c in claims]), worker_id=worker_id, now=now
         )
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             return len(await self._write(conn, self._s.release, params))
 
     @_retrying
@@ -765,7 +770,7 @@ class JobStore:
         if it was being aborted); a pending job past its deadline fails.
         """
         params = _params(queue=queue, now=now)
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             leased = await self._write(conn, self._s.reap_leases, params)
             late = await self._write(conn, self._s.reap_deadlines, params)
         return len(leased) + len(late)
@@ -783,7 +788,7 @@ class JobStore:
     ) -> int:
         """Abort one job or a whole run: PENDING ends FAILED at once, running jobs
         become ABORTING (their worker cancels them). Returns how many changed."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             if job_id is not None:
                 params = _params(job_id=job_id, now=now)
                 rows = await self._write(conn, self._s.abort_job, params)
@@ -797,7 +802,7 @@ class JobStore:
     @_retrying
     async def retry_now(self, job_id: int, now: datetime) -> bool:
         """Put a FAILED job back to PENDING for one more run (admin action)."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(atomic=self._atomic) as conn:
             params = _params(job_id=job_id, now=now)
             rows = await self._write(conn, self._s.retry_now, params)
             if not rows:

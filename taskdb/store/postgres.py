@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -48,10 +49,18 @@ def batch_source(names: Sequence[str], param: str = "batch") -> FromClause:
 
 
 def encode_batch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-        for row in rows
-    ]
+    """Rows as JSON-ready dicts (datetimes as ISO text; a batch shares most of them)."""
+    iso: dict[datetime, str] = {}
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, datetime):
+            text = iso.get(value)
+            if text is None:
+                text = iso[value] = value.isoformat()
+            return text
+        return value
+
+    return [{k: encode(v) for k, v in row.items()} for row in rows]
 
 
 def id_in(col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
