@@ -28,7 +28,9 @@ class Batcher(Generic[Item, Result]):
         self._pending.append((item, future))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(future)
+        # A cancelled submitter cancels only its own future: the item is still
+        # flushed with its batch (no shield, which costs a task per item).
+        return await future
 
     async def _drain(self) -> None:
         while self._pending:

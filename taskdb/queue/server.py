@@ -67,7 +67,7 @@ class _Run:
     claim: Claim
     ctx: JobContext
     task: asyncio.Task[None] | None = None
-    handler: asyncio.Future[Any] | None = None
+    cancelling: bool = False  # we cancelled the handler (abort, lost lease, release)
     releasing: bool = False
     lost: bool = False
     recording: bool = False  # handler done, slot freed; its outcome is being written
@@ -158,11 +158,9 @@ class JobQueueServer:
             _done, pending = await asyncio.wait(runs, timeout=wait)
             leftovers = [r for r in self._running.values() if r.task in pending]
             for run in leftovers:
-                if run.recording:  # finished; its outcome write completes below
-                    continue
-                run.releasing = True
-                if run.handler is not None:
-                    run.handler.cancel()
+                if not run.recording:  # still in its handler: give it back
+                    run.releasing = True
+                    self._cancel_handler(run)
             if pending:
                 await asyncio.wait(pending)
         await self._finisher.drain()
@@ -292,22 +290,27 @@ class JobQueueServer:
             self._wake.set()
 
     async def _execute(self, run: _Run) -> Outcome | None:
-        """Run the handler; ``None`` when nothing must be written (released, lease lost)."""
+        """Run the handler in this task; ``None`` when nothing must be written
+        (released, lease lost). The server cancels the handler by cancelling the
+        run's task with ``run.cancelling`` set (see :meth:`_cancel_handler`)."""
         job = run.job
-        timeout = None
+        deadline = None
         if job.deadline is not None:
-            timeout = max(0.0, (job.deadline - self._clock()).total_seconds())
-        run.handler = asyncio.ensure_future(self.handler(job.input, run.ctx))
+            left = (job.deadline - self._clock()).total_seconds()
+            deadline = asyncio.get_running_loop().time() + max(0.0, left)
+        timer = asyncio.timeout_at(deadline)
         try:
-            output = await asyncio.wait_for(run.handler, timeout)
+            async with timer:
+                output = await self.handler(job.input, run.ctx)
         except TimeoutError as exc:
-            if not run.handler.cancelled():  # the handler itself raised TimeoutError
+            if not timer.expired():  # the handler itself raised TimeoutError
                 return self._failure(run, exc)
             return Fail("deadline exceeded while running", DeadlineExceeded.__name__)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
+            if not run.cancelling or task is None:
+                raise  # not ours: the server itself is being cancelled
+            task.uncancel()
             if run.releasing or run.lost:
                 return None
             return Fail("aborted", AbortedJobError.__name__)
@@ -442,12 +445,17 @@ class JobQueueServer:
         if run.ctx.aborting:
             return
         run.ctx.abort_signal.set()
-        if run.handler is not None:
-            loop = asyncio.get_running_loop()
-            run.cancel_timer = loop.call_later(self.abort_grace_seconds, run.handler.cancel)
+        loop = asyncio.get_running_loop()
+        run.cancel_timer = loop.call_later(self.abort_grace_seconds, self._cancel_handler, run)
 
     def _lose(self, run: _Run) -> None:
         log.warning("job %s: lease lost (expired or re-claimed); cancelling it", run.job.id)
         run.lost = True
-        if run.handler is not None:
-            run.handler.cancel()
+        self._cancel_handler(run)
+
+    @staticmethod
+    def _cancel_handler(run: _Run) -> None:
+        """Cancel a run's handler (never its outcome write, which is fenced anyway)."""
+        if run.task is not None and not run.recording and not run.cancelling:
+            run.cancelling = True
+            run.task.cancel()

@@ -659,7 +659,10 @@ class JobStore:
         )
         async with self.db.transaction(atomic=self._atomic) as conn:
             rows = await self._write(conn, self._s.claim, params)
-        claimed = [_model(Job, r) for r in rows]
+        # Rows this statement just wrote: built without re-validation (hot path).
+        claimed = [
+            Job.model_construct(**{**r._mapping, "status": JobStatus(r.status)}) for r in rows
+        ]
         claimed.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return claimed
 
