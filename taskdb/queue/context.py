@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from taskdb.errors import InvalidJobInput
@@ -20,13 +20,23 @@ class JobContext:
     a handler that ignores it is cancelled after the server's grace period.
     """
 
-    __slots__ = ("_emit", "_write_progress", "abort_signal", "job")
+    __slots__ = ("_emit", "_job", "_row", "_write_progress", "abort_signal")
 
-    def __init__(self, job: Job, write_progress: ProgressWriter, emit: StreamEmitter) -> None:
-        self.job = job
+    def __init__(
+        self, row: Mapping[str, Any], write_progress: ProgressWriter, emit: StreamEmitter
+    ) -> None:
+        self._row = row
+        self._job: Job | None = None
         self.abort_signal = asyncio.Event()
         self._write_progress = write_progress
         self._emit = emit
+
+    @property
+    def job(self) -> Job:
+        """The job row as claimed (built on first use: most handlers never ask)."""
+        if self._job is None:
+            self._job = Job.model_validate(self._row)
+        return self._job
 
     @property
     def aborting(self) -> bool:

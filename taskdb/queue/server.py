@@ -34,7 +34,7 @@ from taskdb.queue.client import Clock, StreamCallback, Unsubscribe, utcnow
 from taskdb.queue.context import JobContext
 from taskdb.queue.limiters import Limiter, NullLimiter
 from taskdb.queue.local import hub_for
-from taskdb.queue.models import Job, JobStatus
+from taskdb.queue.models import JobStatus
 from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
 from taskdb.store.database import Database, dumps
 from taskdb.store.jobs import Claim, JobStore
@@ -63,7 +63,7 @@ class ServerStats:
 
 @dataclass(eq=False)
 class _Run:
-    job: Job
+    job: Any  # the claimed row: id, attempts, input, deadline, max_retries, ...
     claim: Claim
     ctx: JobContext
     task: asyncio.Task[None] | None = None
@@ -218,7 +218,7 @@ class JobQueueServer:
                 if grant == 0:
                     await self._sleep(self._until(self.limiter.next_time(now)))
                     continue
-                jobs = await self._store.claim(
+                jobs = await self._store.claim_rows(
                     self.queue, self.worker_id, grant, now, self.lease_seconds
                 )
                 if len(jobs) < grant:
@@ -246,14 +246,15 @@ class JobQueueServer:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Any) -> None:
         stale = self._running.get(job.id)
         if stale is not None:
             # This worker stalled past its lease, the job was requeued and we
             # claimed it again: the old attempt is fenced off, stop it.
             self._lose(stale)
         claim = Claim(job.id, job.attempts)
-        run = _Run(job, claim, JobContext(job, self._progress_writer(claim), self._emitter(job.id)))
+        ctx = JobContext(job._mapping, self._progress_writer(claim), self._emitter(job.id))
+        run = _Run(job, claim, ctx)
         self._running[job.id] = run
         self._executing += 1
         run.task = asyncio.ensure_future(self._run(run))

@@ -645,11 +645,15 @@ class JobStore:
     # -- worker side -----------------------------------------------------------------
 
     @_retrying
-    async def claim(
+    async def claim_rows(
         self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
-    ) -> list[Job]:
+    ) -> list[Row[Any]]:
         """Atomically take up to ``limit`` runnable jobs: highest priority, then
-        ``run_after``, then submission order. No job is ever handed to two claims."""
+        ``run_after``, then submission order. No job is ever handed to two claims.
+
+        Returns the claimed rows as the database wrote them (the server's hot
+        path); :meth:`claim` returns them as :class:`Job` models.
+        """
         params = _params(
             queue=queue,
             worker_id=worker_id,
@@ -659,12 +663,15 @@ class JobStore:
         )
         async with self.db.transaction(atomic=self._atomic) as conn:
             rows = await self._write(conn, self._s.claim, params)
-        # Rows this statement just wrote: built without re-validation (hot path).
-        claimed = [
-            Job.model_construct(**{**r._mapping, "status": JobStatus(r.status)}) for r in rows
-        ]
-        claimed.sort(key=lambda j: (-j.priority, j.run_after, j.id))
-        return claimed
+        rows.sort(key=lambda r: (-r.priority, r.run_after, r.id))
+        return rows
+
+    async def claim(
+        self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
+    ) -> list[Job]:
+        """:meth:`claim_rows` as :class:`Job` models."""
+        rows = await self.claim_rows(queue, worker_id, limit, now, lease_seconds)
+        return [_model(Job, r) for r in rows]
 
     @_retrying
     async def heartbeat(
