@@ -54,6 +54,8 @@ class JobHandle:
     """A submitted job. ``on_stream`` is ``None`` unless the client is attached to
     a server in this process (``callable(handle.on_stream)`` tells)."""
 
+    __slots__ = ("client", "id", "on_stream")
+
     def __init__(self, client: JobQueueClient, job_id: int) -> None:
         self.client = client
         self.id = job_id

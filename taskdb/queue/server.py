@@ -299,12 +299,15 @@ class JobQueueServer:
         if job.deadline is not None:
             left = (job.deadline - self._clock()).total_seconds()
             deadline = asyncio.get_running_loop().time() + max(0.0, left)
-        timer = asyncio.timeout_at(deadline)
+        timer = None if deadline is None else asyncio.timeout_at(deadline)
         try:
-            async with timer:
+            if timer is None:
                 output = await self.handler(job.input, run.ctx)
+            else:
+                async with timer:
+                    output = await self.handler(job.input, run.ctx)
         except TimeoutError as exc:
-            if not timer.expired():  # the handler itself raised TimeoutError
+            if timer is None or not timer.expired():  # the handler raised it itself
                 return self._failure(run, exc)
             return Fail("deadline exceeded while running", DeadlineExceeded.__name__)
         except asyncio.CancelledError:
