@@ -88,9 +88,12 @@ class JobHandle:
 
         def deliver(at: datetime, progress: float, message: str | None, details: Any) -> None:
             value = (progress, message, details)
-            if last and (at < last[0][0] or (at == last[0][0] and value == last[0][1])):
-                return
+            if last and at < last[0][0]:
+                return  # read before the value already delivered
+            changed = not last or value != last[0][1]
             last[:] = [(at, value)]
+            if not changed:
+                return
             try:
                 result = callback(progress, message, details)
                 if inspect.isawaitable(result):
