@@ -556,8 +556,12 @@ class JobStore:
                 jobs.c.status.in_(ACTIVE_STATUSES),
             )
         )
-        if found is None:  # the active twin ended between our INSERT and SELECT
-            raise LeaseLost(f"fingerprint {fingerprint!r} changed state during submit; retry")
+        if found is None:
+            # The active twin ended between our INSERT and this SELECT: the
+            # transaction rolls back and @_retrying runs the submit again.
+            err = StorageError(f"fingerprint {fingerprint!r} changed state during submit")
+            err.retryable = True
+            raise err
         return int(found)
 
     # -- reads -----------------------------------------------------------------------
