@@ -15,7 +15,7 @@ from taskdb.errors import InvalidJobInput, JobError, WaitTimeout, job_error_from
 from taskdb.queue.local import hub_for
 from taskdb.queue.models import Job, JobChange, JobStatus, input_digest, require_aware
 from taskdb.store.database import Database
-from taskdb.store.jobs import JobStore, NewJob
+from taskdb.store.jobs import JobOptions, JobStore, NewJob
 
 if TYPE_CHECKING:
     from taskdb.queue.server import JobQueueServer
@@ -204,20 +204,21 @@ class JobQueueClient:
         for fp in fingerprints or ():
             if fp is not None and (not isinstance(fp, str) or not 0 < len(fp) <= 200):
                 raise InvalidJobInput(f"fingerprint must be a string of 1..200 chars: {fp!r}")
-        new = [
-            NewJob(
-                input=value,
-                input_digest=input_digest(value),
-                run_after=run_after or now,
-                max_retries=retries,
-                priority=priority,
-                deadline=deadline,
-                fingerprint=None if fingerprints is None else fingerprints[i],
-                job_run_id=job_run_id,
-            )
-            for i, value in enumerate(inputs)
-        ]
-        ids = await self._store.submit(self.queue, new, now)
+        options = JobOptions(
+            run_after=run_after or now,
+            max_retries=retries,
+            priority=priority,
+            deadline=deadline,
+            job_run_id=job_run_id,
+        )
+        if fingerprints is None:
+            new = [NewJob(value, input_digest(value)) for value in inputs]
+        else:
+            new = [
+                NewJob(value, input_digest(value), fp)
+                for value, fp in zip(inputs, fingerprints, strict=True)
+            ]
+        ids = await self._store.submit(self.queue, options, new, now)
         hub_for(self.db).queue_has_work(self.queue)
         return [JobHandle(self, job_id) for job_id in ids]
 

@@ -58,16 +58,7 @@ KindOf = Callable[[Any], Any]  # a change kind as an SQL expression over the cha
 
 _RUNNING = ("PROCESSING", "ABORTING")
 _ABORTED = "AbortedJobError"
-_SUBMIT_COLUMNS = (
-    "ord",
-    "input",
-    "input_digest",
-    "max_retries",
-    "priority",
-    "run_after",
-    "deadline",
-    "job_run_id",
-)
+_SUBMIT_COLUMNS = ("ord", "input", "input_digest")
 _FINISH_COLUMNS = (
     "id",
     "attempts",
@@ -90,17 +81,23 @@ _CHANGE_FIELDS = ("job_id", "queue", "kind", "status", "attempts", "progress", "
 
 
 @dataclass(frozen=True, slots=True)
-class NewJob:
-    """A job to insert (validated by the client)."""
+class JobOptions:
+    """What the jobs of one submit share (validated by the client)."""
 
-    input: Any
-    input_digest: str
     run_after: datetime
     max_retries: int
     priority: int = 0
     deadline: datetime | None = None
-    fingerprint: str | None = None
     job_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job to insert: its input, the input's digest, an optional dedupe key."""
+
+    input: Any
+    input_digest: str
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,11 +428,29 @@ class _Statements:
         source = select(
             _p("queue"),
             literal(JobStatus.PENDING.value),
-            *(v.c[name] for name in _SUBMIT_COLUMNS[1:]),
+            v.c.input,
+            v.c.input_digest,
+            _p("max_retries", Integer()),
+            _p("priority", Integer()),
+            _p("run_after", UtcDateTime()),
+            _p("deadline", UtcDateTime()),
+            _p("job_run_id"),
             _now(),
             _now(),
         ).order_by(v.c.ord)
-        names = ["queue", "status", *_SUBMIT_COLUMNS[1:], "created_at", "updated_at"]
+        names = [
+            "queue",
+            "status",
+            "input",
+            "input_digest",
+            "max_retries",
+            "priority",
+            "run_after",
+            "deadline",
+            "job_run_id",
+            "created_at",
+            "updated_at",
+        ]
         return self._recorded(insert(jobs).from_select(names, source), ChangeKind.SUBMITTED)
 
 
@@ -477,37 +492,40 @@ class JobStore:
     # -- submit --------------------------------------------------------------------
 
     @_retrying
-    async def submit(self, queue: str, new: Sequence[NewJob], now: datetime) -> list[int]:
-        """Insert jobs; one id per item, in order. A fingerprint matching an active job
-        of the queue returns that job's id and inserts nothing."""
+    async def submit(
+        self, queue: str, options: JobOptions, new: Sequence[NewJob], now: datetime
+    ) -> list[int]:
+        """Insert jobs sharing ``options``; one id per item, in order. A fingerprint
+        matching an active job of the queue returns that job's id and inserts nothing."""
         ids: list[int] = [0] * len(new)
         plain = [i for i, n in enumerate(new) if n.fingerprint is None]
         keyed = [i for i, n in enumerate(new) if n.fingerprint is not None]
+        shared = {
+            "queue": queue,
+            "now": now,
+            "max_retries": options.max_retries,
+            "priority": options.priority,
+            "run_after": options.run_after,
+            "deadline": options.deadline,
+            "job_run_id": options.job_run_id,
+        }
         # Plain jobs are one statement on PostgreSQL (their change records too).
         atomic = self._atomic or bool(keyed)
         async with self.db.transaction(atomic=atomic) as conn:
             if plain:
+                items = [new[i] for i in plain] if keyed else new
                 rows = [
-                    {
-                        "ord": ord_,
-                        "input": n.input,
-                        "input_digest": n.input_digest,
-                        "max_retries": n.max_retries,
-                        "priority": n.priority,
-                        "run_after": n.run_after,
-                        "deadline": n.deadline,
-                        "job_run_id": n.job_run_id,
-                    }
-                    for ord_, n in enumerate([new[i] for i in plain] if keyed else new)
+                    {"ord": o, "input": n.input, "input_digest": n.input_digest}
+                    for o, n in enumerate(items)
                 ]
-                params = _params(queue=queue, now=now, batch=self._d.encode_batch(rows))
+                params = _params(batch=self._d.encode_batch(rows), **shared)
                 written = await self._write(conn, self._s.insert_many, params)
                 # ids come from the sequence in insertion order: the ORDER BY's.
                 for i, job_id in zip(plain, sorted(r.id for r in written), strict=True):
                     ids[i] = job_id
             inserted: list[int] = []
             for i in keyed:
-                fresh = await self._insert_deduped(conn, queue, new[i], now)
+                fresh = await self._insert_deduped(conn, queue, options, new[i], now)
                 if fresh is None:
                     ids[i] = await self._active_by_fingerprint(conn, queue, new[i].fingerprint)
                 else:
@@ -517,7 +535,7 @@ class JobStore:
         return ids
 
     async def _insert_deduped(
-        self, conn: AsyncConnection, queue: str, new: NewJob, now: datetime
+        self, conn: AsyncConnection, queue: str, options: JobOptions, new: NewJob, now: datetime
     ) -> int | None:
         stmt = (
             self._d.insert(jobs)
@@ -526,12 +544,12 @@ class JobStore:
                 status=JobStatus.PENDING.value,
                 input=new.input,
                 input_digest=new.input_digest,
-                max_retries=new.max_retries,
-                priority=new.priority,
-                run_after=new.run_after,
-                deadline=new.deadline,
+                max_retries=options.max_retries,
+                priority=options.priority,
+                run_after=options.run_after,
+                deadline=options.deadline,
                 fingerprint=new.fingerprint,
-                job_run_id=new.job_run_id,
+                job_run_id=options.job_run_id,
                 created_at=now,
                 updated_at=now,
             )

@@ -11,7 +11,7 @@ import taskdb
 from taskdb.errors import JobNotFound, LeaseLost
 from taskdb.queue.models import ChangeKind, JobStatus, input_digest
 from taskdb.queue.retry import Complete, Fail, Retry
-from taskdb.store.jobs import Claim, JobStore, NewJob
+from taskdb.store.jobs import Claim, JobOptions, JobStore, NewJob
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 Q = "q"
@@ -21,11 +21,21 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def new(value: Any = None, **kw: Any) -> NewJob:
+Item = tuple[NewJob, JobOptions]
+
+
+def new(value: Any = None, *, fingerprint: str | None = None, **options: Any) -> Item:
+    """A job to submit: the NewJob and the options it is submitted with."""
     value = {"v": 1} if value is None else value
-    kw.setdefault("run_after", T0)
-    kw.setdefault("max_retries", 3)
-    return NewJob(input=value, input_digest=input_digest(value), **kw)
+    options.setdefault("run_after", T0)
+    options.setdefault("max_retries", 3)
+    return NewJob(value, input_digest(value), fingerprint), JobOptions(**options)
+
+
+async def submit(store: JobStore, queue: str, items: list[Item], now: datetime) -> list[int]:
+    """Submit ``items`` in one call (the options of one submit are shared)."""
+    (options,) = {o for _, o in items}
+    return await store.submit(queue, options, [n for n, _ in items], now)
 
 
 @pytest.fixture
@@ -34,7 +44,7 @@ def store(db: taskdb.Database) -> JobStore:
 
 
 async def test_submit_returns_ids_in_order_and_records_changes(store: JobStore) -> None:
-    ids = await store.submit(Q, [new({"i": i}) for i in range(5)], T0)
+    ids = await submit(store, Q, [new({"i": i}) for i in range(5)], T0)
     assert ids == sorted(ids) and len(set(ids)) == 5
     jobs = {j.id: j for j in await store.list_jobs(queue=Q)}
     assert [jobs[i].input for i in ids] == [{"i": i} for i in range(5)]
@@ -44,10 +54,10 @@ async def test_submit_returns_ids_in_order_and_records_changes(store: JobStore) 
 
 
 async def test_claim_order_priority_then_run_after_then_submission(store: JobStore) -> None:
-    low = await store.submit(Q, [new(priority=0)], T0)
-    late = await store.submit(Q, [new(priority=5, run_after=at(-10))], T0)
-    early = await store.submit(Q, [new(priority=5, run_after=at(-20))], T0)
-    high_a, high_b = await store.submit(Q, [new(priority=9), new(priority=9)], T0)
+    low = await submit(store, Q, [new(priority=0)], T0)
+    late = await submit(store, Q, [new(priority=5, run_after=at(-10))], T0)
+    early = await submit(store, Q, [new(priority=5, run_after=at(-20))], T0)
+    high_a, high_b = await submit(store, Q, [new(priority=9), new(priority=9)], T0)
     claimed = await store.claim(Q, "w", 10, T0, 30)
     assert [j.id for j in claimed] == [high_a, high_b, *early, *late, *low]
     assert all(j.status is JobStatus.PROCESSING and j.attempts == 1 for j in claimed)
@@ -55,9 +65,9 @@ async def test_claim_order_priority_then_run_after_then_submission(store: JobSto
 
 
 async def test_claim_respects_run_after_queue_and_limit(store: JobStore) -> None:
-    (future,) = await store.submit(Q, [new(run_after=at(60))], T0)
-    await store.submit("other", [new()], T0)
-    now_ids = await store.submit(Q, [new(), new(), new()], T0)
+    (future,) = await submit(store, Q, [new(run_after=at(60))], T0)
+    await submit(store, "other", [new()], T0)
+    now_ids = await submit(store, Q, [new(), new(), new()], T0)
     assert [j.id for j in await store.claim(Q, "w", 2, T0, 30)] == now_ids[:2]
     assert [j.id for j in await store.claim(Q, "w", 10, T0, 30)] == now_ids[2:]
     assert await store.claim(Q, "w", 10, at(59), 30) == []
@@ -65,7 +75,7 @@ async def test_claim_respects_run_after_queue_and_limit(store: JobStore) -> None
 
 
 async def test_no_job_is_claimed_twice(store: JobStore) -> None:
-    await store.submit(Q, [new({"i": i}) for i in range(50)], T0)
+    await submit(store, Q, [new({"i": i}) for i in range(50)], T0)
     seen: list[int] = []
     for worker in range(20):
         seen += [j.id for j in await store.claim(Q, f"w{worker}", 7, T0, 30)]
@@ -73,24 +83,24 @@ async def test_no_job_is_claimed_twice(store: JobStore) -> None:
 
 
 async def test_fingerprint_dedupes_only_active_jobs(store: JobStore) -> None:
-    a = await store.submit(Q, [new(fingerprint="fp")], T0)
-    b = await store.submit(Q, [new({"other": True}, fingerprint="fp")], T0)
+    a = await submit(store, Q, [new(fingerprint="fp")], T0)
+    b = await submit(store, Q, [new({"other": True}, fingerprint="fp")], T0)
     assert a == b
     assert len(await store.list_jobs(queue=Q)) == 1
     # the same fingerprint on another queue is another job
-    assert await store.submit("other", [new(fingerprint="fp")], T0) != a
+    assert await submit(store, "other", [new(fingerprint="fp")], T0) != a
     # once the job ended, the fingerprint is free again
     (job,) = await store.claim(Q, "w", 1, T0, 30)
     await store.finish("w", [(Claim(job.id, 1), Complete({"ok": 1}))], T0)
-    c = await store.submit(Q, [new(fingerprint="fp")], T0)
+    c = await submit(store, Q, [new(fingerprint="fp")], T0)
     assert c != a
     # duplicates inside one batch collapse onto the first
-    d = await store.submit(Q, [new(fingerprint="x"), new(), new(fingerprint="x")], T0)
+    d = await submit(store, Q, [new(fingerprint="x"), new(), new(fingerprint="x")], T0)
     assert d[0] == d[2] != d[1]
 
 
 async def test_finish_is_fenced_by_worker_and_attempt(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new()], T0)
+    (job_id,) = await submit(store, Q, [new()], T0)
     (job,) = await store.claim(Q, "a", 1, T0, 10)
     stale = Claim(job_id, job.attempts)
     assert await store.reap(Q, at(11)) == 1  # a's lease ran out: back to PENDING
@@ -111,7 +121,7 @@ async def test_finish_is_fenced_by_worker_and_attempt(store: JobStore) -> None:
 
 
 async def test_finish_batch_mixes_outcomes(store: JobStore) -> None:
-    ids = await store.submit(Q, [new({"i": i}) for i in range(4)], T0)
+    ids = await submit(store, Q, [new({"i": i}) for i in range(4)], T0)
     claimed = await store.claim(Q, "w", 4, T0, 30)
     c = [Claim(j.id, j.attempts) for j in claimed]
     outs = [
@@ -140,7 +150,7 @@ async def test_finish_batch_mixes_outcomes(store: JobStore) -> None:
 
 
 async def test_lease_expiry_requeues_then_fails_when_out_of_retries(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new(max_retries=1)], T0)
+    (job_id,) = await submit(store, Q, [new(max_retries=1)], T0)
     await store.claim(Q, "w", 1, T0, 10)
     assert await store.reap(Q, at(10)) == 0  # not yet expired
     assert await store.reap(Q, at(11)) == 1
@@ -156,7 +166,7 @@ async def test_lease_expiry_requeues_then_fails_when_out_of_retries(store: JobSt
 
 
 async def test_heartbeat_extends_lease_and_reports_aborts(store: JobStore) -> None:
-    a, b = await store.submit(Q, [new(), new()], T0)
+    a, b = await submit(store, Q, [new(), new()], T0)
     jobs = await store.claim(Q, "w", 2, T0, 10)
     claims = [Claim(j.id, j.attempts) for j in jobs]
     await store.abort(at(1), job_id=b)
@@ -169,7 +179,7 @@ async def test_heartbeat_extends_lease_and_reports_aborts(store: JobStore) -> No
 
 
 async def test_abort_pending_running_and_finished(store: JobStore) -> None:
-    first, second, waiting = await store.submit(Q, [new(), new(), new()], T0)
+    first, second, waiting = await submit(store, Q, [new(), new(), new()], T0)
     assert [j.id for j in await store.claim(Q, "w", 2, T0, 30)] == [first, second]
     assert await store.abort(at(1), job_id=waiting) == 1
     row = await store.get(waiting)
@@ -195,15 +205,15 @@ async def test_abort_pending_running_and_finished(store: JobStore) -> None:
 
 
 async def test_abort_run_aborts_every_job_of_the_run(store: JobStore) -> None:
-    ids = await store.submit(Q, [new(job_run_id="run-1"), new(job_run_id="run-1")], T0)
-    other = await store.submit(Q, [new(job_run_id="run-2")], T0)
+    ids = await submit(store, Q, [new(job_run_id="run-1"), new(job_run_id="run-1")], T0)
+    other = await submit(store, Q, [new(job_run_id="run-2")], T0)
     assert await store.abort(T0, job_run_id="run-1") == 2
     assert [(await store.get(i)).status for i in ids] == [JobStatus.FAILED] * 2
     assert (await store.get(other[0])).status is JobStatus.PENDING
 
 
 async def test_abort_wins_over_a_pending_retry(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new()], T0)
+    (job_id,) = await submit(store, Q, [new()], T0)
     await store.claim(Q, "w", 1, T0, 30)
     await store.finish("w", [(Claim(job_id, 1), Retry(at(60), "x", "ValueError"))], at(1))
     assert await store.abort(at(2), job_id=job_id) == 1
@@ -213,7 +223,7 @@ async def test_abort_wins_over_a_pending_retry(store: JobStore) -> None:
 
 
 async def test_aborting_job_whose_worker_died_fails_at_lease_expiry(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new()], T0)
+    (job_id,) = await submit(store, Q, [new()], T0)
     await store.claim(Q, "w", 1, T0, 10)
     await store.abort(at(1), job_id=job_id)
     assert await store.reap(Q, at(11)) == 1
@@ -222,7 +232,7 @@ async def test_aborting_job_whose_worker_died_fails_at_lease_expiry(store: JobSt
 
 
 async def test_deadline_fails_pending_job_and_blocks_claim(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new(deadline=at(5))], T0)
+    (job_id,) = await submit(store, Q, [new(deadline=at(5))], T0)
     assert await store.claim(Q, "w", 1, at(5), 30) == []
     assert await store.reap(Q, at(5)) == 1
     row = await store.get(job_id)
@@ -230,7 +240,7 @@ async def test_deadline_fails_pending_job_and_blocks_claim(store: JobStore) -> N
 
 
 async def test_release_returns_job_without_counting_the_attempt(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new()], T0)
+    (job_id,) = await submit(store, Q, [new()], T0)
     (job,) = await store.claim(Q, "w", 1, T0, 30)
     assert await store.release("w", [Claim(job_id, job.attempts)], at(1)) == 1
     row = await store.get(job_id)
@@ -238,7 +248,7 @@ async def test_release_returns_job_without_counting_the_attempt(store: JobStore)
 
 
 async def test_progress_is_stored_and_recorded(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new()], T0)
+    (job_id,) = await submit(store, Q, [new()], T0)
     (_job,) = await store.claim(Q, "w", 1, T0, 30)
     status = await store.update_progress("w", Claim(job_id, 1), 42.5, "halfway", {"step": 3}, at(1))
     assert status is JobStatus.PROCESSING
@@ -253,7 +263,7 @@ async def test_progress_is_stored_and_recorded(store: JobStore) -> None:
 
 
 async def test_purge_deletes_old_terminal_jobs_only(store: JobStore) -> None:
-    old, recent, running = await store.submit(Q, [new(), new(), new()], T0)
+    old, recent, running = await submit(store, Q, [new(), new(), new()], T0)
     jobs = await store.claim(Q, "w", 3, T0, 3600)
     claims = {j.id: Claim(j.id, j.attempts) for j in jobs}
     await store.finish("w", [(claims[old], Complete(1))], at(10))
@@ -267,7 +277,7 @@ async def test_purge_deletes_old_terminal_jobs_only(store: JobStore) -> None:
 
 
 async def test_retry_now_requeues_a_failed_job(store: JobStore) -> None:
-    (job_id,) = await store.submit(Q, [new(max_retries=0)], T0)
+    (job_id,) = await submit(store, Q, [new(max_retries=0)], T0)
     (_job,) = await store.claim(Q, "w", 1, T0, 30)
     await store.finish("w", [(Claim(job_id, 1), Fail("boom", "ValueError"))], at(1))
     assert await store.retry_now(job_id, at(2)) is True
@@ -279,7 +289,7 @@ async def test_retry_now_requeues_a_failed_job(store: JobStore) -> None:
 
 
 async def test_output_for_input_matches_equal_input(store: JobStore) -> None:
-    (a,) = await store.submit(Q, [new({"x": 1, "y": [1, 2]})], T0)
+    (a,) = await submit(store, Q, [new({"x": 1, "y": [1, 2]})], T0)
     (_job,) = await store.claim(Q, "w", 1, T0, 30)
     await store.finish("w", [(Claim(a, 1), Complete({"sum": 3}))], at(1))
     same = input_digest({"y": [1, 2], "x": 1})  # key order does not matter
