@@ -122,7 +122,9 @@ class Database:
         if sqlite_synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError("sqlite_synchronous must be 'NORMAL' or 'FULL'")
         self._synchronous = sqlite_synchronous
-        self._engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+        # One engine per (event loop, autocommit); PostgreSQL single-statement work
+        # uses a pool whose connections are born in autocommit mode.
+        self._engines: dict[tuple[asyncio.AbstractEventLoop, bool], AsyncEngine] = {}
         self._schema_ok = False
 
     def __repr__(self) -> str:
@@ -150,22 +152,24 @@ class Database:
             write = conn.get_execution_options().get("taskdb_write", True)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    def _engine(self) -> AsyncEngine:
+    def _engine(self, autocommit: bool = False) -> AsyncEngine:
         loop = asyncio.get_running_loop()
-        engine = self._engines.get(loop)
+        engine = self._engines.get((loop, autocommit))
         if engine is None:
-            for old_loop in [lp for lp in self._engines if lp.is_closed()]:
-                self._engines.pop(old_loop).sync_engine.dispose(close=False)
+            for key in [k for k in self._engines if k[0].is_closed()]:
+                self._engines.pop(key).sync_engine.dispose(close=False)
             options: dict[str, Any] = {"echo": self._echo, "json_serializer": dumps}
             if self.dialect == "postgresql":
                 options.update(pool_size=self._pool_size, max_overflow=self._pool_size * 2)
                 options.update(pool_pre_ping=False, pool_reset_on_return=None)
+                if autocommit:
+                    options.update(isolation_level="AUTOCOMMIT")
             else:
                 options.update(connect_args={"timeout": self._busy_ms / 1000})
             engine = create_async_engine(self._url, **options)
             if self.dialect == "sqlite":
                 self._configure_sqlite(engine.sync_engine)
-            self._engines[loop] = engine
+            self._engines[loop, autocommit] = engine
         return engine
 
     @asynccontextmanager
@@ -182,11 +186,11 @@ class Database:
         try:
             if not self._schema_ok:
                 await self._check_schema()
-            async with self._engine().connect() as conn:
-                if not atomic and self.dialect == "postgresql":
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not atomic and self.dialect == "postgresql":
+                async with self._engine(autocommit=True).connect() as conn:
                     yield conn
-                    return
+                return
+            async with self._engine().connect() as conn:
                 if not write:
                     await conn.execution_options(taskdb_write=False)
                 transaction = await conn.begin()
@@ -275,7 +279,7 @@ class Database:
     async def aclose(self) -> None:
         """Release every pooled connection (call from async code)."""
         engines, self._engines = self._engines, {}
-        for loop, engine in engines.items():
+        for (loop, _), engine in engines.items():
             if loop is asyncio.get_running_loop():
                 await engine.dispose()
             else:
@@ -292,7 +296,7 @@ class Database:
                 "Database.close() inside a running event loop: use `await db.aclose()`"
             )
         engines, self._engines = self._engines, {}
-        for loop, engine in engines.items():
+        for (loop, _), engine in engines.items():
             if loop.is_closed():
                 engine.sync_engine.dispose(close=False)
             else:
