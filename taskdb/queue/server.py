@@ -95,6 +95,7 @@ class JobQueueServer:
         batch_size: int | None = None,
         retry: RetryPolicy | None = None,
         abort_grace_seconds: float = 2.0,
+        abort_poll_interval: float = 0.5,
         stop_timeout: float = 30.0,
         clock: Clock = utcnow,
         worker_id: str | None = None,
@@ -113,6 +114,7 @@ class JobQueueServer:
         self.batch_size = min(batch_size or _MAX_BATCH, _MAX_BATCH)
         self.retry = retry or RetryPolicy()
         self.abort_grace_seconds = abort_grace_seconds
+        self.abort_poll_interval = abort_poll_interval
         self.stop_timeout = stop_timeout
         self.worker_id = worker_id or _default_worker_id()
         self._clock = clock
@@ -405,7 +407,9 @@ class JobQueueServer:
     # -- leases, aborts, recovery ----------------------------------------------------
 
     async def _maintain_loop(self) -> None:
-        tick = min(self.poll_interval, self.lease_seconds / 3)
+        # Abort requests are polled on their own interval: a queue polled every
+        # few ms for new work need not look for aborts that often.
+        tick = min(self.abort_poll_interval, self.lease_seconds / 3)
         beat_every = self.lease_seconds / 3
         reap_every = min(self.lease_seconds / 2, 5.0)
         last_beat = last_reap = time.monotonic()

@@ -31,7 +31,7 @@ from taskdb import (
 )
 from tests.helpers import FakeClock, eventually
 
-FAST = {"poll_interval": 0.02, "lease_seconds": 5.0}
+FAST = {"poll_interval": 0.02, "lease_seconds": 5.0, "abort_poll_interval": 0.05}
 NO_BACKOFF = RetryPolicy(base_seconds=0.0, jitter=0.0)
 
 Handler = Callable[[Any, JobContext], Any]
