@@ -43,6 +43,7 @@ log = logging.getLogger("taskdb.server")
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]
 _MAX_BATCH = 100
+_JSON_SCALARS = frozenset({type(None), bool, int, str})
 
 
 @dataclass
@@ -322,10 +323,11 @@ class JobQueueServer:
             return Fail("aborted", AbortedJobError.__name__)
         except Exception as exc:
             return self._failure(run, exc)
-        try:
-            dumps(output)
-        except (TypeError, ValueError) as exc:
-            return Fail(f"handler output is not JSON: {exc}", InvalidJobInput.__name__)
+        if type(output) not in _JSON_SCALARS:  # containers and floats: check before writing
+            try:
+                dumps(output)
+            except (TypeError, ValueError) as exc:
+                return Fail(f"handler output is not JSON: {exc}", InvalidJobInput.__name__)
         return Complete(output)
 
     def _failure(self, run: _Run, exc: BaseException) -> Outcome:
