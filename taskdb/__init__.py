@@ -35,9 +35,11 @@ from taskdb.queue.models import ChangeKind, Job, JobChange, JobStatus
 from taskdb.queue.retry import RetryPolicy
 from taskdb.queue.server import JobQueueServer, ServerStats
 from taskdb.store.database import Database, connect
+from taskdb.streams.blob import Blob
 
 __all__ = [
     "AbortedJobError",
+    "Blob",
     "ChangeKind",
     "CompositeLimiter",
     "ConcurrencyLimiter",

@@ -1,0 +1,57 @@
+"""Stream events, port helpers and Blob: the pure core of streaming (no I/O)."""
+
+from taskdb.streams.blob import Blob
+from taskdb.streams.events import (
+    BinaryDelta,
+    Finish,
+    ObjectDelta,
+    Phase,
+    Snapshot,
+    StreamError,
+    StreamEvent,
+    StreamEventError,
+    TextDelta,
+    event_from_json,
+    event_to_json,
+)
+from taskdb.streams.ports import (
+    BinaryFormat,
+    OutputStreamMode,
+    StreamMode,
+    StreamSchemaError,
+    edge_needs_accumulation,
+    get_binary_port_format,
+    get_binary_port_id,
+    get_output_stream_mode,
+    get_port_media_type,
+    get_port_stream_mode,
+    get_streaming_ports,
+    materialize_binary,
+)
+
+__all__ = [
+    "BinaryDelta",
+    "BinaryFormat",
+    "Blob",
+    "Finish",
+    "ObjectDelta",
+    "OutputStreamMode",
+    "Phase",
+    "Snapshot",
+    "StreamError",
+    "StreamEvent",
+    "StreamEventError",
+    "StreamMode",
+    "StreamSchemaError",
+    "TextDelta",
+    "edge_needs_accumulation",
+    "event_from_json",
+    "event_to_json",
+    "get_binary_port_format",
+    "get_binary_port_id",
+    "get_output_stream_mode",
+    "get_port_media_type",
+    "get_port_stream_mode",
+    "get_streaming_ports",
+    "materialize_binary",
+]
