@@ -1,6 +1,6 @@
 """Stream events, port helpers and Blob: the pure core of streaming (no I/O)."""
 
-from taskdb.streams.blob import Blob
+from taskdb.streams.blob import Blob, BlobWriter
 from taskdb.streams.events import (
     BinaryDelta,
     Finish,
@@ -28,11 +28,13 @@ from taskdb.streams.ports import (
     get_streaming_ports,
     materialize_binary,
 )
+from taskdb.streams.processor import StreamProcessor
 
 __all__ = [
     "BinaryDelta",
     "BinaryFormat",
     "Blob",
+    "BlobWriter",
     "Finish",
     "ObjectDelta",
     "OutputStreamMode",
@@ -42,6 +44,7 @@ __all__ = [
     "StreamEvent",
     "StreamEventError",
     "StreamMode",
+    "StreamProcessor",
     "StreamSchemaError",
     "TextDelta",
     "edge_needs_accumulation",

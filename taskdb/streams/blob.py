@@ -39,32 +39,14 @@ class Blob:
         spill_bytes: int = DEFAULT_SPILL_BYTES,
     ) -> Blob:
         """Join ``chunks``; past ``spill_bytes`` the content goes to a temporary file."""
-        blob = cls(mime=mime)
-        buffer = bytearray()
-        spilled: IO[bytes] | None = None
-        size = 0
+        writer = BlobWriter(spill_bytes=spill_bytes)
         try:
             for chunk in chunks:
-                size += len(chunk)
-                if spilled is not None:
-                    spilled.write(chunk)
-                    continue
-                buffer += chunk
-                if len(buffer) > spill_bytes:
-                    spilled = tempfile.TemporaryFile()  # noqa: SIM115 - the Blob owns it
-                    spilled.write(buffer)
-                    buffer = bytearray()
+                writer.write(chunk)
         except BaseException:
-            if spilled is not None:
-                spilled.close()
+            writer.discard()
             raise
-        if spilled is None:
-            blob._data = bytes(buffer)
-        else:
-            spilled.flush()
-            blob._data, blob._file = None, spilled
-        blob._size = size
-        return blob
+        return writer.finish(mime=mime)
 
     @property
     def size(self) -> int:
@@ -124,3 +106,47 @@ class Blob:
         """Release a spilled blob's temporary file early (it is released when collected)."""
         if self._file is not None:
             self._file.close()
+
+
+class BlobWriter:
+    """Builds a :class:`Blob` chunk by chunk, spilling to a temporary file past
+    ``spill_bytes``; ``finish`` hands the content over, ``discard`` drops it."""
+
+    __slots__ = ("_buffer", "_file", "_size", "spill_bytes")
+
+    def __init__(self, *, spill_bytes: int = DEFAULT_SPILL_BYTES) -> None:
+        self.spill_bytes = spill_bytes
+        self._buffer = bytearray()
+        self._file: IO[bytes] | None = None
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._size += len(chunk)
+        if self._file is not None:
+            self._file.write(chunk)
+            return
+        self._buffer += chunk
+        if len(self._buffer) > self.spill_bytes:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - the Blob will own it
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def finish(self, *, mime: str | None = None) -> Blob:
+        blob = Blob(mime=mime)
+        if self._file is None:
+            blob._data = bytes(self._buffer)
+        else:
+            self._file.flush()
+            blob._data, blob._file = None, self._file
+        blob._size = self._size
+        self._buffer, self._file = bytearray(), None
+        return blob
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._buffer, self._file, self._size = bytearray(), None, 0
