@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -73,7 +73,6 @@ class _Run:
     lost: bool = False
     recording: bool = False  # handler done, slot freed; its outcome is being written
     cancel_timer: asyncio.TimerHandle | None = None
-    listeners: list[StreamCallback] = field(default_factory=list)
 
 
 def _default_worker_id() -> str:
@@ -377,7 +376,20 @@ class JobQueueServer:
         self._hub.job_changed([job.id])
 
     async def _flush(self, items: Sequence[tuple[Claim, Outcome]]) -> dict[int, JobStatus]:
-        return await self._store.finish(self.worker_id, items, self._clock())
+        """Write a batch of outcomes. If the database rejects a value (PostgreSQL
+        refuses ``\\u0000`` in jsonb, say), write the items one by one so one bad
+        output cannot sink its siblings; the rejected one fails the job instead."""
+        try:
+            return await self._store.finish(self.worker_id, items, self._clock())
+        except InvalidJobInput as exc:
+            if len(items) > 1:
+                statuses: dict[int, JobStatus] = {}
+                for item in items:
+                    statuses |= await self._flush([item])
+                return statuses
+            ((claim, _),) = items
+            rejected = Fail(f"output rejected: {exc}", InvalidJobInput.__name__)
+            return await self._store.finish(self.worker_id, [(claim, rejected)], self._clock())
 
     async def _release(self, run: _Run) -> None:
         try:
@@ -417,18 +429,17 @@ class JobQueueServer:
         last_beat = last_reap = time.monotonic()
         while True:
             await asyncio.sleep(tick)
+            now = time.monotonic()
+            beat, reap = now - last_beat >= beat_every, now - last_reap >= reap_every
             try:
-                await self._maintain_once(
-                    beat=time.monotonic() - last_beat >= beat_every,
-                    reap=time.monotonic() - last_reap >= reap_every,
-                )
+                await self._maintain_once(beat=beat, reap=reap)
             except TaskdbError as exc:
                 log.warning("lease maintenance failed (%s); retrying", exc)
-                continue
-            if time.monotonic() - last_beat >= beat_every:
-                last_beat = time.monotonic()
-            if time.monotonic() - last_reap >= reap_every:
-                last_reap = time.monotonic()
+                continue  # not done: try again next tick
+            if beat:
+                last_beat = now
+            if reap:
+                last_reap = now
 
     async def _maintain_once(self, *, beat: bool, reap: bool) -> None:
         runs = [r for r in self._running.values() if not (r.lost or r.recording)]

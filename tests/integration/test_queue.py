@@ -435,6 +435,27 @@ async def test_non_json_output_fails_the_job(client: JobQueueClient, serve: Any)
     assert info.value.error_code == "InvalidJobInput"
 
 
+async def test_an_output_the_database_rejects_fails_only_its_job(
+    db: taskdb.Database, client: JobQueueClient, serve: Any
+) -> None:
+    """PostgreSQL's jsonb refuses NUL characters: that job fails, its batch-mates do not."""
+
+    async def echo(value: Any, ctx: JobContext) -> Any:
+        return {"text": "a\x00b"} if value == "nul" else value
+
+    handles = await client.submit_batch(["before", "nul", "after"], max_retries=0)
+    await serve(echo, workers=3)
+    assert await handles[0].wait(timeout=10) == "before"
+    assert await handles[2].wait(timeout=10) == "after"
+    if db.dialect == "postgresql":
+        with pytest.raises(JobError) as info:
+            await handles[1].wait(timeout=10)
+        assert info.value.error_code == "InvalidJobInput"
+        assert "rejected" in str(info.value)
+    else:  # SQLite stores the JSON text as given
+        assert await handles[1].wait(timeout=10) == {"text": "a\x00b"}
+
+
 async def test_dedupe_returns_the_same_job(client: JobQueueClient) -> None:
     a = await client.submit({"x": 1}, fingerprint="only-once")
     b = await client.submit({"x": 2}, fingerprint="only-once")
