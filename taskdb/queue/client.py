@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from taskdb import settings
-from taskdb.errors import InvalidJobInput, JobError, WaitTimeout, job_error_from_row
+from taskdb.errors import (
+    InvalidJobInput,
+    JobError,
+    JobNotFound,
+    TaskdbError,
+    WaitTimeout,
+    job_error_from_row,
+)
 from taskdb.queue.local import hub_for
 from taskdb.queue.models import Job, JobChange, JobStatus, input_digest, require_aware
 from taskdb.store.database import Database
@@ -105,7 +112,14 @@ class JobHandle:
 
         async def poll() -> None:
             while True:
-                job = await self.client.get(self.id)
+                try:
+                    job = await self.client.get(self.id)
+                except JobNotFound:
+                    return  # purged
+                except TaskdbError as exc:  # the database is away: keep following
+                    log.warning("following job %s: %s; retrying", self.id, exc)
+                    await asyncio.sleep(self.client.poll_interval)
+                    continue
                 if (job.progress, job.progress_message, job.progress_details) != (0.0, None, None):
                     deliver(
                         job.updated_at, job.progress, job.progress_message, job.progress_details
@@ -269,7 +283,7 @@ class JobQueueClient:
         _found, output = await self._store.output_for_input(self.queue, input_digest(input))
         return output
 
-    def subscribe_to_changes(
+    async def subscribe_to_changes(
         self,
         callback: ChangeCallback,
         *,
@@ -278,17 +292,22 @@ class JobQueueClient:
     ) -> Unsubscribe:
         """Call ``callback`` (plain or async) with each :class:`JobChange` of this queue.
 
-        Starts after the newest change (or after ``after_seq``). Polls the
-        change feed; returns a function that stops it.
+        Every change committed after this returns is delivered (or every change
+        after ``after_seq``). Polls the change feed, riding out database outages;
+        returns a function that stops it.
         """
         interval = self.poll_interval if poll_interval is None else poll_interval
+        start = await self._store.changes_head() if after_seq is None else after_seq
 
         async def run() -> None:
-            cursor = after_seq
-            if cursor is None:
-                cursor = await self._store.changes_head()
+            cursor = start
             while True:
-                batch = await self._store.changes(cursor, queue=self.queue)
+                try:
+                    batch = await self._store.changes(cursor, queue=self.queue)
+                except TaskdbError as exc:  # the database is away: keep the cursor, retry
+                    log.warning("change feed of queue %r: %s; retrying", self.queue, exc)
+                    await asyncio.sleep(interval)
+                    continue
                 for change in batch:
                     cursor = change.seq
                     try:

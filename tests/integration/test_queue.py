@@ -485,8 +485,7 @@ async def test_subscribe_to_changes_sees_transitions_in_order(
         await ctx.update_progress(50)
         return 1
 
-    unsubscribe = client.subscribe_to_changes(record, poll_interval=0.02)
-    await asyncio.sleep(0.1)  # let the subscription take its starting cursor
+    unsubscribe = await client.subscribe_to_changes(record, poll_interval=0.02)
     await serve(ok)
     handle = await client.submit({})
     await handle.wait(timeout=10)

@@ -143,15 +143,38 @@ async def test_schema_behind_head_is_reported(empty_db_url: str) -> None:
     await db.aclose()
 
 
-async def test_server_keeps_running_through_an_outage_window(db: taskdb.Database) -> None:
-    """A server started before its jobs exist idles, then serves them promptly."""
-    client = JobQueueClient(db, "q", poll_interval=0.02)
+async def test_followers_survive_a_database_outage(fresh_pg_url: str) -> None:
+    """Connections are refused for a while: subscriptions and progress followers
+    keep their place and deliver what happens after the database is back."""
+    db = taskdb.connect(fresh_pg_url)
+    client = JobQueueClient(db, "q", poll_interval=0.05)
+    seen: list[tuple[int, str]] = []
+    progress: list[float] = []
+    unsubscribe = await client.subscribe_to_changes(lambda c: seen.append((c.job_id, c.kind)))
+    first = await client.submit({"n": 1})
+    unfollow = first.on_progress(lambda p, m, d: progress.append(p))
+    await eventually(lambda: asyncio.sleep(0, seen), lambda s: (first.id, "submitted") in s)
+    name = make_url(fresh_pg_url).database
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        )
+        await asyncio.sleep(0.5)  # several failed polls of both followers
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    second = await client.submit({"n": 2})
+    async with JobQueueServer(db, "q", _report_half, poll_interval=0.02):
+        await first.wait(timeout=10)
+        await second.wait(timeout=10)
+        await eventually(lambda: asyncio.sleep(0, seen), lambda s: (second.id, "completed") in s)
+        await eventually(lambda: asyncio.sleep(0, progress), lambda p: p == [50.0])
+    unsubscribe()
+    unfollow()
+    assert (second.id, "submitted") in seen and (first.id, "completed") in seen
+    await db.aclose()
 
-    async def work(value: Any, ctx: JobContext) -> Any:
-        return value
 
-    async with JobQueueServer(db, "q", work, poll_interval=0.02):
-        await asyncio.sleep(0.1)
-        handle = await client.submit("late")
-        assert await handle.wait(timeout=10) == "late"
-        await eventually(lambda: handle.get(), lambda j: j.status == "COMPLETED")
+async def _report_half(value: Any, ctx: JobContext) -> Any:
+    await ctx.update_progress(50)
+    return value
