@@ -36,14 +36,13 @@ from taskdb.queue.limiters import Limiter, NullLimiter
 from taskdb.queue.local import hub_for
 from taskdb.queue.models import JobStatus
 from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
-from taskdb.store.database import Database, dumps
+from taskdb.store.database import Database
 from taskdb.store.jobs import Claim, JobStore
 
 log = logging.getLogger("taskdb.server")
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]
 _MAX_BATCH = 100
-_JSON_SCALARS = frozenset({type(None), bool, int, str})
 
 
 @dataclass
@@ -322,11 +321,7 @@ class JobQueueServer:
             return Fail("aborted", AbortedJobError.__name__)
         except Exception as exc:
             return self._failure(run, exc)
-        if type(output) not in _JSON_SCALARS:  # containers and floats: check before writing
-            try:
-                dumps(output)
-            except (TypeError, ValueError) as exc:
-                return Fail(f"handler output is not JSON: {exc}", InvalidJobInput.__name__)
+        # Not JSON? The outcome write rejects it and fails only this job (see _flush).
         return Complete(output)
 
     def _failure(self, run: _Run, exc: BaseException) -> Outcome:
@@ -376,9 +371,9 @@ class JobQueueServer:
         self._hub.job_changed([job.id])
 
     async def _flush(self, items: Sequence[tuple[Claim, Outcome]]) -> dict[int, JobStatus]:
-        """Write a batch of outcomes. If the database rejects a value (PostgreSQL
-        refuses ``\\u0000`` in jsonb, say), write the items one by one so one bad
-        output cannot sink its siblings; the rejected one fails the job instead."""
+        """Write a batch of outcomes. If a value is rejected (not JSON, or refused by
+        the database: PostgreSQL jsonb has no ``\\u0000``), write the items one by one
+        so one bad output cannot sink its siblings; the rejected one fails its job."""
         try:
             return await self._store.finish(self.worker_id, items, self._clock())
         except InvalidJobInput as exc:

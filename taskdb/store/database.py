@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 import psycopg
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from taskdb import settings
@@ -48,7 +54,10 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 
 def dumps(value: Any) -> str:
     """The JSON encoding used for every JSON column (strict: no NaN, no infinities)."""
-    return _ENCODER.encode(value)
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobInput(f"value is not JSON: {exc}") from exc
 
 
 def _parse_url(raw: str) -> tuple[URL, Dialect]:
@@ -79,6 +88,12 @@ def translate_error(exc: BaseException, where: str, *, retryable: bool = True) -
     """
     if isinstance(exc, TaskdbError):
         return exc
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        # raised while encoding a parameter (``dumps`` says which value is not JSON)
+        if isinstance(exc.orig, TaskdbError):
+            return exc.orig
+        if isinstance(exc.orig, TypeError | ValueError):
+            return InvalidJobInput(f"value is not JSON: {exc.orig}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         err = StorageError(f"database {where} connection lost: {str(exc.orig).strip()}")
         err.retryable = retryable

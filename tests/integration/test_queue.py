@@ -424,15 +424,19 @@ async def test_scale_workers_and_stats(client: JobQueueClient, serve: Any) -> No
     assert (stats.claimed, stats.completed, stats.running) == (4, 4, 0)
 
 
-async def test_non_json_output_fails_the_job(client: JobQueueClient, serve: Any) -> None:
-    async def bad(value: Any, ctx: JobContext) -> Any:
-        return {"when": object()}
+async def test_non_json_output_fails_only_its_job(client: JobQueueClient, serve: Any) -> None:
+    outputs: dict[str, Any] = {"object": {"when": object()}, "nan": [math.nan], "ok": {"n": 1}}
 
-    await serve(bad)
-    handle = await client.submit({})
-    with pytest.raises(JobError) as info:
-        await handle.wait(timeout=10)
-    assert info.value.error_code == "InvalidJobInput"
+    async def produce(value: Any, ctx: JobContext) -> Any:
+        return outputs[value]
+
+    handles = await client.submit_batch(["object", "ok", "nan"], max_retries=0)
+    await serve(produce, workers=3)
+    assert await handles[1].wait(timeout=10) == {"n": 1}
+    for handle in (handles[0], handles[2]):
+        with pytest.raises(JobError, match="not JSON") as info:
+            await handle.wait(timeout=10)
+        assert info.value.error_code == "InvalidJobInput"
 
 
 async def test_an_output_the_database_rejects_fails_only_its_job(
