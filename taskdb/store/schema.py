@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    LargeBinary,
+    PrimaryKeyConstraint,
     Column,
     DateTime,
     Dialect,
@@ -171,5 +173,63 @@ rate_limit_hits = Table(
     Column("at", UtcDateTime, nullable=False),
 )
 Index("ix_taskdb_rate_limit_hits_queue_at", rate_limit_hits.c.queue, rate_limit_hits.c.at)
+
+task_outputs = Table(
+    "taskdb_task_outputs",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    # '' for the shared cache; a run id for a RunPrivateCacheRepo's entries
+    Column("namespace", String(200), nullable=False, server_default=text("''")),
+    Column("task_type", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("output", _json(), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+Index(
+    "ux_taskdb_task_outputs_key",
+    task_outputs.c.namespace,
+    task_outputs.c.task_type,
+    task_outputs.c.fingerprint,
+    unique=True,
+)
+Index("ix_taskdb_task_outputs_created_at", task_outputs.c.created_at)
+
+blobs = Table(
+    "taskdb_blobs",
+    metadata,
+    Column("id", _id(), primary_key=True, autoincrement=True),
+    # the public name inside a CacheRef; ids are never exposed
+    Column("key", String(64), nullable=False),
+    # 'writing' until the stream completed, then 'committed': only committed blobs are readable
+    Column("state", String(12), nullable=False),
+    Column("size", BigInteger, nullable=False, server_default=text("0")),
+    Column("mime", String(200), nullable=True),
+    # PostgreSQL large object holding the bytes (SQLite keeps them in taskdb_blob_chunks)
+    Column("oid", BigInteger, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("committed_at", UtcDateTime, nullable=True),
+)
+Index("ux_taskdb_blobs_key", blobs.c.key, unique=True)
+Index("ix_taskdb_blobs_state_updated_at", blobs.c.state, blobs.c.updated_at)
+
+blob_chunks = Table(
+    "taskdb_blob_chunks",
+    metadata,
+    Column("blob_id", _id(), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("blob_id", "seq", name="pk_taskdb_blob_chunks"),
+)
+
+blob_links = Table(
+    "taskdb_blob_links",
+    metadata,
+    Column("blob_key", String(64), nullable=False),
+    # the row holding a ref to the blob: 'job:<id>' or 'cache:<id>'
+    Column("holder", String(100), nullable=False),
+    PrimaryKeyConstraint("blob_key", "holder", name="pk_taskdb_blob_links"),
+)
+Index("ix_taskdb_blob_links_holder", blob_links.c.holder)
 
 VERSION_TABLE = "taskdb_alembic_version"
