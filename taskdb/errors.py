@@ -9,6 +9,7 @@ Every error taskdb raises derives from :class:`TaskdbError`; driver errors
     ├── StorageError                the database failed or is unreachable
     │   └── SchemaOutOfDate         schema behind head: run `taskdb migrate`
     ├── InvalidJobInput             input/output not JSON, naive datetimes, ...
+    ├── InvalidCacheRef             a value passed as a CacheRef is not one
     ├── JobNotFound                 unknown job id
     ├── WaitTimeout                 wait() gave up (also a TimeoutError)
     ├── LeaseLost                   this worker no longer owns the job (fencing)
@@ -52,6 +53,10 @@ class SchemaOutOfDate(StorageError):
 
 class InvalidJobInput(TaskdbError):
     """A job input, output or option cannot be stored (not JSON, naive time, ...)."""
+
+
+class InvalidCacheRef(TaskdbError):
+    """A value passed as a ``CacheRef`` lacks the ``kind`` brand or a string ``$ref``."""
 
 
 class JobNotFound(TaskdbError):

@@ -1,0 +1,672 @@
+"""The blob store: binary payloads streamed into the database, and their lifecycle.
+
+Bytes live in a PostgreSQL large object (``lo_create`` / ``lo_put`` /
+``lo_get``; unlinked explicitly, large objects never cascade) or in SQLite
+chunk rows (``taskdb_blob_chunks``); a ``taskdb_blobs`` row names each blob
+by its public ``key``, the name inside a ``CacheRef``.
+
+Writing: the row is inserted as ``'writing'``, the stream is cut into pieces
+and committed a few MiB at a time in short transactions (a long one would
+block every SQLite writer, or hold back PostgreSQL's xmin horizon), and the
+row flips to ``'committed'`` with its size at the end. Only committed blobs
+are readable. A stream that raises or is cancelled takes its row and bytes
+with it; a writer that died leaves a ``'writing'`` row that :meth:`BlobStore.gc`
+reclaims once it has not been touched for ``stale_seconds`` (live writers
+touch it on every commit, and every ``touch_interval`` while their producer
+is silent).
+
+Links: a row holding refs (``'job:<id>'``, ``'cache:<id>'``) links their
+blobs in its own transaction (:meth:`BlobStore.link`); releasing a holder
+deletes the blobs nothing links any more. Committed blobs that were never
+linked (the holder row was never written) are reclaimed by ``gc`` after a
+grace period.
+
+PostgreSQL runs at READ COMMITTED, so whatever may delete a blob first locks
+its row and checks for links in a *later* statement, whose snapshot sees every
+link committed before the lock was granted; ``link`` locks the rows it links
+to. Locks are taken in key order, so these transactions cannot deadlock on
+blob rows. Two concurrent releases of a blob's last two holders may both
+keep it: ``gc`` reclaims it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    LargeBinary,
+    Row,
+    bindparam,
+    cast,
+    column,
+    delete,
+    exists,
+    func,
+    null,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.dialects.postgresql import OID
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
+from taskdb.store import postgres, sqlite
+from taskdb.store.database import Database
+from taskdb.store.schema import UtcDateTime, blob_chunks, blob_links, blobs
+from taskdb.streams.blob import DEFAULT_CHUNK_BYTES, Blob, BlobWriter
+
+log = logging.getLogger("taskdb.blobs")
+
+Clock = Callable[[], datetime]
+BlobState = Literal["writing", "committed"]
+WRITING: BlobState = "writing"
+COMMITTED: BlobState = "committed"
+
+MiB = 1024 * 1024
+PIECE_BYTES = MiB  # one lo_put / one chunk row
+COMMIT_BYTES = 4 * MiB  # written per transaction (also the writer's buffer bound)
+READ_BATCH_BYTES = 4 * MiB  # read per connection checkout
+TOUCH_INTERVAL = 60.0
+GC_BATCH = 100  # blobs deleted per gc transaction
+_IN_BATCH = 500  # values per expanding IN list
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_blob_key() -> str:
+    """A fresh public blob name (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What the store knows about a blob (``size`` so far while ``'writing'``)."""
+
+    key: str
+    state: BlobState
+    size: int
+    mime: str | None
+    created_at: datetime
+    updated_at: datetime
+    committed_at: datetime | None
+
+
+class GcReport(BaseModel):
+    """What :meth:`BlobStore.gc` removed (or, with ``dry_run``, would remove)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dry_run: bool
+    blobs_removed: int
+    """Committed blobs no row linked any more, past the grace period."""
+    stale_writers_removed: int
+    """``'writing'`` blobs whose writer stopped touching them."""
+    bytes_freed: int
+
+
+def _p(name: str, type_: Any = None) -> Any:
+    """A bind parameter; names are prefixed so none collides with a column name."""
+    return bindparam(f"p_{name}", type_=type_)
+
+
+def _many(name: str) -> Any:
+    return bindparam(f"p_{name}", expanding=True)
+
+
+def _batches(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), _IN_BATCH):
+        yield values[start : start + _IN_BATCH]
+
+
+def _info(row: Row[Any]) -> BlobInfo:
+    return BlobInfo(
+        key=row.key,
+        state=row.state,
+        size=row.size,
+        mime=row.mime,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        committed_at=row.committed_at,
+    )
+
+
+class _Statements:
+    """The statements both dialects share, built once."""
+
+    def __init__(self, oid_on_insert: Any) -> None:
+        b, links = blobs, blob_links
+        now = _p("now", UtcDateTime())
+        unlinked = ~exists().where(links.c.blob_key == b.c.key)
+        self.insert = (
+            blobs.insert()
+            .values(
+                key=_p("key"),
+                state=WRITING,
+                size=0,
+                mime=_p("mime"),
+                oid=oid_on_insert,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(b.c.id, b.c.oid)
+        )
+        mine = (b.c.id == _p("id"), b.c.state == WRITING)
+        self.progress = update(b).where(*mine).values(size=_p("size"), updated_at=now)
+        self.touch = update(b).where(*mine).values(updated_at=now)
+        self.commit = (
+            update(b)
+            .where(*mine)
+            .values(state=COMMITTED, size=_p("size"), updated_at=now, committed_at=now)
+        )
+        gone = (b.c.id, b.c.oid, b.c.size)
+        self.discard = delete(b).where(*mine).returning(*gone)
+        self.by_key = select(b).where(b.c.key == _p("key"))
+        self.lock_keys = (
+            select(b.c.key).where(b.c.key.in_(_many("keys"))).order_by(b.c.key).with_for_update()
+        )
+        self.unlink_holders = (
+            delete(links).where(links.c.holder.in_(_many("holders"))).returning(links.c.blob_key)
+        )
+        self.unlink_others = (
+            delete(links)
+            .where(links.c.holder == _p("holder"), links.c.blob_key.not_in(_many("keys")))
+            .returning(links.c.blob_key)
+        )
+        self.free = (
+            delete(b)
+            .where(b.c.key.in_(_many("keys")), b.c.state == COMMITTED, unlinked)
+            .returning(*gone)
+        )
+        # gc: committed blobs nothing links past the grace, writers silent for too long
+        cutoff = _p("cutoff", UtcDateTime())
+        orphan = (b.c.state == COMMITTED, b.c.committed_at < cutoff, unlinked)
+        stale = (b.c.state == WRITING, b.c.updated_at < cutoff)
+        self.sweeps: dict[str, tuple[Any, Any, Any]] = {
+            kind: (
+                select(b.c.id)
+                .where(*where)
+                .order_by(b.c.id)
+                .limit(_p("limit", Integer()))
+                .with_for_update(skip_locked=True),
+                delete(b).where(b.c.id.in_(_many("ids")), *where).returning(*gone),
+                select(func.count(), func.coalesce(func.sum(b.c.size), 0)).where(*where),
+            )
+            for kind, where in (("orphans", orphan), ("stale", stale))
+        }
+
+
+class _BlobIO(Protocol):
+    """Where the bytes go: what differs between the dialects."""
+
+    oid_on_insert: Any
+
+    async def put(self, conn: AsyncConnection, blob: _Writing, pieces: Sequence[bytes]) -> None: ...
+
+    def read(self, db: Database, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]: ...
+
+    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None: ...
+
+
+class _PostgresIO:
+    """Large objects, through the server-side functions (no client-side lo API)."""
+
+    oid_on_insert = cast(func.lo_create(0), BigInteger)
+
+    def __init__(self) -> None:
+        oid = cast(_p("oid"), OID)
+        offset = _p("offset", BigInteger())
+        self._put = select(func.lo_put(oid, offset, _p("data", LargeBinary())))
+        self._get = select(func.lo_get(oid, offset, _p("length", Integer()), type_=LargeBinary))
+        # Only oids of rows being deleted; one already gone (vacuumlo) is skipped.
+        lo = table("pg_largeobject_metadata", column("oid", OID))
+        self._unlink = select(func.lo_unlink(lo.c.oid)).where(lo.c.oid.in_(_many("oids")))
+
+    async def put(self, conn: AsyncConnection, blob: _Writing, pieces: Sequence[bytes]) -> None:
+        offset = blob.size
+        for piece in pieces:
+            params = {"p_oid": blob.oid, "p_offset": offset, "p_data": piece}
+            await conn.execute(self._put, params)
+            offset += len(piece)
+
+    async def read(self, db: Database, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
+        offset, size = 0, int(row.size)
+        per_batch = max(1, READ_BATCH_BYTES // chunk_size)
+        while offset < size:
+            parts: list[bytes] = []
+            async with db.transaction(write=False, atomic=False) as conn:
+                while offset < size and len(parts) < per_batch:
+                    length = min(chunk_size, size - offset)
+                    params = {"p_oid": row.oid, "p_offset": offset, "p_length": length}
+                    data = await conn.scalar(self._get, params)
+                    if data is None or len(data) != length:
+                        raise StorageError(f"blob {row.key} is shorter than its recorded size")
+                    parts.append(data)
+                    offset += length
+            for part in parts:
+                yield part
+
+    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
+        oids = [r.oid for r in rows if r.oid is not None]
+        for batch in _batches(oids):
+            await conn.execute(self._unlink, {"p_oids": batch})
+
+
+class _SqliteIO:
+    """Chunk rows, one per piece, numbered from 0."""
+
+    oid_on_insert = null()
+
+    def __init__(self) -> None:
+        c = blob_chunks.c
+        self._put = blob_chunks.insert()
+        self._rows = (
+            select(c.seq, c.data)
+            .where(c.blob_id == _p("id"), c.seq >= _p("seq"))
+            .order_by(c.seq)
+            .limit(_p("limit", Integer()))
+        )
+        self._drop = delete(blob_chunks).where(c.blob_id.in_(_many("ids")))
+
+    async def put(self, conn: AsyncConnection, blob: _Writing, pieces: Sequence[bytes]) -> None:
+        rows = [
+            {"blob_id": blob.id, "seq": blob.pieces + i, "data": piece}
+            for i, piece in enumerate(pieces)
+        ]
+        await conn.execute(self._put, rows)
+
+    async def read(self, db: Database, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
+        seq, done, size = 0, 0, int(row.size)
+        params = {"p_id": row.id, "p_limit": max(1, READ_BATCH_BYTES // PIECE_BYTES)}
+        while done < size:
+            async with db.transaction(write=False) as conn:
+                found = (await conn.execute(self._rows, {**params, "p_seq": seq})).all()
+            if not found:
+                raise StorageError(f"blob {row.key} is shorter than its recorded size")
+            for chunk in found:
+                if chunk.seq != seq:
+                    raise StorageError(f"blob {row.key} misses chunk {seq}")
+                data: bytes = chunk.data
+                seq, done = seq + 1, done + len(data)
+                for start in range(0, len(data), chunk_size):
+                    yield data[start : start + chunk_size] if len(data) > chunk_size else data
+
+    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
+        for batch in _batches([r.id for r in rows]):
+            await conn.execute(self._drop, {"p_ids": batch})
+
+
+@cache
+def _dialect(name: str) -> tuple[_Statements, _BlobIO, Any]:
+    io: _BlobIO = _PostgresIO() if name == "postgresql" else _SqliteIO()
+    insert = postgres.insert if name == "postgresql" else sqlite.insert
+    return _Statements(io.oid_on_insert), io, insert(blob_links).on_conflict_do_nothing()
+
+
+@dataclass(slots=True)
+class _Writing:
+    """A blob being written: what is committed so far."""
+
+    id: int
+    oid: int | None
+    key: str
+    size: int = 0
+    pieces: int = 0
+    touched: float = 0.0  # time.monotonic() of the last commit or touch
+
+
+class _Pieces:
+    """Cuts a stream of chunks into pieces of ``piece_bytes`` (the last may be shorter)
+    and says when a commit's worth is ready: memory stays within about
+    ``commit_bytes`` whatever the chunk sizes."""
+
+    def __init__(self, piece_bytes: int, commit_bytes: int) -> None:
+        self.piece_bytes = piece_bytes
+        self.commit_bytes = commit_bytes
+        self._buffer = bytearray()
+        self._ready: list[bytes] = []
+        self._ready_bytes = 0
+
+    def _push(self, piece: bytes) -> bool:
+        self._ready.append(piece)
+        self._ready_bytes += len(piece)
+        return self._ready_bytes >= self.commit_bytes
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> Iterator[None]:
+        """Take ``chunk``; yields each time a commit's worth is ready (call :meth:`take`)."""
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise InvalidJobInput(f"blob chunks must be bytes, got {type(chunk).__name__}")
+        size, buffer = self.piece_bytes, self._buffer
+        if not buffer and len(chunk) == size and isinstance(chunk, bytes):
+            if self._push(chunk):  # the common case: no copy
+                yield
+            return
+        view = memoryview(chunk).cast("B")
+        while view:
+            if not buffer and len(view) >= size:
+                full = self._push(bytes(view[:size]))
+                view = view[size:]
+            else:
+                take = size - len(buffer)
+                buffer += view[:take]
+                view = view[take:]
+                full = False
+                if len(buffer) == size:
+                    full = self._push(bytes(buffer))
+                    buffer.clear()
+            if full:
+                yield
+
+    def take(self, *, final: bool = False) -> list[bytes]:
+        """The ready pieces (with ``final``, the buffered tail too)."""
+        if final and self._buffer:
+            self._push(bytes(self._buffer))
+            self._buffer.clear()
+        ready, self._ready, self._ready_bytes = self._ready, [], 0
+        return ready
+
+
+async def _shielded(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even if the caller is cancelled again meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _background.add(task)  # keep it alive; it finishes on its own
+        task.add_done_callback(_background.discard)
+        raise
+
+
+class BlobStore:
+    """Blob I/O and lifecycle over one :class:`Database` (see the module docstring).
+
+    ``clock`` stamps rows (tests inject one). ``piece_bytes``: the unit of one
+    write (one large-object write or one chunk row); ``commit_bytes``: written
+    per transaction, which is also about the most a writer buffers;
+    ``touch_interval``: how often a writer whose producer is silent touches its
+    row so that ``gc`` does not take it for dead (``None``: never).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = utcnow,
+        piece_bytes: int = PIECE_BYTES,
+        commit_bytes: int = COMMIT_BYTES,
+        touch_interval: float | None = TOUCH_INTERVAL,
+    ) -> None:
+        if piece_bytes < 1 or commit_bytes < piece_bytes:
+            raise ConfigurationError("need 1 <= piece_bytes <= commit_bytes")
+        if touch_interval is not None and touch_interval <= 0:
+            raise ConfigurationError("touch_interval must be None or > 0")
+        self.db = db
+        self._clock = clock
+        self.piece_bytes = piece_bytes
+        self.commit_bytes = commit_bytes
+        self.touch_interval = touch_interval
+        self._s, self._io, self._link = _dialect(db.dialect)
+
+    def __repr__(self) -> str:
+        return f"BlobStore({self.db!r})"
+
+    # -- writing ------------------------------------------------------------------
+
+    async def write(
+        self, chunks: AsyncIterable[bytes | bytearray | memoryview], *, mime: str | None = None
+    ) -> BlobInfo:
+        """Stream ``chunks`` into a new blob; returns it once committed.
+
+        Memory stays within about ``commit_bytes``. If ``chunks`` raises, the
+        write fails or the caller is cancelled, the blob is deleted (best
+        effort: otherwise ``gc`` reclaims it) and the error propagates.
+        """
+        created = self._clock()
+        key = new_blob_key()
+        async with self.db.transaction() as conn:
+            params = {"p_key": key, "p_mime": mime, "p_now": created}
+            row = (await conn.execute(self._s.insert, params)).one()
+        blob = _Writing(row.id, row.oid, key, touched=time.monotonic())
+        pieces = _Pieces(self.piece_bytes, self.commit_bytes)
+        try:
+            async with self._keepalive(blob):
+                async for chunk in chunks:
+                    for _ in pieces.feed(chunk):
+                        await self._commit(blob, pieces.take(), final=False)
+                committed = await self._commit(blob, pieces.take(final=True), final=True)
+        except BaseException:
+            await _shielded(self._discard(blob))
+            raise
+        return BlobInfo(key, COMMITTED, blob.size, mime, created, committed, committed)
+
+    async def _commit(self, blob: _Writing, pieces: list[bytes], *, final: bool) -> datetime:
+        now = self._clock()
+        size = blob.size + sum(len(p) for p in pieces)
+        async with self.db.transaction() as conn:
+            if pieces:
+                await self._io.put(conn, blob, pieces)
+            stmt = self._s.commit if final else self._s.progress
+            result = await conn.execute(stmt, {"p_id": blob.id, "p_size": size, "p_now": now})
+            if result.rowcount != 1:
+                raise StorageError(
+                    f"blob {blob.key} was removed while being written "
+                    "(gc took its writer for dead: raise stale_seconds?)"
+                )
+        blob.size, blob.pieces, blob.touched = size, blob.pieces + len(pieces), time.monotonic()
+        return now
+
+    @asynccontextmanager
+    async def _keepalive(self, blob: _Writing) -> AsyncIterator[None]:
+        """Touch ``blob``'s row while its producer is silent (see ``touch_interval``)."""
+        if self.touch_interval is None:
+            yield
+            return
+        task = asyncio.ensure_future(self._toucher(blob, self.touch_interval))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _toucher(self, blob: _Writing, interval: float) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, blob.touched + interval - time.monotonic()))
+            if time.monotonic() - blob.touched < interval:
+                continue  # a commit touched it meanwhile
+            try:
+                async with self.db.transaction() as conn:
+                    await conn.execute(self._s.touch, {"p_id": blob.id, "p_now": self._clock()})
+            except TaskdbError as exc:
+                log.warning("could not touch blob %s being written: %s", blob.key, exc)
+            blob.touched = time.monotonic()
+
+    async def _discard(self, blob: _Writing) -> None:
+        try:
+            async with self.db.transaction() as conn:
+                rows = (await conn.execute(self._s.discard, {"p_id": blob.id})).all()
+                await self._io.drop(conn, rows)
+        except Exception as exc:  # best effort: gc reclaims the row once it is stale
+            log.warning("could not delete unfinished blob %s: %s", blob.key, exc)
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _row(self, key: str) -> Row[Any] | None:
+        if not isinstance(key, str):
+            raise InvalidJobInput(f"a blob key is a string, got {type(key).__name__}")
+        async with self.db.transaction(write=False, atomic=False) as conn:
+            return (await conn.execute(self._s.by_key, {"p_key": key})).first()
+
+    async def info(self, key: str) -> BlobInfo | None:
+        """The blob named ``key`` in any state, or ``None``."""
+        row = await self._row(key)
+        return None if row is None else _info(row)
+
+    async def list_blobs(
+        self, *, state: BlobState | None = None, limit: int = 100
+    ) -> list[BlobInfo]:
+        """The newest blobs first, optionally only those in ``state``."""
+        stmt = select(blobs).order_by(blobs.c.id.desc()).limit(limit)
+        if state is not None:
+            stmt = stmt.where(blobs.c.state == state)
+        async with self.db.transaction(write=False, atomic=False) as conn:
+            return [_info(r) for r in (await conn.execute(stmt)).all()]
+
+    async def open_stream(
+        self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
+    ) -> AsyncIterator[bytes] | None:
+        """The committed blob ``key`` as chunks of at most ``chunk_size`` bytes, or
+        ``None`` when there is no such committed blob. Each few MiB are read in a
+        short transaction of their own: a blob deleted meanwhile ends the
+        iteration with a :class:`StorageError`."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigurationError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        row = await self._row(key)
+        if row is None or row.state != COMMITTED:
+            return None
+        return self._io.read(self.db, row, chunk_size)
+
+    async def read(self, key: str) -> Blob | None:
+        """The committed blob ``key`` as a :class:`Blob` (a large one spills to a
+        temporary file), or ``None``."""
+        row = await self._row(key)
+        if row is None or row.state != COMMITTED:
+            return None
+        writer = BlobWriter()
+        try:
+            async for chunk in self._io.read(self.db, row, DEFAULT_CHUNK_BYTES):
+                writer.write(chunk)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.finish(mime=row.mime)
+
+    # -- links (inside the caller's transaction) ----------------------------------
+
+    async def _lock(self, conn: AsyncConnection, keys: Sequence[str]) -> set[str]:
+        """Lock the rows of ``keys`` (sorted) in key order; returns those that exist."""
+        found: set[str] = set()
+        for batch in _batches(keys):
+            found.update(await conn.scalars(self._s.lock_keys, {"p_keys": batch}))
+        return found
+
+    async def _free(self, conn: AsyncConnection, keys: Iterable[str]) -> int:
+        """Delete the committed blobs among ``keys`` (locked) that nothing links."""
+        rows: list[Row[Any]] = []
+        for batch in _batches(sorted(set(keys))):
+            rows.extend((await conn.execute(self._s.free, {"p_keys": batch})).all())
+        await self._io.drop(conn, rows)
+        return len(rows)
+
+    async def link(self, conn: AsyncConnection, keys: Iterable[str], holder: str) -> list[str]:
+        """Record, in ``conn``'s transaction, that ``holder`` refers to the blobs
+        ``keys``; returns the keys that name no blob (those are not linked)."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return []
+        found = await self._lock(conn, wanted)
+        if found:
+            await conn.execute(self._link, [{"blob_key": k, "holder": holder} for k in found])
+        return [k for k in wanted if k not in found]
+
+    async def relink(self, conn: AsyncConnection, holder: str, keys: Iterable[str]) -> int:
+        """Make ``holder``'s links exactly ``keys`` (in ``conn``'s transaction); the
+        blobs it no longer refers to are deleted when nothing else links them.
+        Returns how many blobs were deleted."""
+        wanted = sorted(set(keys))
+        params = {"p_holder": holder, "p_keys": wanted}
+        dropped: set[str] = set(await conn.scalars(self._s.unlink_others, params))
+        found = await self._lock(conn, sorted(dropped.union(wanted)))
+        linked = [k for k in wanted if k in found]
+        if linked:
+            await conn.execute(self._link, [{"blob_key": k, "holder": holder} for k in linked])
+        return await self._free(conn, dropped)
+
+    async def release_holders(self, conn: AsyncConnection, holders: Iterable[str]) -> int:
+        """Delete the links of ``holders`` (in ``conn``'s transaction) and the blobs
+        left with no link; returns how many blobs were deleted."""
+        dropped: set[str] = set()
+        for batch in _batches(sorted(set(holders))):
+            dropped.update(await conn.scalars(self._s.unlink_holders, {"p_holders": batch}))
+        if not dropped:
+            return 0
+        await self._lock(conn, sorted(dropped))
+        return await self._free(conn, dropped)
+
+    # -- garbage collection -------------------------------------------------------
+
+    async def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        grace_seconds: float = 3600.0,
+        stale_seconds: float = 900.0,
+        now: datetime | None = None,
+    ) -> GcReport:
+        """Delete committed blobs no row has linked for ``grace_seconds`` since their
+        commit (the grace covers a blob committed but not yet linked by the row
+        being written with its ref), and ``'writing'`` blobs untouched for
+        ``stale_seconds`` (their writer died). Deletes in batches, each in a
+        short transaction. Only large objects of deleted rows are unlinked:
+        other applications' large objects in the same database are left alone.
+        """
+        for name, value in (("grace_seconds", grace_seconds), ("stale_seconds", stale_seconds)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
+        now = self._clock() if now is None else now
+        cutoffs = {
+            "orphans": now - timedelta(seconds=grace_seconds),
+            "stale": now - timedelta(seconds=stale_seconds),
+        }
+        found: dict[str, tuple[int, int]] = {}
+        for kind, cutoff in cutoffs.items():
+            lock, remove, count = self._s.sweeps[kind]
+            if dry_run:
+                async with self.db.transaction(write=False) as conn:
+                    row = (await conn.execute(count, {"p_cutoff": cutoff})).one()
+                found[kind] = (int(row[0]), int(row[1]))
+            else:
+                found[kind] = await self._sweep(lock, remove, cutoff)
+        return GcReport(
+            dry_run=dry_run,
+            blobs_removed=found["orphans"][0],
+            stale_writers_removed=found["stale"][0],
+            bytes_freed=found["orphans"][1] + found["stale"][1],
+        )
+
+    async def _sweep(self, lock: Any, remove: Any, cutoff: datetime) -> tuple[int, int]:
+        removed = freed = 0
+        while True:
+            async with self.db.transaction() as conn:
+                params = {"p_cutoff": cutoff, "p_limit": GC_BATCH}
+                ids = list(await conn.scalars(lock, params))
+                rows = (await conn.execute(remove, {**params, "p_ids": ids})).all() if ids else []
+                await self._io.drop(conn, rows)
+            removed += len(rows)
+            freed += sum(int(r.size) for r in rows)
+            if len(ids) < GC_BATCH:
+                return removed, freed

@@ -1,0 +1,314 @@
+"""The blob store on both dialects: streaming, atomicity, links and gc."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+import taskdb
+from taskdb import StorageError
+from taskdb.cache import BlobStore, SqlTaskOutputRepository, make_cache_ref
+from taskdb.store.blobs import _Pieces
+from tests.helpers import FakeClock, eventually
+
+MiB = 1024 * 1024
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that differ at every offset of a MiB and between seeds."""
+    unit = bytes((i * 7 + seed) % 251 for i in range(4093))
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def leftovers(db: taskdb.Database) -> tuple[int, int, int]:
+    """(blob rows, SQLite chunk rows, PostgreSQL large objects) in the database."""
+    async with db.transaction(write=False) as conn:
+        rows = await conn.scalar(text("SELECT count(*) FROM taskdb_blobs"))
+        chunks = await conn.scalar(text("SELECT count(*) FROM taskdb_blob_chunks"))
+        los = 0
+        if db.dialect == "postgresql":
+            los = await conn.scalar(text("SELECT count(*) FROM pg_largeobject_metadata"))
+    return int(rows or 0), int(chunks or 0), int(los or 0)
+
+
+async def read_all(store: BlobStore, key: str, chunk_size: int = MiB) -> bytes | None:
+    stream = await store.open_stream(key, chunk_size)
+    if stream is None:
+        return None
+    return b"".join([chunk async for chunk in stream])
+
+
+async def test_stream_5_mib_and_read_it_back(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+    data = pattern(5 * MiB)
+    info = await store.write(chunked(data, MiB), mime="application/octet-stream")
+    assert (info.state, info.size, info.mime) == ("committed", 5 * MiB, "application/octet-stream")
+    assert await read_all(store, info.key) == data
+    blob = await store.read(info.key)
+    assert blob is not None and blob.size == 5 * MiB and blob.mime == "application/octet-stream"
+    assert blob.read() == data
+    stream = await store.open_stream(info.key, 300_000)
+    assert stream is not None
+    sizes = [len(chunk) async for chunk in stream]
+    assert sum(sizes) == 5 * MiB and max(sizes) <= 300_000
+    stored = await store.info(info.key)
+    assert stored is not None and stored.committed_at is not None and stored.size == 5 * MiB
+
+
+@pytest.mark.parametrize("chunk", [1, 333_333, 3 * MiB + 5])
+async def test_odd_chunk_sizes(db: taskdb.Database, chunk: int) -> None:
+    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=256 * 1024)
+    data = pattern(100_000 if chunk == 1 else 2 * MiB + 17, seed=3)
+    info = await store.write(chunked(data, chunk))
+    assert info.size == len(data)
+    assert await read_all(store, info.key, 100_000) == data
+
+
+async def test_a_failing_producer_leaves_nothing(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+
+    async def broken() -> AsyncIterator[bytes]:
+        for _ in range(6):  # past the first commit: bytes are already in the database
+            yield pattern(MiB)
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        await store.write(broken())
+    assert await leftovers(db) == (0, 0, 0)
+    report = await store.gc(grace_seconds=0, stale_seconds=0)
+    assert (report.blobs_removed, report.stale_writers_removed, report.bytes_freed) == (0, 0, 0)
+
+
+async def test_a_cancelled_writer_leaves_nothing(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+    never = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield pattern(MiB)
+        await never.wait()
+        yield b"never"
+
+    writer = asyncio.ensure_future(store.write(stalls()))
+
+    async def writing() -> list[int]:
+        return [b.size for b in await store.list_blobs(state="writing")]
+
+    await eventually(writing, lambda sizes: bool(sizes) and sizes[0] >= 4 * MiB)
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert await leftovers(db) == (0, 0, 0)
+    assert (await store.gc(grace_seconds=0, stale_seconds=0)).bytes_freed == 0
+
+
+async def test_twenty_concurrent_writers(db: taskdb.Database) -> None:
+    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=128 * 1024)
+    payloads = [pattern(300_000 + i * 1000, seed=i) for i in range(20)]
+    infos = await asyncio.gather(*(store.write(chunked(p, 50_000)) for p in payloads))
+    assert len({i.key for i in infos}) == 20
+    for info, payload in zip(infos, payloads, strict=True):
+        assert await read_all(store, info.key) == payload
+
+
+async def test_unknown_and_unfinished_blobs_are_not_readable(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+    assert await store.read("no-such-key") is None
+    assert await store.open_stream("no-such-key") is None
+    assert await store.info("no-such-key") is None
+    repo = SqlTaskOutputRepository(db)
+    assert await repo.get_output_by_ref(make_cache_ref("no-such-key")) is None
+
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield pattern(MiB)
+        await release.wait()
+
+    writer = asyncio.ensure_future(store.write(slow()))
+    (pending,) = await eventually(lambda: store.list_blobs(state="writing"), bool)
+    assert await store.open_stream(pending.key) is None
+    assert await repo.get_output_by_ref(make_cache_ref(pending.key)) is None
+    release.set()
+    assert (await writer).size == MiB
+    assert await store.read(pending.key) is not None
+
+
+async def test_a_cache_row_holds_only_the_ref(db: taskdb.Database) -> None:
+    repo = SqlTaskOutputRepository(db)
+    assert repo.save_output_stream is not None
+    ref = await repo.save_output_stream(
+        "render", {"page": 1}, "image", chunked(pattern(5 * MiB), MiB)
+    )
+    await repo.save_output("render", {"page": 1}, {"image": ref, "pages": 1})
+    async with db.transaction(write=False) as conn:
+        raw = await conn.scalar(text("SELECT CAST(output AS TEXT) FROM taskdb_task_outputs"))
+    assert isinstance(raw, str) and len(raw.encode()) < 1024
+    assert await repo.get_output("render", {"page": 1}) == {"image": ref, "pages": 1}
+
+
+async def test_gc_removes_orphans_past_the_grace_and_stale_writers(db: taskdb.Database) -> None:
+    clock = FakeClock()
+    store = BlobStore(db, clock=clock, commit_bytes=MiB)
+    orphan = await store.write(chunked(pattern(1000), 1000))
+    held = await store.write(chunked(pattern(2000), 1000))
+    async with db.transaction() as conn:
+        assert await store.link(conn, [held.key, "no-such-key"], "job:1") == ["no-such-key"]
+    clock.advance(10)
+    fresh = await store.write(chunked(pattern(500), 500))  # unlinked, but within the grace
+
+    release = asyncio.Event()
+
+    async def crashed() -> AsyncIterator[bytes]:  # a writer that stopped touching its row
+        yield pattern(MiB)
+        await release.wait()
+        yield b"more"
+
+    writer = asyncio.ensure_future(store.write(crashed()))
+    await eventually(lambda: store.list_blobs(state="writing"), lambda b: b and b[0].size == MiB)
+
+    later = clock.now + timedelta(seconds=45)  # orphan: 55 s old; fresh and writer: 45 s
+    dry = await store.gc(dry_run=True, grace_seconds=50, stale_seconds=20, now=later)
+    assert (dry.dry_run, dry.blobs_removed, dry.stale_writers_removed) == (True, 1, 1)
+    assert dry.bytes_freed == 1000 + MiB
+    assert (await leftovers(db))[0] == 4  # nothing removed
+
+    report = await store.gc(grace_seconds=50, stale_seconds=20, now=later)
+    assert report == dry.model_copy(update={"dry_run": False})
+    assert await store.info(orphan.key) is None
+    assert await read_all(store, held.key) == pattern(2000)
+    assert await read_all(store, fresh.key) == pattern(500)
+
+    release.set()
+    with pytest.raises(StorageError):  # its row is gone: the writer cannot commit
+        await writer
+    rows, chunks, los = await leftovers(db)
+    assert rows == 2
+    if db.dialect == "postgresql":
+        assert (chunks, los) == (0, 2)
+    else:
+        assert los == 0 and chunks == 2
+
+
+async def test_a_silent_producer_keeps_its_blob_alive(db: taskdb.Database) -> None:
+    clock = FakeClock()
+    store = BlobStore(db, clock=clock, touch_interval=0.02)
+    release = asyncio.Event()
+
+    async def silent() -> AsyncIterator[bytes]:
+        yield b"start"
+        await release.wait()
+
+    writer = asyncio.ensure_future(store.write(silent()))
+    await eventually(lambda: store.list_blobs(state="writing"), bool)
+    clock.advance(1000)
+    touched = await eventually(
+        lambda: store.list_blobs(state="writing"), lambda b: b[0].updated_at == clock.now
+    )
+    assert touched[0].created_at < clock.now
+    report = await store.gc(stale_seconds=50, now=clock.now + timedelta(seconds=10))
+    assert report.stale_writers_removed == 0
+    release.set()
+    assert (await writer).size == len(b"start")
+
+
+async def test_release_holders_frees_only_unshared_blobs(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+    a = await store.write(chunked(b"a" * 10, 10))
+    b = await store.write(chunked(b"b" * 10, 10))
+    c = await store.write(chunked(b"c" * 10, 10))
+    async with db.transaction() as conn:
+        await store.link(conn, [a.key, b.key], "job:1")
+        await store.link(conn, [a.key], "cache:7")
+        await store.link(conn, [c.key], "job:2")
+    async with db.transaction() as conn:
+        assert await store.release_holders(conn, ["job:1"]) == 1
+    assert await store.info(b.key) is None
+    assert await read_all(store, a.key) == b"a" * 10  # cache:7 still holds it
+
+    async with db.transaction() as conn:  # relink: job:2 now holds a instead of c
+        assert await store.relink(conn, "job:2", [a.key]) == 1
+    assert await store.info(c.key) is None
+    async with db.transaction() as conn:
+        assert await store.release_holders(conn, ["cache:7"]) == 0
+        assert await store.release_holders(conn, ["job:2", "job:404"]) == 1
+    assert await leftovers(db) == (0, 0, 0)
+
+
+async def test_a_rolled_back_release_keeps_the_blob(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+    a = await store.write(chunked(b"a", 1))
+    async with db.transaction() as conn:
+        await store.link(conn, [a.key], "job:1")
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as conn:
+            assert await store.release_holders(conn, ["job:1"]) == 1
+            raise RuntimeError("the caller's transaction fails")
+    assert await read_all(store, a.key) == b"a"
+
+
+async def test_concurrent_saves_of_one_entry_keep_links_consistent(db: taskdb.Database) -> None:
+    repo = SqlTaskOutputRepository(db)
+    assert repo.save_output_stream is not None and repo.get_output_by_ref is not None
+    shared = await repo.save_output_stream("t", {}, "s", chunked(b"shared", 6))
+    refs = [await repo.save_output_stream("t", {}, "o", chunked(b"%d" % i, 2)) for i in range(12)]
+    await asyncio.gather(
+        *(repo.save_output("t", {"k": i % 2}, {"o": r, "s": shared}) for i, r in enumerate(refs))
+    )
+    kept = []
+    for k in (0, 1):
+        output = await repo.get_output("t", {"k": k})
+        assert output is not None
+        kept.append(output["o"])
+    alive = [r for r in refs if await repo.get_output_by_ref(r) is not None]
+    assert sorted(r["$ref"] for r in alive) == sorted(r["$ref"] for r in kept)  # type: ignore[index]
+    assert await repo.get_output_by_ref(shared) is not None
+    assert await repo.clear() == 2
+    assert await leftovers(db) == (0, 0, 0)
+
+
+async def test_a_new_connection_reads_the_blob(db: taskdb.Database, db_url: str) -> None:
+    repo = SqlTaskOutputRepository(db)
+    assert repo.save_output_stream is not None
+    data = pattern(3 * MiB + 11, seed=9)
+    ref = await repo.save_output_stream("t", {}, "out", chunked(data, MiB), mime="image/png")
+    await repo.save_output("t", {}, {"out": ref})
+    async with taskdb.connect(db_url) as other:
+        again = SqlTaskOutputRepository(other)
+        output = await again.get_output("t", {})
+        assert output is not None and output["out"] == ref
+        blob = await again.get_output_by_ref(ref)
+        assert blob is not None and blob.read() == data and blob.mime == "image/png"
+
+
+async def test_gc_arguments_are_checked(db: taskdb.Database) -> None:
+    with pytest.raises(taskdb.ConfigurationError):
+        await BlobStore(db).gc(grace_seconds=-1)
+    with pytest.raises(taskdb.ConfigurationError):
+        BlobStore(db, piece_bytes=2, commit_bytes=1)
+
+
+def test_pieces_are_exact_and_memory_is_bounded() -> None:
+    pieces = _Pieces(piece_bytes=10, commit_bytes=30)
+    data = pattern(1000)
+    out: list[bytes] = []
+    fed = 0
+    for size in (1, 9, 10, 25, 3, 200, 7, 745):
+        for _ in pieces.feed(data[fed : fed + size]):
+            ready = pieces.take()
+            assert sum(map(len, ready)) == 30  # a commit's worth, never more
+            out.extend(ready)
+        fed += size
+    out.extend(pieces.take(final=True))
+    assert b"".join(out) == data and all(len(p) == 10 for p in out)
+    with pytest.raises(taskdb.InvalidJobInput):
+        list(pieces.feed("text"))  # type: ignore[arg-type]
