@@ -4,10 +4,22 @@ Start with :func:`connect`, then :class:`JobQueueClient` to submit jobs and
 :class:`JobQueueServer` to run them.
 """
 
+from taskdb.cache import (
+    CacheRef,
+    MemoryTaskOutputRepository,
+    RunPrivateCacheRepo,
+    SqlTaskOutputRepository,
+    TaskOutputRepository,
+    collect_garbage,
+    is_cache_ref,
+    resolve_job_output,
+    resolve_output,
+)
 from taskdb.errors import (
     AbortedJobError,
     ConfigurationError,
     DeadlineExceeded,
+    InvalidCacheRef,
     InvalidJobInput,
     JobError,
     JobNotFound,
@@ -40,6 +52,7 @@ from taskdb.streams.blob import Blob
 __all__ = [
     "AbortedJobError",
     "Blob",
+    "CacheRef",
     "ChangeKind",
     "CompositeLimiter",
     "ConcurrencyLimiter",
@@ -48,6 +61,7 @@ __all__ = [
     "DeadlineExceeded",
     "DelayLimiter",
     "EvenlySpacedRateLimiter",
+    "InvalidCacheRef",
     "InvalidJobInput",
     "Job",
     "JobChange",
@@ -61,15 +75,23 @@ __all__ = [
     "LeaseExpired",
     "LeaseLost",
     "Limiter",
+    "MemoryTaskOutputRepository",
     "NullLimiter",
     "PermanentJobError",
     "RateLimiter",
     "RetryPolicy",
     "RetryableJobError",
+    "RunPrivateCacheRepo",
     "SchemaOutOfDate",
     "ServerStats",
+    "SqlTaskOutputRepository",
     "StorageError",
+    "TaskOutputRepository",
     "TaskdbError",
     "WaitTimeout",
+    "collect_garbage",
     "connect",
+    "is_cache_ref",
+    "resolve_job_output",
+    "resolve_output",
 ]
