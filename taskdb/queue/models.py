@@ -75,7 +75,13 @@ class Job(BaseModel):
 
 
 class JobChange(BaseModel):
-    """One item of the change feed: a job's state transition."""
+    """One item of the change feed: a job's state transition.
+
+    ``seq`` numbers changes in the order they were made (of one job, always);
+    ``cursor`` is where the read that returned this change stands: pass it as
+    ``after`` to resume right after this change. Two reads of one change are
+    equal whatever their cursors.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -87,6 +93,21 @@ class JobChange(BaseModel):
     attempts: int
     progress: float | None = None
     at: datetime
+    cursor: str = ""
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _CHANGE_KEY)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobChange):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+_CHANGE_KEY = tuple(name for name in JobChange.model_fields if name != "cursor")
 
 
 # One encoder, made once: json.dumps with options builds a new encoder per call.

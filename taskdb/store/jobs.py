@@ -49,8 +49,9 @@ from taskdb.queue.models import (
     JobStatus,
 )
 from taskdb.queue.retry import Complete, Fail, Outcome, Retry
-from taskdb.store import postgres, sqlite
+from taskdb.store import feed, postgres, sqlite
 from taskdb.store.database import Database
+from taskdb.store.feed import ChangeCursor
 from taskdb.store.schema import ACTIVE_STATUSES, UtcDateTime, job_changes, jobs, rate_limit_hits
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,6 +102,16 @@ class NewJob:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangePage:
+    """Changes read from the feed, the cursor to read on from, and whether the page was
+    full (more may follow at once)."""
+
+    changes: list[JobChange]
+    cursor: ChangeCursor
+    full: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """What fences a worker's writes to a job: the job id and the attempt it claimed."""
 
@@ -108,10 +119,11 @@ class Claim:
     attempts: int
 
 
-def _model(model: type[M], row: Row[Any]) -> M:
-    """Validate a row into a model; a malformed row is a StorageError, not a crash."""
+def _model(model: type[M], row: Row[Any], **extra: Any) -> M:
+    """Validate a row (and ``extra`` fields) into a model; a malformed row is a
+    StorageError, not a crash."""
     try:
-        return model.model_validate(row._mapping)
+        return model.model_validate({**row._mapping, **extra} if extra else row._mapping)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -638,31 +650,47 @@ class JobStore:
             return [(r[0], r[1], int(r[2])) for r in (await conn.execute(stmt)).all()]
 
     @_retrying
-    async def changes_head(self) -> int:
-        """The newest change-feed cursor (0 when empty)."""
+    async def changes_head(self) -> ChangeCursor:
+        """The change-feed cursor of "now": reading after it returns what commits later."""
         async with self.db.transaction(write=False, atomic=False) as conn:
-            return int(
-                await conn.scalar(select(func.coalesce(func.max(job_changes.c.seq), 0))) or 0
-            )
+            value = await conn.scalar(feed.head_statement(self.db.dialect))
+        return feed.head_cursor(self.db.dialect, value)
 
-    @_retrying
+    def check_cursor(self, after: ChangeCursor | int) -> None:
+        """Raise :class:`ConfigurationError` unless ``after`` is a cursor of this feed."""
+        feed.parse(self.db.dialect, after)
+
     async def changes(
         self,
-        after_seq: int = 0,
+        after: ChangeCursor | int = 0,
         *,
         queue: str | None = None,
         job_id: int | None = None,
         limit: int = 1000,
     ) -> list[JobChange]:
-        stmt = select(job_changes).where(job_changes.c.seq > after_seq)
-        if queue is not None:
-            stmt = stmt.where(job_changes.c.queue == queue)
-        if job_id is not None:
-            stmt = stmt.where(job_changes.c.job_id == job_id)
-        stmt = stmt.order_by(job_changes.c.seq).limit(limit)
+        """Up to ``limit`` changes after the cursor ``after`` (see :mod:`taskdb.store.feed`;
+        ``0`` is the start of the feed), in feed order."""
+        return (await self.changes_page(after, queue=queue, job_id=job_id, limit=limit)).changes
+
+    @_retrying
+    async def changes_page(
+        self,
+        after: ChangeCursor | int = 0,
+        *,
+        queue: str | None = None,
+        job_id: int | None = None,
+        limit: int = 1000,
+    ) -> ChangePage:
+        """:meth:`changes`, with the cursor to read the next page from (past the last
+        change returned, or past everything this read could see when the page is short)."""
+        dialect = self.db.dialect
+        cursor = feed.parse(dialect, after)
+        stmt, params = feed.page_query(dialect, cursor, queue, job_id, limit)
         async with self.db.transaction(write=False, atomic=False) as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [_model(JobChange, r) for r in rows]
+            rows = (await conn.execute(stmt, params)).all()
+        read, following = feed.cursors(dialect, cursor, rows, limit)
+        changes = [_model(JobChange, row, cursor=at) for row, at in read]
+        return ChangePage(changes, following, full=len(changes) >= limit)
 
     # -- worker side -----------------------------------------------------------------
 

@@ -6,28 +6,30 @@ Only Alembic migrations create or change these tables; nothing calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    LargeBinary,
-    PrimaryKeyConstraint,
     Column,
     DateTime,
     Dialect,
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.dialects.postgresql.base import ischema_names as pg_ischema_names
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 
 from taskdb.errors import InvalidJobInput
 
@@ -69,6 +71,38 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (``xid8``)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+# Reflection (Alembic's drift check) then knows the type instead of warning.
+pg_ischema_names.setdefault("xid8", Xid8)
+
+ONLY_ON = "taskdb_only_on"
+"""``Column.info`` key naming the one dialect a column (and its indexes) exists on."""
+
+
+def include_object(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """Alembic's ``include_object`` for ``dialect``: leaves out columns and indexes
+    that exist only on another dialect."""
+
+    def include(obj: Any, _name: str | None, type_: str, _reflected: bool, _other: Any) -> bool:
+        if type_ == "column":
+            columns = [obj]
+        elif type_ == "index":
+            columns = list(obj.columns)
+        else:
+            return True
+        return all(c.info.get(ONLY_ON, dialect) == dialect for c in columns)
+
+    return include
 
 
 def _json() -> Any:
@@ -162,8 +196,19 @@ job_changes = Table(
     Column("attempts", Integer, nullable=False),
     Column("progress", Float, nullable=True),
     Column("at", UtcDateTime, nullable=False),
+    # PostgreSQL only (SQLite commits in seq order): the writing transaction, which
+    # the feed reader batches by (taskdb.store.feed). Never select the whole table.
+    Column(
+        "xid",
+        Xid8(),
+        nullable=False,
+        server_default=text("pg_current_xact_id()"),
+        info={ONLY_ON: "postgresql"},
+    ),
 )
 Index("ix_taskdb_job_changes_job", job_changes.c.job_id, job_changes.c.seq)
+Index("ix_taskdb_job_changes_xid", job_changes.c.xid)
+# Migration 0003 also adds a statement trigger that NOTIFYs taskdb_changes.
 
 rate_limit_hits = Table(
     "taskdb_rate_limit_hits",

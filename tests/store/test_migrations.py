@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 import taskdb
 from taskdb.store.migrate import alembic_config
-from taskdb.store.schema import VERSION_TABLE, metadata
+from taskdb.store.schema import VERSION_TABLE, include_object, metadata
 
 
 def _sync_url(url: str) -> str:
@@ -20,9 +20,13 @@ def _diff(url: str) -> list[object]:
     engine = create_engine(_sync_url(url))
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
-            )
+            opts = {
+                "compare_type": True,
+                "version_table": VERSION_TABLE,
+                # PostgreSQL-only columns (the change feed's xid) are not on SQLite
+                "include_object": include_object(conn.dialect.name),
+            }
+            context = MigrationContext.configure(conn, opts=opts)
             return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()
