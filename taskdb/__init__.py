@@ -19,6 +19,9 @@ from taskdb.errors import (
     AbortedJobError,
     ConfigurationError,
     DeadlineExceeded,
+    GraphDefinitionError,
+    GraphError,
+    GraphTimeout,
     InvalidCacheRef,
     InvalidJobInput,
     JobError,
@@ -30,8 +33,16 @@ from taskdb.errors import (
     SchemaOutOfDate,
     StorageError,
     TaskdbError,
+    TaskFailed,
+    TaskInputError,
     WaitTimeout,
 )
+from taskdb.graph.jobs import GraphJobHandler, submit_graph
+from taskdb.graph.model import Dataflow, TaskGraph
+from taskdb.graph.pump import StreamPump
+from taskdb.graph.registry import register_task
+from taskdb.graph.runner import GraphResult, GraphRunner, RunConfig
+from taskdb.graph.task import Task, TaskContext, TaskStatus
 from taskdb.queue.client import JobHandle, JobQueueClient
 from taskdb.queue.context import JobContext
 from taskdb.queue.limiters import (
@@ -58,9 +69,16 @@ __all__ = [
     "ConcurrencyLimiter",
     "ConfigurationError",
     "Database",
+    "Dataflow",
     "DeadlineExceeded",
     "DelayLimiter",
     "EvenlySpacedRateLimiter",
+    "GraphDefinitionError",
+    "GraphError",
+    "GraphJobHandler",
+    "GraphResult",
+    "GraphRunner",
+    "GraphTimeout",
     "InvalidCacheRef",
     "InvalidJobInput",
     "Job",
@@ -81,17 +99,27 @@ __all__ = [
     "RateLimiter",
     "RetryPolicy",
     "RetryableJobError",
+    "RunConfig",
     "RunPrivateCacheRepo",
     "SchemaOutOfDate",
     "ServerStats",
     "SqlTaskOutputRepository",
     "StorageError",
+    "StreamPump",
+    "Task",
+    "TaskContext",
+    "TaskFailed",
+    "TaskGraph",
+    "TaskInputError",
     "TaskOutputRepository",
+    "TaskStatus",
     "TaskdbError",
     "WaitTimeout",
     "collect_garbage",
     "connect",
     "is_cache_ref",
+    "register_task",
     "resolve_job_output",
     "resolve_output",
+    "submit_graph",
 ]

@@ -13,6 +13,11 @@ Every error taskdb raises derives from :class:`TaskdbError`; driver errors
     ├── JobNotFound                 unknown job id
     ├── WaitTimeout                 wait() gave up (also a TimeoutError)
     ├── LeaseLost                   this worker no longer owns the job (fencing)
+    ├── GraphError                  a task graph is malformed or its run failed
+    │   ├── GraphDefinitionError    duplicate task id, unknown task or port, a cycle
+    │   ├── TaskInputError          a task's input does not match its input schema
+    │   ├── TaskFailed              a task failed: names the task, chains the cause
+    │   └── GraphTimeout            a task or the whole run timed out (also a TimeoutError)
     └── JobError                    a job ended in failure; carries error_code
         ├── RetryableJobError       retried while attempts remain
         ├── PermanentJobError       never retried
@@ -73,6 +78,36 @@ class WaitTimeout(TaskdbError, TimeoutError):
 
 class LeaseLost(TaskdbError):
     """The worker's claim on a job was lost (lease expired, aborted or re-claimed)."""
+
+
+class GraphError(TaskdbError):
+    """A task graph is malformed, or one of its runs failed."""
+
+
+class GraphDefinitionError(GraphError):
+    """The graph cannot be built: a duplicate task id, an unknown task or port, a cycle."""
+
+
+class TaskInputError(GraphError):
+    """A task's assembled input does not validate against its input schema."""
+
+
+class TaskFailed(GraphError):
+    """Task ``task_id`` failed; the original error is ``__cause__``."""
+
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(f"task {task_id!r} failed: {message}")
+        self.task_id = task_id
+
+
+class GraphTimeout(GraphError, TimeoutError):
+    """A task (``task_id`` set) or the whole run (``task_id`` None) exceeded its timeout."""
+
+    def __init__(self, seconds: float, task_id: str | None = None) -> None:
+        what = f"task {task_id!r}" if task_id is not None else "graph run"
+        super().__init__(f"{what} timed out after {seconds:g} s")
+        self.seconds = seconds
+        self.task_id = task_id
 
 
 class JobError(TaskdbError):

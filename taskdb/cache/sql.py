@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Integer, bindparam, delete, func, select
 
+from taskdb.cache.inline import decode_binary_values, encode_binary_values
 from taskdb.cache.refs import CacheRef, iter_cache_refs, make_cache_ref, ref_key
 from taskdb.cache.repository import (
     Inputs,
@@ -124,8 +125,9 @@ class SqlTaskOutputRepository(TaskOutputRepository):
 
     async def save_output(self, task_type: str, inputs: Inputs, output: Output) -> None:
         """Upsert the entry and make its blob links the refs ``output`` holds (blobs
-        only the replaced output referred to are freed). ``output`` must be JSON."""
-        value = check_output(output)
+        only the replaced output referred to are freed). ``output`` must be JSON,
+        except for binary values (``bytes``, ``Blob``), which are inlined losslessly."""
+        value = encode_binary_values(check_output(output))
         keys = [ref_key(r) for r in iter_cache_refs(value)]
         params = {**self._key(task_type, inputs), "p_output": value, "p_now": self._clock()}
         async with self.db.transaction() as conn:
@@ -142,7 +144,8 @@ class SqlTaskOutputRepository(TaskOutputRepository):
             return None
         if not isinstance(found, dict):
             raise StorageError(f"malformed cache entry for {task_type!r}: not a JSON object")
-        return found
+        decoded: dict[str, object] = decode_binary_values(found)
+        return decoded
 
     async def size(self) -> int:
         async with self.db.transaction(write=False, atomic=False) as conn:

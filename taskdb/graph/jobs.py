@@ -1,0 +1,123 @@
+"""Durable graph jobs: submit a :class:`TaskGraph` as a job; a worker runs it.
+
+The worker runs the graph with a :class:`RunPrivateCacheRepo` namespaced by
+the job's run id over the database cache, so when a worker dies mid-graph
+the next attempt (on any worker) reuses every task output already saved and
+only runs what is left. Binary outputs stay in the database as refs; the
+job's output is ``{"outputs": {task_id: output}}`` with those refs in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
+from taskdb.cache.repository import RunPrivateCacheRepo
+from taskdb.cache.sql import SqlTaskOutputRepository
+from taskdb.errors import InvalidJobInput
+from taskdb.graph.model import TaskGraph
+from taskdb.graph.registry import graph_from_json, graph_to_json
+from taskdb.graph.runner import RunConfig
+from taskdb.queue.client import JobHandle, JobQueueClient
+from taskdb.queue.context import JobContext
+from taskdb.store.database import Database
+from taskdb.streams.events import StreamEvent
+
+
+def graph_job_input(graph: TaskGraph, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The job input that describes running ``graph`` with ``inputs``."""
+    return {"graph": graph_to_json(graph), "inputs": dict(inputs or {})}
+
+
+async def submit_graph(
+    client: JobQueueClient,
+    graph: TaskGraph,
+    inputs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> JobHandle:
+    """Submit ``graph`` as a job of ``client``'s queue (``options`` as for ``submit``)."""
+    return await client.submit(graph_job_input(graph, inputs), **options)
+
+
+class GraphJobHandler:
+    """A :class:`~taskdb.JobQueueServer` handler running submitted graphs.
+
+    Progress is the mean of the tasks' progress; the job's stream channel
+    (``on_stream``) receives every task's events as ``(task_id, event)``
+    pairs. ``keep_cache`` keeps the run-private cache entries after success
+    (by default they are cleared; the job row keeps the refs it needs).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        reference_threshold_bytes: int = DEFAULT_REFERENCE_THRESHOLD,
+        keep_cache: bool = False,
+    ) -> None:
+        self.db = db
+        self.reference_threshold_bytes = reference_threshold_bytes
+        self.keep_cache = keep_cache
+
+    async def __call__(self, input: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
+        if not isinstance(input, Mapping) or not isinstance(input.get("graph"), Mapping):
+            raise InvalidJobInput("a graph job's input must be {'graph': ..., 'inputs': {...}}")
+        graph = graph_from_json(input["graph"])
+        job = ctx.job
+        run_id = job.job_run_id or f"job-{job.id}"
+        cache = RunPrivateCacheRepo(SqlTaskOutputRepository(self.db), run_id)
+        progress = _Progress(ctx, list(graph.tasks))
+
+        def on_event(task_id: str, event: StreamEvent) -> None:
+            ctx.emit_stream_event((task_id, event))
+
+        try:
+            result = await graph.run(
+                input.get("inputs") or {},
+                RunConfig(
+                    output_cache=cache,
+                    reference_threshold_bytes=self.reference_threshold_bytes,
+                    run_id=run_id,
+                    abort_signal=ctx.abort_signal,
+                    on_progress=progress.update,
+                    on_event=on_event,
+                ),
+            )
+        finally:
+            await progress.close()
+        if not self.keep_cache:
+            await cache.clear()
+        return {"outputs": result.outputs}
+
+
+class _Progress:
+    """Folds per-task progress into the job's, writing only the latest value."""
+
+    def __init__(self, ctx: JobContext, task_ids: list[str]) -> None:
+        self._ctx = ctx
+        self._tasks = dict.fromkeys(task_ids, 0.0)
+        self._latest: tuple[float, str | None] | None = None
+        self._wake = asyncio.Event()
+        self._writer = asyncio.ensure_future(self._write())
+
+    def update(self, task_id: str, progress: float, message: str | None) -> None:
+        self._tasks[task_id] = max(0.0, min(100.0, progress))
+        mean = sum(self._tasks.values()) / max(1, len(self._tasks))
+        self._latest = (mean, f"{task_id}: {message}" if message else task_id)
+        self._wake.set()
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._latest is not None:
+                progress, message = self._latest
+                await self._ctx.update_progress(progress, message)
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer

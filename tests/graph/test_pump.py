@@ -1,0 +1,118 @@
+"""StreamPump decisions in isolation, and pipe_binary_to_cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from taskdb.cache import MemoryTaskOutputRepository, is_cache_ref
+from taskdb.graph import StreamPump, Task, TaskContext, TaskGraph
+from taskdb.streams import BinaryDelta, Finish, StreamEvent, TextDelta
+from tests.graph.tasks import BIN_OUT, TEXT_OUT, Bytes, Words
+
+
+class Digest(Task):
+    """Needs the whole bytes (its port does not stream)."""
+
+    input_schema = {"properties": {"data": {}}}
+
+    async def execute(self, inputs: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        return {"size": len(bytes(inputs["data"]))}
+
+
+class Copy(Task):
+    """Reads the binary deltas live (same mode)."""
+
+    input_schema = BIN_OUT
+    output_schema = BIN_OUT
+
+    async def execute_stream(
+        self, inputs: dict[str, Any], ctx: TaskContext
+    ) -> AsyncIterator[StreamEvent]:
+        async for event in ctx.input_stream("data"):
+            if isinstance(event, BinaryDelta):
+                yield event
+        yield Finish({})
+
+
+class Mixed(Task):
+    output_schema = {"properties": {**BIN_OUT["properties"], **TEXT_OUT["properties"]}}
+
+
+def graph_of(*tasks: Task) -> TaskGraph:
+    graph = TaskGraph()
+    for task in tasks:
+        graph.add(task)
+    return graph
+
+
+def test_can_stream_binary_to_cache_cases() -> None:
+    streaming = MemoryTaskOutputRepository(streaming=True)
+    graph = graph_of(Bytes("b"), Words("w"), Mixed("m"))
+    assert StreamPump.can_stream_binary_to_cache(graph, graph.tasks["b"], streaming)
+    assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["b"], None)
+    plain = MemoryTaskOutputRepository(streaming=False)
+    assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["b"], plain)
+    assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["w"], streaming)
+    assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["m"], streaming)
+
+
+def test_a_consumer_needing_materialized_bytes_blocks_pure_streaming() -> None:
+    streaming = MemoryTaskOutputRepository()
+    graph = graph_of(Bytes("b"), Copy("copy"))
+    graph.connect("b", "data", "copy", "data")
+    assert not StreamPump.any_consumer_needs_materialized(graph, graph.tasks["b"])
+    assert StreamPump.can_stream_binary_to_cache(graph, graph.tasks["b"], streaming)
+    graph.add(Digest("digest"))
+    graph.connect("b", "data", "digest", "data")
+    assert StreamPump.any_consumer_needs_materialized(graph, graph.tasks["b"])
+    assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["b"], streaming)
+
+
+async def events(*chunks: bytes, fail: bool = False) -> AsyncIterator[StreamEvent]:
+    yield TextDelta("other", "ignored")
+    for chunk in chunks:
+        yield BinaryDelta("data", chunk)
+        yield BinaryDelta("elsewhere", b"not this port")
+    if fail:
+        raise RuntimeError("producer died")
+    yield Finish({})
+
+
+async def test_pipe_binary_to_cache_feeds_the_sink_and_resolves_at_end() -> None:
+    cache = MemoryTaskOutputRepository()
+    ref, _detach = StreamPump.pipe_binary_to_cache(
+        events(b"ab", b"cd", b"ef"), cache, "T", {"x": 1}, "data", mime="text/plain"
+    )
+    committed = await ref
+    assert is_cache_ref(committed)
+    assert committed["size"] == 6
+    assert cache.get_output_by_ref is not None
+    blob = await cache.get_output_by_ref(committed)
+    assert blob is not None and blob.read() == b"abcdef"
+
+
+async def test_pipe_binary_to_cache_commits_nothing_when_the_producer_fails() -> None:
+    cache = MemoryTaskOutputRepository()
+    ref, _detach = StreamPump.pipe_binary_to_cache(events(b"ab", fail=True), cache, "T", {}, "data")
+    with pytest.raises(RuntimeError, match="producer died"):
+        await ref
+
+
+async def test_detach_stops_piping_and_commits_nothing() -> None:
+    cache = MemoryTaskOutputRepository()
+    gate = asyncio.Event()
+
+    async def slow() -> AsyncIterator[StreamEvent]:
+        yield BinaryDelta("data", b"first")
+        await gate.wait()
+        yield BinaryDelta("data", b"never")
+
+    ref, detach = StreamPump.pipe_binary_to_cache(slow(), cache, "T", {}, "data")
+    await asyncio.sleep(0)
+    detach()
+    with pytest.raises(asyncio.CancelledError):
+        await ref
