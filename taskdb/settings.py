@@ -14,7 +14,19 @@ DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_MAX_RETRIES = 3
 SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 
+LISTEN_ENV = "TASKDB_LISTEN"
+"""``0`` (or ``false``, ``no``, ``off``) turns PostgreSQL LISTEN wake-ups off: waits then
+only poll (for PgBouncer in transaction mode, which does not pass NOTIFY)."""
+
 
 def resolve_url(url: str | None) -> str:
     """The URL to use: the argument, else ``$TASKDB_URL``, else the SQLite default."""
     return url or os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def resolve_listen(listen: bool | None) -> bool:
+    """Whether to LISTEN for change notifications: the argument, else ``$TASKDB_LISTEN``
+    (on unless it says ``0``, ``false``, ``no`` or ``off``)."""
+    if listen is not None:
+        return listen
+    return os.environ.get(LISTEN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -19,9 +18,10 @@ from taskdb.errors import (
     WaitTimeout,
     job_error_from_row,
 )
-from taskdb.queue.local import hub_for
+from taskdb.queue.local import hub_for, sleep_until
 from taskdb.queue.models import Job, JobChange, JobStatus, input_digest, require_aware
 from taskdb.store.database import Database
+from taskdb.store.feed import ChangeCursor
 from taskdb.store.jobs import JobOptions, JobStore, NewJob
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ ChangeCallback = Callable[[JobChange], object]
 Unsubscribe = Callable[[], None]
 
 _INT32 = 2**31 - 1
+_RECHECK_GAP = 0.02  # seconds: the least time between two notified reads of a job
 
 
 def utcnow() -> datetime:
@@ -245,28 +246,42 @@ class JobQueueClient:
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """The job's output once it completed; raises the job's error class if it
-        failed (``AbortedJobError`` if aborted), :class:`WaitTimeout` on timeout."""
+        failed (``AbortedJobError`` if aborted), :class:`WaitTimeout` on timeout.
+
+        Re-reads the job when a same-process server records it, on PostgreSQL when
+        its queue changes (NOTIFY; at most every 20 ms), and every ``poll_interval``.
+        """
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
         changed = asyncio.Event()
         hub = hub_for(self.db)
         hub.watch_job(job_id, changed)
+        listener = self.db.listener()
+        watched: str | None = None
         try:
             while True:
                 changed.clear()
+                read_at = loop.time()
                 job = await self._store.get(job_id)
                 if job.status.terminal:
                     return job_result(job)
+                if listener is not None and watched is None:
+                    watched = job.queue
+                    listener.watch(watched, changed)
+                    continue  # read again: a change before the watch began had no effect
                 pause = self.poll_interval
                 if give_up is not None:
                     left = give_up - loop.time()
                     if left <= 0:
                         raise WaitTimeout(f"job {job_id} still {job.status} after {timeout}s")
                     pause = min(pause, left)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), pause)
+                await sleep_until(changed, pause)
+                # A busy queue notifies all the time: re-read at most every _RECHECK_GAP.
+                await asyncio.sleep(read_at + _RECHECK_GAP - loop.time())
         finally:
             hub.unwatch_job(job_id, changed)
+            if listener is not None and watched is not None:
+                listener.unwatch(watched, changed)
 
     async def abort(self, job_id: int) -> None:
         """Abort a job: a pending one fails at once; a running one's worker cancels it.
@@ -288,38 +303,49 @@ class JobQueueClient:
         callback: ChangeCallback,
         *,
         poll_interval: float | None = None,
-        after_seq: int | None = None,
+        after: ChangeCursor | int | None = None,
     ) -> Unsubscribe:
-        """Call ``callback`` (plain or async) with each :class:`JobChange` of this queue.
+        """Call ``callback`` (plain or async) with each :class:`JobChange` of this queue,
+        in feed order, each once; returns a function that stops it.
 
-        Every change committed after this returns is delivered (or every change
-        after ``after_seq``). Polls the change feed, riding out database outages;
-        returns a function that stops it.
+        Starts with what commits after this returns, or after the cursor ``after``:
+        the ``cursor`` of the last change handled resumes exactly after it (``0`` is
+        the start of the feed; see :mod:`taskdb.store.feed`). Reads the feed when
+        notified (PostgreSQL) and every ``poll_interval``, riding out database outages.
         """
         interval = self.poll_interval if poll_interval is None else poll_interval
-        start = await self._store.changes_head() if after_seq is None else after_seq
+        cursor = await self._store.changes_head() if after is None else after
+        self._store.check_cursor(cursor)  # a bad cursor fails here, not in the task
+        woken = asyncio.Event()
+        listener = self.db.listener()
+        if listener is not None:
+            listener.watch(self.queue, woken)
 
         async def run() -> None:
-            cursor = start
+            nonlocal cursor
             while True:
+                woken.clear()
                 try:
-                    batch = await self._store.changes(cursor, queue=self.queue)
+                    page = await self._store.changes_page(cursor, queue=self.queue)
                 except TaskdbError as exc:  # the database is away: keep the cursor, retry
                     log.warning("change feed of queue %r: %s; retrying", self.queue, exc)
                     await asyncio.sleep(interval)
                     continue
-                for change in batch:
-                    cursor = change.seq
+                for change in page.changes:
+                    cursor = change.cursor
                     try:
                         await _call(callback, change)
                     except Exception:
                         log.exception("change callback raised")
-                if len(batch) < 1000:
-                    await asyncio.sleep(interval)
+                cursor = page.cursor
+                if not page.full:
+                    await sleep_until(woken, interval)
 
         task = asyncio.ensure_future(run())
 
         def unsubscribe() -> None:
             task.cancel()
+            if listener is not None:
+                listener.unwatch(self.queue, woken)
 
         return unsubscribe

@@ -2,12 +2,14 @@
 
 Same-process waiters wake as soon as a server records an outcome, and idle
 servers wake as soon as a client of the same process submits; other
-processes poll. Nothing here is durable.
+processes poll, and on PostgreSQL wake on NOTIFY (:mod:`taskdb.store.notify`).
+Nothing here is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -65,6 +67,12 @@ class LocalHub:
     ) -> None:
         for listener in list(self._progress.get(job_id, ())):
             listener(at, progress, message, details)
+
+
+async def sleep_until(event: asyncio.Event, seconds: float | None) -> None:
+    """Sleep until ``event`` is set or ``seconds`` passed (``None``: no limit)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 _hubs: weakref.WeakKeyDictionary[Database, LocalHub] = weakref.WeakKeyDictionary()

@@ -8,7 +8,6 @@ lease cannot complete the job. Outcomes are group-committed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -33,11 +32,12 @@ from taskdb.queue.batcher import Batcher
 from taskdb.queue.client import Clock, StreamCallback, Unsubscribe, utcnow
 from taskdb.queue.context import JobContext
 from taskdb.queue.limiters import Limiter, NullLimiter
-from taskdb.queue.local import hub_for
+from taskdb.queue.local import hub_for, sleep_until
 from taskdb.queue.models import JobStatus
 from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
 from taskdb.store.database import Database
 from taskdb.store.jobs import Claim, JobStore
+from taskdb.store.notify import Listener
 
 log = logging.getLogger("taskdb.server")
 
@@ -124,6 +124,7 @@ class JobQueueServer:
         self._listeners: defaultdict[int, list[StreamCallback]] = defaultdict(list)
         self._finisher: Batcher[tuple[Claim, Outcome], dict[int, JobStatus]] = Batcher(self._flush)
         self._wake = asyncio.Event()
+        self._listener: Listener | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stats = ServerStats(queue, self.worker_id, workers)
@@ -138,6 +139,9 @@ class JobQueueServer:
         self._wake = asyncio.Event()
         self.limiter.bind(self.db, self.queue)
         self._hub.watch_queue(self.queue, self._wake)
+        self._listener = self.db.listener()
+        if self._listener is not None:
+            self._listener.watch(self.queue, self._wake, work=True)
         self._tasks = [
             asyncio.ensure_future(self._fetch_loop()),
             asyncio.ensure_future(self._maintain_loop()),
@@ -168,6 +172,8 @@ class JobQueueServer:
         maintain.cancel()
         await asyncio.gather(maintain, return_exceptions=True)
         self._hub.unwatch_queue(self.queue, self._wake)
+        if self._listener is not None:
+            self._listener.unwatch(self.queue, self._wake, work=True)
         self._tasks = []
 
     async def __aenter__(self) -> JobQueueServer:
@@ -242,9 +248,9 @@ class JobQueueServer:
         return max(0.001, min(self.poll_interval, (when - self._clock()).total_seconds()))
 
     async def _sleep(self, seconds: float | None) -> None:
-        """Sleep until woken (a slot freed, work submitted here) or ``seconds`` passed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        """Sleep until woken (a slot freed, work submitted here or, on PostgreSQL,
+        notified from anywhere) or ``seconds`` passed."""
+        await sleep_until(self._wake, seconds)
         self._wake.clear()
 
     def _launch(self, job: Any) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import (
     ArgumentError,
@@ -37,6 +39,7 @@ from taskdb.errors import (
     TaskdbError,
 )
 from taskdb.store import migrate as _migrate
+from taskdb.store.notify import Listener
 from taskdb.store.schema import VERSION_TABLE
 
 Dialect = Literal["postgresql", "sqlite"]
@@ -128,6 +131,7 @@ class Database:
         echo: bool = False,
         sqlite_busy_timeout: float = settings.SQLITE_BUSY_TIMEOUT_SECONDS,
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        listen: bool | None = None,
     ) -> None:
         self._url, self.dialect = _parse_url(settings.resolve_url(url))
         self.safe_url = self._url.render_as_string(hide_password=True)
@@ -141,6 +145,9 @@ class Database:
         # uses a pool whose connections are born in autocommit mode.
         self._engines: dict[tuple[asyncio.AbstractEventLoop, bool], AsyncEngine] = {}
         self._schema_ok = False
+        self.listen = self.dialect == "postgresql" and settings.resolve_listen(listen)
+        """Whether waits wake on PostgreSQL NOTIFY (else they only poll)."""
+        self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
 
     def __repr__(self) -> str:
         return f"Database({self.safe_url!r})"
@@ -186,6 +193,28 @@ class Database:
                 self._configure_sqlite(engine.sync_engine)
             self._engines[loop, autocommit] = engine
         return engine
+
+    def listener(self) -> Listener | None:
+        """This event loop's LISTEN connection (opened on first watch), or ``None``
+        when waits can only poll: SQLite, or ``listen=False`` / ``TASKDB_LISTEN=0``."""
+        if not self.listen:
+            return None
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None:
+            for closed in [k for k in self._listeners if k.is_closed()]:
+                del self._listeners[closed]  # its task died with its loop
+            listener = self._listeners[loop] = Listener(
+                self._listen_connection, lambda exc: str(translate_error(exc, self.safe_url))
+            )
+        return listener
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[TupleRow]:
+        """A new connection outside the pools, for LISTEN."""
+        _args, params = self._engine().dialect.create_connect_args(self._url)
+        params.setdefault("application_name", f"taskdb-listen:{os.getpid()}")
+        params.setdefault("connect_timeout", 10)
+        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
     @asynccontextmanager
     async def transaction(
@@ -293,6 +322,10 @@ class Database:
 
     async def aclose(self) -> None:
         """Release every pooled connection (call from async code)."""
+        listeners, self._listeners = self._listeners, {}
+        for loop, listener in listeners.items():
+            if loop is asyncio.get_running_loop():
+                await listener.aclose()
         engines, self._engines = self._engines, {}
         for (loop, _), engine in engines.items():
             if loop is asyncio.get_running_loop():
@@ -310,6 +343,10 @@ class Database:
             raise TaskdbError(
                 "Database.close() inside a running event loop: use `await db.aclose()`"
             )
+        listeners, self._listeners = self._listeners, {}
+        for loop, listener in listeners.items():
+            if not loop.is_closed():
+                loop.run_until_complete(listener.aclose())
         engines, self._engines = self._engines, {}
         for (loop, _), engine in engines.items():
             if loop.is_closed():
@@ -337,6 +374,9 @@ def connect(url: str | None = None, **options: Any) -> Database:
     ``sqlite:///taskdb.sqlite3``. ``postgresql://`` uses psycopg 3. The schema
     is never changed implicitly: call :meth:`Database.migrate` (or run
     ``taskdb migrate``) once; using a database behind head raises
-    :class:`SchemaOutOfDate`.
+    :class:`SchemaOutOfDate`. On PostgreSQL, waits wake on NOTIFY through one
+    extra connection per process and event loop; ``listen=False`` (or
+    ``TASKDB_LISTEN=0``) makes them poll only, e.g. behind PgBouncer in
+    transaction mode.
     """
     return Database(url, **options)

@@ -10,6 +10,10 @@ started and ``stats {...}`` once stopped; logs to stderr::
 Wait (``--wait-for JOB_ID``): no server; print ``waiting STATUS`` after a first look
 at the job, then ``result {...}`` (its output, or the error class it raised), exit 0.
 
+Follow (``--follow``): no server; subscribe to the queue's changes (``--after CURSOR``
+to resume), print ``subscribed`` once subscribed, then ``change {...}`` for each change,
+until SIGTERM/SIGINT.
+
 The handler's behaviour is ``input["action"]`` when the input names one, else
 ``--mode``. Marker files ``DIR/<job id>.<event>.<pid>`` are written atomically.
 """
@@ -29,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import taskdb
-from taskdb import JobContext, JobError, JobQueueClient, JobQueueServer, PermanentJobError
+from taskdb import (
+    JobChange,
+    JobContext,
+    JobError,
+    JobQueueClient,
+    JobQueueServer,
+    PermanentJobError,
+)
 
 MODES = ("record", "echo", "block", "sleep", "abortable", "ignore_abort", "fail")
 log = logging.getLogger("worker_proc")
@@ -154,6 +165,27 @@ async def wait_for(args: argparse.Namespace) -> int:
     return 0
 
 
+async def follow(args: argparse.Namespace) -> int:
+    db = taskdb.connect(args.url)
+    client = JobQueueClient(db, args.queue, poll_interval=args.poll)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def show(change: JobChange) -> None:
+        fields = ("seq", "job_id", "kind", "status", "attempts", "cursor")
+        say("change", {name: getattr(change, name) for name in fields})
+
+    after = None if args.after is None else int(args.after) if args.after.isdigit() else args.after
+    unsubscribe = await client.subscribe_to_changes(show, after=after)
+    say("subscribed")
+    await stop.wait()
+    unsubscribe()
+    await db.aclose()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
@@ -170,12 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-timeout", type=float, default=5.0)
     parser.add_argument("--wait-for", type=int, help="wait for this job id (no server)")
     parser.add_argument("--wait-timeout", type=float, default=30.0)
+    parser.add_argument("--follow", action="store_true", help="print the queue's changes")
+    parser.add_argument("--after", help="--follow: resume after this cursor")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s pid=%(process)d %(name)s %(levelname)s %(message)s",
     )
+    if args.follow:
+        return asyncio.run(follow(args))
     return asyncio.run(wait_for(args) if args.wait_for is not None else serve(args))
 
 
