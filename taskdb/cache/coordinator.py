@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from taskdb.cache.refs import CacheRef, is_cache_ref
@@ -158,12 +158,3 @@ class CacheCoordinator:
             else:
                 hydrated[port] = blob
         return hydrated
-
-
-async def chunks_of(value: Blob | bytes | bytearray | memoryview) -> AsyncIterator[bytes]:
-    """A materialized binary value as ordered chunks (for replaying it as a stream)."""
-    if isinstance(value, Blob):
-        async for chunk in value:
-            yield chunk
-    else:
-        yield bytes(value)

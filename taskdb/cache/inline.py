@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeGuard
 
 from taskdb.errors import InvalidJobInput
@@ -86,3 +86,14 @@ def decode_binary_values(value: Any) -> Any:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+async def iter_binary_chunks(value: Binary, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    """A binary value as ordered chunks of at most ``chunk_size`` bytes."""
+    if isinstance(value, Blob):
+        for chunk in value.chunks(chunk_size):
+            yield chunk
+        return
+    view = memoryview(value)
+    for start in range(0, len(view), chunk_size):
+        yield bytes(view[start : start + chunk_size])

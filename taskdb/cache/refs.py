@@ -25,6 +25,7 @@ from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Literal, NotRequired, Protocol, TypedDict, TypeGuard, TypeVar
 from uuid import UUID
 
+from taskdb.cache.inline import decode_binary_values
 from taskdb.errors import ConfigurationError, InvalidCacheRef
 from taskdb.streams.blob import Blob
 
@@ -365,7 +366,8 @@ async def resolve_output(
 async def resolve_job_output(
     output: T, source: CacheRefResolver | RefSource, *, concurrency: int | None = 4
 ) -> T:
-    """A job's output with its refs hydrated (see :func:`resolve_output`).
+    """A job's output with its inlined bytes decoded and its refs hydrated (see
+    :func:`resolve_output`).
 
     ``source`` is a resolver or any object with a ``get_output_by_ref`` reader
     (a ``TaskOutputRepository``); one without that capability is a
@@ -381,4 +383,5 @@ async def resolve_job_output(
             f"{type(source).__name__} cannot resolve cache refs: pass a resolver or a "
             "repository whose get_output_by_ref is not None"
         )
-    return await resolve_output(output, resolver, concurrency=concurrency)
+    decoded: T = decode_binary_values(output)
+    return await resolve_output(decoded, resolver, concurrency=concurrency)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.cache.repository import RunPrivateCacheRepo
@@ -23,6 +23,8 @@ from taskdb.graph.registry import graph_from_json, graph_to_json
 from taskdb.graph.runner import RunConfig
 from taskdb.queue.client import JobHandle, JobQueueClient
 from taskdb.queue.context import JobContext
+from taskdb.queue.outputs import store_output
+from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.streams.events import StreamEvent
 
@@ -88,9 +90,14 @@ class GraphJobHandler:
             )
         finally:
             await progress.close()
+        # store (and link to this job) what the outputs hold before the run-private
+        # entries, which also link those blobs, go
+        output = await store_output(
+            {"outputs": result.outputs}, BlobStore(self.db), job.id, self.reference_threshold_bytes
+        )
         if not self.keep_cache:
             await cache.clear()
-        return {"outputs": result.outputs}
+        return cast(dict[str, Any], output)
 
 
 class _Progress:

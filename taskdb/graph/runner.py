@@ -25,8 +25,8 @@ from typing import Any
 from taskdb.cache.coordinator import (
     DEFAULT_REFERENCE_THRESHOLD,
     CacheCoordinator,
-    chunks_of,
 )
+from taskdb.cache.inline import iter_binary_chunks
 from taskdb.cache.refs import is_cache_ref
 from taskdb.cache.repository import TaskOutputRepository
 from taskdb.errors import AbortedJobError, GraphError, GraphTimeout, TaskFailed
@@ -440,5 +440,5 @@ async def _as_events(
             async for chunk in chunks:
                 yield BinaryDelta(port, chunk)
         elif isinstance(value, Blob | bytes | bytearray | memoryview):
-            async for chunk in chunks_of(value):
+            async for chunk in iter_binary_chunks(value):
                 yield BinaryDelta(port, chunk)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from taskdb import settings
+from taskdb.cache.inline import decode_binary_values
 from taskdb.errors import (
+    ConfigurationError,
     InvalidJobInput,
     JobError,
     JobNotFound,
@@ -23,6 +25,8 @@ from taskdb.queue.models import Job, JobChange, JobStatus, input_digest, require
 from taskdb.store.database import Database
 from taskdb.store.feed import ChangeCursor
 from taskdb.store.jobs import JobOptions, JobStore, NewJob
+from taskdb.store.streams import StreamStore
+from taskdb.streams.events import Finish, StreamError, StreamEvent
 
 if TYPE_CHECKING:
     from taskdb.queue.server import JobQueueServer
@@ -43,10 +47,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def job_result(job: Job) -> Any:
-    """The output of a terminal job, or the error it ended with (raised)."""
+_FOLLOW_BATCH = 16
+
+
+def _closing_event(job: Job) -> StreamEvent:
     if job.status is JobStatus.COMPLETED:
-        return job.output
+        return Finish({"output": job.output})
+    return StreamError(job_error_from_row(job.error_code, job.error))
+
+
+def job_result(job: Job) -> Any:
+    """The output of a terminal job (inlined bytes decoded, refs left as refs),
+    or the error it ended with (raised)."""
+    if job.status is JobStatus.COMPLETED:
+        return decode_binary_values(job.output)
     if job.status is JobStatus.DISABLED:
         raise JobError(f"job {job.id} is disabled", error_code="Disabled")
     raise job_error_from_row(job.error_code, job.error)
@@ -180,9 +194,11 @@ class JobQueueClient:
         fingerprint: str | None = None,
         job_run_id: str | None = None,
         priority: int = 0,
+        durable_stream: bool = False,
     ) -> JobHandle:
         """Enqueue one job. A ``fingerprint`` equal to a job of this queue that has not
-        ended returns that job's handle and enqueues nothing."""
+        ended returns that job's handle and enqueues nothing. ``durable_stream``
+        stores the events the handler emits so :meth:`follow` works anywhere."""
         handles = await self.submit_batch(
             [input],
             run_after=run_after,
@@ -191,6 +207,7 @@ class JobQueueClient:
             fingerprints=None if fingerprint is None else [fingerprint],
             job_run_id=job_run_id,
             priority=priority,
+            durable_stream=durable_stream,
         )
         return handles[0]
 
@@ -204,6 +221,7 @@ class JobQueueClient:
         fingerprints: Sequence[str | None] | None = None,
         job_run_id: str | None = None,
         priority: int = 0,
+        durable_stream: bool = False,
     ) -> list[JobHandle]:
         """Enqueue many jobs in one transaction; one handle per input, in order."""
         now = self._clock()
@@ -225,6 +243,7 @@ class JobQueueClient:
             priority=priority,
             deadline=deadline,
             job_run_id=job_run_id,
+            durable_stream=bool(durable_stream),
         )
         if fingerprints is None:
             new = [NewJob(value, input_digest(value)) for value in inputs]
@@ -292,6 +311,44 @@ class JobQueueClient:
     async def abort_run(self, job_run_id: str) -> int:
         """Abort every job of a run; returns how many were still active."""
         return await self._store.abort(self._clock(), job_run_id=job_run_id)
+
+    async def follow(
+        self, job_id: int, from_offset: int = 0, *, poll_interval: float | None = None
+    ) -> AsyncIterator[tuple[int, StreamEvent]]:
+        """The durable stream of job ``job_id`` as ``(offset, event)`` pairs, from
+        ``from_offset`` on, live while the job runs and complete after it ended.
+
+        Ends after the stream's ``Finish`` (holding ``{"output": ...}``, the job's
+        stored output) or ``StreamError``; a job that ended without closing its
+        stream (its worker died at the last moment) gets them from its row.
+        Memory stays bounded: events are read a few at a time. Raises
+        :class:`JobNotFound` for an unknown job and :class:`ConfigurationError`
+        for a job submitted without ``durable_stream=True``.
+        """
+        if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
+            raise ConfigurationError(f"from_offset must be an int >= 0, got {from_offset!r}")
+        job = await self.get(job_id)
+        if not job.durable_stream:
+            raise ConfigurationError(f"job {job_id} was not submitted with durable_stream=True")
+        interval = min(self.poll_interval, 0.1) if poll_interval is None else poll_interval
+        store = StreamStore(self.db)
+        offset = from_offset
+        while True:
+            batch = await store.read(job_id, offset, _FOLLOW_BATCH)
+            for item in batch:
+                yield item.offset, item.event
+                offset = item.offset + 1
+                if isinstance(item.event, Finish | StreamError):
+                    return
+            if batch:
+                continue
+            job = await self.get(job_id)
+            if job.status.terminal:
+                if await store.read(job_id, offset, 1):
+                    continue  # appended meanwhile
+                yield offset, _closing_event(job)
+                return
+            await asyncio.sleep(interval)
 
     async def output_for_input(self, input: Any) -> Any:
         """The output of a completed job of this queue with an equal input, else ``None``."""

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 from taskdb.errors import InvalidJobInput
 from taskdb.queue.models import Job
 
 ProgressWriter = Callable[[float, str | None, Any], Awaitable[None]]
-StreamEmitter = Callable[[object], None]
+StreamEmitter = Callable[[object], "asyncio.Event | None"]
+
+
+class Room:
+    """What ``emit_stream_event`` returns: awaiting it waits until a durable
+    stream's buffer has room again (ignoring it is fine)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: asyncio.Event | None) -> None:
+        self._event = event
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._event is not None and not self._event.is_set():
+            yield from self._event.wait().__await__()
+
+
+_NO_WAIT = Room(None)
 
 
 class JobContext:
@@ -53,9 +70,13 @@ class JobContext:
             raise InvalidJobInput(f"progress must be a number from 0 to 100, got {progress!r}")
         await self._write_progress(float(progress), message, details)
 
-    def emit_stream_event(self, event: object) -> None:
-        """Hand ``event`` to every same-process ``JobHandle.on_stream`` listener, in order.
+    def emit_stream_event(self, event: object) -> Room:
+        """Hand ``event`` to every same-process ``JobHandle.on_stream`` listener, in
+        order, and to the job's durable stream if it has one.
 
-        A side channel: it never changes the job's output.
+        A side channel: it never changes the job's output. The result may be
+        awaited for backpressure (``await ctx.emit_stream_event(e)``): it waits
+        while the durable stream's write buffer is full.
         """
-        self._emit(event)
+        room = self._emit(event)
+        return _NO_WAIT if room is None else Room(room)

@@ -72,6 +72,7 @@ class Job(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None
+    durable_stream: bool = False
 
 
 class JobChange(BaseModel):

@@ -17,9 +17,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from taskdb import settings
+from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.errors import (
     AbortedJobError,
     ConfigurationError,
@@ -27,17 +28,23 @@ from taskdb.errors import (
     InvalidJobInput,
     StorageError,
     TaskdbError,
+    job_error_from_row,
 )
 from taskdb.queue.batcher import Batcher
 from taskdb.queue.client import Clock, StreamCallback, Unsubscribe, utcnow
 from taskdb.queue.context import JobContext
+from taskdb.queue.durable import DurableStreamWriter
 from taskdb.queue.limiters import Limiter, NullLimiter
 from taskdb.queue.local import hub_for, sleep_until
 from taskdb.queue.models import JobStatus
-from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
+from taskdb.queue.outputs import needs_storing, store_output
+from taskdb.queue.retry import Complete, Fail, Outcome, Retry, RetryPolicy, decide_failure
+from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.jobs import Claim, JobStore
 from taskdb.store.notify import Listener
+from taskdb.store.streams import StreamStore
+from taskdb.streams.events import EVENT_TYPES, Finish, Phase, StreamError, StreamEvent
 
 log = logging.getLogger("taskdb.server")
 
@@ -72,6 +79,7 @@ class _Run:
     lost: bool = False
     recording: bool = False  # handler done, slot freed; its outcome is being written
     cancel_timer: asyncio.TimerHandle | None = None
+    stream: DurableStreamWriter | None = None  # the job was submitted with durable_stream
 
 
 def _default_worker_id() -> str:
@@ -98,6 +106,7 @@ class JobQueueServer:
         stop_timeout: float = 30.0,
         clock: Clock = utcnow,
         worker_id: str | None = None,
+        reference_threshold_bytes: int = DEFAULT_REFERENCE_THRESHOLD,
     ) -> None:
         if workers < 1:
             raise ConfigurationError(f"workers must be at least 1, got {workers}")
@@ -116,6 +125,13 @@ class JobQueueServer:
         self.abort_poll_interval = abort_poll_interval
         self.stop_timeout = stop_timeout
         self.worker_id = worker_id or _default_worker_id()
+        self.reference_threshold_bytes = (
+            DEFAULT_REFERENCE_THRESHOLD
+            if reference_threshold_bytes < 0
+            else reference_threshold_bytes
+        )
+        self._blobs = BlobStore(db)
+        self._streams = StreamStore(db)
         self._clock = clock
         self._store = JobStore(db)
         self._hub = hub_for(db)
@@ -260,8 +276,13 @@ class JobQueueServer:
             # claimed it again: the old attempt is fenced off, stop it.
             self._lose(stale)
         claim = Claim(job.id, job.attempts)
-        ctx = JobContext(job._mapping, self._progress_writer(claim), self._emitter(job.id))
-        run = _Run(job, claim, ctx)
+        stream = None
+        if getattr(job, "durable_stream", False):
+            stream = DurableStreamWriter(self._streams, job.id, job.attempts, self.worker_id)
+            if job.attempts > 1:  # a retried job's stream restarts, marked
+                stream.add(Phase(f"attempt {job.attempts}", None))
+        ctx = JobContext(job._mapping, self._progress_writer(claim), self._emitter(job.id, stream))
+        run = _Run(job, claim, ctx, stream=stream)
         self._running[job.id] = run
         self._executing += 1
         run.task = asyncio.ensure_future(self._run(run))
@@ -273,8 +294,12 @@ class JobQueueServer:
         try:
             outcome = await self._execute(run)
             self._free_slot(run)
+            if run.stream is not None:
+                await self._flush_stream(run)
             if outcome is not None:
-                await self._record(run, outcome)
+                status = await self._record(run, outcome)
+                if run.stream is not None and status in (JobStatus.COMPLETED, JobStatus.FAILED):
+                    await self._close_stream(run, outcome)
         except Exception:
             log.exception("job %s: unexpected error in the server", job.id)
         finally:
@@ -286,6 +311,8 @@ class JobQueueServer:
                 self._listeners.pop(job.id, None)
             if run.releasing:
                 await self._release(run)
+            if run.stream is not None:
+                run.stream.abandon()
             self._wake.set()
 
     def _free_slot(self, run: _Run) -> None:
@@ -309,10 +336,10 @@ class JobQueueServer:
         timer = None if deadline is None else asyncio.timeout_at(deadline)
         try:
             if timer is None:
-                output = await self.handler(job.input, run.ctx)
+                output = await self._output_of(run)
             else:
                 async with timer:
-                    output = await self.handler(job.input, run.ctx)
+                    output = await self._output_of(run)
         except TimeoutError as exc:
             if timer is None or not timer.expired():  # the handler raised it itself
                 return self._failure(run, exc)
@@ -330,6 +357,14 @@ class JobQueueServer:
         # Not JSON? The outcome write rejects it and fails only this job (see _flush).
         return Complete(output)
 
+    async def _output_of(self, run: _Run) -> Any:
+        """Run the handler; binary values in its output go to the blob store."""
+        output = await self.handler(run.job.input, run.ctx)
+        if needs_storing(output):
+            threshold = self.reference_threshold_bytes
+            output = await store_output(output, self._blobs, run.job.id, threshold)
+        return output
+
     def _failure(self, run: _Run, exc: BaseException) -> Outcome:
         job = run.job
         if run.ctx.aborting:
@@ -344,7 +379,26 @@ class JobQueueServer:
             policy=self.retry,
         )
 
-    async def _record(self, run: _Run, outcome: Outcome) -> None:
+    async def _flush_stream(self, run: _Run) -> None:
+        assert run.stream is not None
+        try:
+            await run.stream.close()
+        except TaskdbError as exc:  # fenced out or the database is away: the run goes on
+            log.warning("job %s: its durable stream is incomplete: %s", run.job.id, exc)
+
+    async def _close_stream(self, run: _Run, outcome: Outcome) -> None:
+        """End an ended job's durable stream with its output or its error."""
+        if isinstance(outcome, Complete):
+            event: StreamEvent = Finish({"output": outcome.output})
+        else:
+            assert isinstance(outcome, Fail | Retry)
+            event = StreamError(job_error_from_row(outcome.error_code, outcome.error))
+        try:
+            await self._streams.append_terminal(run.job.id, run.job.attempts, event)
+        except TaskdbError as exc:  # a follower falls back on the job row
+            log.warning("job %s: could not close its durable stream: %s", run.job.id, exc)
+
+    async def _record(self, run: _Run, outcome: Outcome) -> JobStatus | None:
         """Write the outcome, retrying through a database outage while the lease lasts."""
         job = run.job
         give_up = time.monotonic() + self.lease_seconds
@@ -360,14 +414,14 @@ class JobQueueServer:
                         job.id,
                         exc,
                     )
-                    return
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         status = statuses.get(job.id)
         if status is None:
             self._stats.lost += 1
             log.warning("job %s: lease lost before its outcome was stored; discarded", job.id)
-            return
+            return None
         if status is JobStatus.COMPLETED:
             self._stats.completed += 1
         elif status is JobStatus.PENDING:
@@ -375,6 +429,7 @@ class JobQueueServer:
         else:
             self._stats.failed += 1
         self._hub.job_changed([job.id])
+        return status
 
     async def _flush(self, items: Sequence[tuple[Claim, Outcome]]) -> dict[int, JobStatus]:
         """Write a batch of outcomes. If a value is rejected (not JSON, or refused by
@@ -409,13 +464,20 @@ class JobQueueServer:
 
         return write
 
-    def _emitter(self, job_id: int) -> Callable[[object], None]:
-        def emit(event: object) -> None:
+    def _emitter(
+        self, job_id: int, stream: DurableStreamWriter | None
+    ) -> Callable[[object], asyncio.Event | None]:
+        def emit(event: object) -> asyncio.Event | None:
             for listener in list(self._listeners.get(job_id, ())):
                 try:
                     listener(event)
                 except Exception:
                     log.exception("stream listener of job %s raised", job_id)
+            if stream is None:
+                return None
+            if not isinstance(event, tuple(EVENT_TYPES.values())):
+                raise InvalidJobInput(f"a durable stream takes stream events, not {event!r:.80}")
+            return stream.add(cast(StreamEvent, event))
 
         return emit
 

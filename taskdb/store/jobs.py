@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
+    Boolean,
     Integer,
     Row,
     and_,
@@ -50,9 +51,18 @@ from taskdb.queue.models import (
 )
 from taskdb.queue.retry import Complete, Fail, Outcome, Retry
 from taskdb.store import feed, postgres, sqlite
+from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.feed import ChangeCursor
-from taskdb.store.schema import ACTIVE_STATUSES, UtcDateTime, job_changes, jobs, rate_limit_hits
+from taskdb.store.schema import (
+    ACTIVE_STATUSES,
+    UtcDateTime,
+    job_changes,
+    job_holder,
+    job_streams,
+    jobs,
+    rate_limit_hits,
+)
 
 M = TypeVar("M", bound=BaseModel)
 KindOf = Callable[[Any], Any]  # a change kind as an SQL expression over the changed rows
@@ -90,6 +100,7 @@ class JobOptions:
     priority: int = 0
     deadline: datetime | None = None
     job_run_id: str | None = None
+    durable_stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +458,7 @@ class _Statements:
             _p("run_after", UtcDateTime()),
             _p("deadline", UtcDateTime()),
             _p("job_run_id"),
+            _p("durable_stream", Boolean()),
             _now(),
             _now(),
         ).order_by(v.c.ord)
@@ -460,6 +472,7 @@ class _Statements:
             "run_after",
             "deadline",
             "job_run_id",
+            "durable_stream",
             "created_at",
             "updated_at",
         ]
@@ -482,6 +495,7 @@ class JobStore:
         # each statement stands alone and needs no transaction; on SQLite a write
         # and its change records are two statements in one transaction.
         self._atomic = not self._d.DML_CTES
+        self._blobs = BlobStore(db)
 
     async def _write(
         self, conn: AsyncConnection, stmt: _Recorded, params: dict[str, Any]
@@ -520,6 +534,7 @@ class JobStore:
             "run_after": options.run_after,
             "deadline": options.deadline,
             "job_run_id": options.job_run_id,
+            "durable_stream": options.durable_stream,
         }
         # Plain jobs are one statement on PostgreSQL (their change records too).
         atomic = self._atomic or bool(keyed)
@@ -562,6 +577,7 @@ class JobStore:
                 deadline=options.deadline,
                 fingerprint=new.fingerprint,
                 job_run_id=options.job_run_id,
+                durable_stream=options.durable_stream,
                 created_at=now,
                 updated_at=now,
             )
@@ -878,7 +894,8 @@ class JobStore:
         queue: str | None = None,
         statuses: Sequence[str] = TERMINAL_STATUSES,
     ) -> int:
-        """Delete terminal jobs that ended before ``older_than``."""
+        """Delete terminal jobs that ended before ``older_than``, releasing the
+        blobs their outputs referred to (deleted when nothing else links them)."""
         ended = [s for s in statuses if s in TERMINAL_STATUSES]
         doomed = select(jobs.c.id).where(
             jobs.c.status.in_(ended),
@@ -892,6 +909,10 @@ class JobStore:
             if ids:
                 params = _params(ids=self._d.encode_ids(ids))
                 await conn.execute(delete(jobs).where(self._d.id_in(jobs.c.id)), params)
+                await conn.execute(
+                    delete(job_streams).where(self._d.id_in(job_streams.c.job_id)), params
+                )
+                await self._blobs.release_holders(conn, [job_holder(i) for i in ids])
         return len(ids)
 
     # -- rate limits -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -140,6 +142,8 @@ jobs = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("completed_at", UtcDateTime, nullable=True),
+    # persist the job's stream events for follow() (taskdb_job_streams)
+    Column("durable_stream", Boolean, nullable=False, server_default=false()),
 )
 
 _pending = jobs.c.status == "PENDING"
@@ -276,5 +280,25 @@ blob_links = Table(
     PrimaryKeyConstraint("blob_key", "holder", name="pk_taskdb_blob_links"),
 )
 Index("ix_taskdb_blob_links_holder", blob_links.c.holder)
+
+
+def job_holder(job_id: int) -> str:
+    """The ``taskdb_blob_links.holder`` of a job row whose output refers to blobs."""
+    return f"job:{job_id}"
+
+
+job_streams = Table(
+    "taskdb_job_streams",
+    metadata,
+    # the job whose durable stream this is (rows go when the job is purged)
+    Column("job_id", _id(), nullable=False),
+    # 0, 1, 2, ... per job, without gaps: what follow(from_offset=) counts
+    Column("offset", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    # event_to_json of the event; a binary delta keeps its bytes in ``chunk`` instead
+    Column("event", _json(), nullable=False),
+    Column("chunk", LargeBinary, nullable=True),
+    PrimaryKeyConstraint("job_id", "offset", name="pk_taskdb_job_streams"),
+)
 
 VERSION_TABLE = "taskdb_alembic_version"

@@ -1,0 +1,92 @@
+"""Job outputs as small rows: binary values go to the blob store, refs stay.
+
+A handler may return, at any depth of dicts, lists and tuples, ``bytes``
+(or ``bytearray`` / ``memoryview``), a :class:`Blob`, or an async iterator
+of byte chunks. :func:`store_output` turns them into JSON: values at or above
+the threshold are streamed into the blob store (never held whole: an async
+iterator is written as it produces) and replaced by a ``CacheRef``; smaller
+ones are inlined losslessly (``taskdb.cache.inline``). Every blob the output
+refers to, including refs the handler returned itself, is linked to the job,
+so purging the job releases it and ``gc`` never takes it while the row lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from taskdb.cache.inline import encode_inline, is_binary, iter_binary_chunks
+from taskdb.cache.refs import is_cache_ref, iter_cache_refs, make_cache_ref, ref_key
+from taskdb.store.blobs import BlobStore
+from taskdb.store.schema import job_holder
+from taskdb.streams.blob import Blob
+
+
+def needs_storing(value: Any) -> bool:
+    """Whether :func:`store_output` would change anything (cheap for plain JSON)."""
+    if is_binary(value) or _is_chunk_stream(value):
+        return True
+    if isinstance(value, dict):
+        return is_cache_ref(value) or any(needs_storing(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(needs_storing(v) for v in value)
+    return False
+
+
+async def store_output(value: Any, blobs: BlobStore, job_id: int, threshold: int) -> Any:
+    """``value`` as row JSON, its large binary values streamed into ``blobs`` and
+    every ref linked to job ``job_id`` (see the module docstring)."""
+    stored = await _store(value, blobs, threshold)
+    keys = [ref_key(ref) for ref in iter_cache_refs(stored)]
+    if keys:
+        async with blobs.db.transaction() as conn:
+            await blobs.link(conn, keys, job_holder(job_id))
+    return stored
+
+
+async def _store(value: Any, blobs: BlobStore, threshold: int) -> Any:
+    if is_binary(value):
+        size = value.size if isinstance(value, Blob) else len(value)
+        if size < threshold:
+            return encode_inline(value)
+        mime = value.mime if isinstance(value, Blob) else None
+        return await _write(blobs, iter_binary_chunks(value), mime)
+    if _is_chunk_stream(value):
+        return await _store_stream(value, blobs, threshold)
+    if isinstance(value, dict):
+        return {k: await _store(v, blobs, threshold) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [await _store(v, blobs, threshold) for v in value]
+    return value
+
+
+async def _store_stream(stream: AsyncIterator[Any], blobs: BlobStore, threshold: int) -> Any:
+    """Buffer up to ``threshold`` bytes: a shorter stream is inlined, a longer one
+    is written to a blob with the buffered head first."""
+    head: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        head.append(bytes(chunk))
+        size += len(chunk)
+        if size >= threshold:
+            break
+    else:
+        return encode_inline(b"".join(head))
+
+    async def rest() -> AsyncIterator[bytes]:
+        for chunk in head:
+            yield chunk
+        head.clear()
+        async for chunk in stream:
+            yield bytes(chunk)
+
+    return await _write(blobs, rest(), None)
+
+
+async def _write(blobs: BlobStore, chunks: AsyncIterator[bytes], mime: str | None) -> Any:
+    info = await blobs.write(chunks, mime=mime)
+    return make_cache_ref(info.key, size=info.size, mime=mime)
+
+
+def _is_chunk_stream(value: Any) -> bool:
+    return hasattr(value, "__anext__") and not isinstance(value, Blob)

@@ -1,0 +1,204 @@
+"""Durable streams: follow() from any process, during and after the run (both dialects)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+import taskdb
+from taskdb import (
+    ConfigurationError,
+    JobContext,
+    JobNotFound,
+    JobQueueClient,
+    JobQueueServer,
+    RetryPolicy,
+)
+from taskdb.store.jobs import JobStore
+from taskdb.store.schema import job_streams
+from taskdb.streams import BinaryDelta, Finish, Phase, StreamError, StreamEvent, TextDelta
+
+FAST = {"poll_interval": 0.02, "lease_seconds": 5.0, "abort_poll_interval": 0.05}
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def serve(db: taskdb.Database) -> AsyncIterator[Callable[..., Any]]:
+    servers: list[JobQueueServer] = []
+
+    async def start(handler: Any, **options: Any) -> JobQueueServer:
+        server = JobQueueServer(db, "q", handler, **{**FAST, **options})
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+def client(db: taskdb.Database) -> JobQueueClient:
+    return JobQueueClient(db, "q", poll_interval=0.02)
+
+
+async def collect(
+    client: JobQueueClient, job_id: int, from_offset: int = 0
+) -> list[tuple[int, StreamEvent]]:
+    return [pair async for pair in client.follow(job_id, from_offset)]
+
+
+async def test_a_follower_sees_every_event_live_then_the_finish(
+    client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    gate = asyncio.Event()
+
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        await ctx.emit_stream_event(Phase("writing", 0.0))
+        for i in range(500):
+            await ctx.emit_stream_event(TextDelta("text", f"{i},"))
+            if i == 10:
+                await gate.wait()  # the follower has started before we go on
+        return {"count": 500}
+
+    await serve(handler)
+    handle = await client.submit({}, durable_stream=True)
+    seen: list[tuple[int, StreamEvent]] = []
+    async for offset, event in client.follow(handle.id):
+        seen.append((offset, event))
+        if offset == 5:
+            gate.set()
+    assert [o for o, _ in seen] == list(range(len(seen)))
+    texts = [e.text for _, e in seen if isinstance(e, TextDelta)]
+    assert texts == [f"{i}," for i in range(500)]
+    assert seen[-1][1] == Finish({"output": {"count": 500}})
+    # after the run: the same stream, and a reconnect from an offset gets the rest
+    assert await collect(client, handle.id) == seen
+    assert await collect(client, handle.id, 200) == seen[200:]
+
+
+async def test_a_retried_job_restarts_its_stream_with_a_phase_and_a_failure_ends_it(
+    client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        ctx.emit_stream_event(TextDelta("text", f"try {ctx.job.attempts}"))
+        raise RuntimeError(f"boom {ctx.job.attempts}")
+
+    await serve(handler, retry=RetryPolicy(base_seconds=0.0, jitter=0.0))
+    handle = await client.submit({}, durable_stream=True, max_retries=1)
+    with pytest.raises(taskdb.JobError):
+        await handle.wait(timeout=30)
+    events = [e for _, e in await collect(client, handle.id)]
+    assert events[:3] == [
+        TextDelta("text", "try 1"),
+        Phase("attempt 2", None),
+        TextDelta("text", "try 2"),
+    ]
+    assert isinstance(events[3], StreamError) and "boom 2" in str(events[3].error)
+    assert len(events) == 4
+
+
+async def test_follow_errors(
+    db: taskdb.Database, client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    with pytest.raises(JobNotFound):
+        await collect(client, 424242)
+    plain = await client.submit({})
+    with pytest.raises(ConfigurationError, match="durable_stream"):
+        await collect(client, plain.id)
+    with pytest.raises(ConfigurationError, match="from_offset"):
+        await collect(client, plain.id, -1)
+
+
+async def test_a_job_that_ended_without_closing_its_stream_is_closed_from_its_row(
+    db: taskdb.Database, client: JobQueueClient
+) -> None:
+    handle = await client.submit({}, durable_stream=True)
+    await client.abort(handle.id)  # never ran: no stream rows at all
+    events = await collect(client, handle.id)
+    assert len(events) == 1 and isinstance(events[0][1], StreamError)
+    assert isinstance(events[0][1].error, taskdb.AbortedJobError)
+
+
+async def test_purging_the_job_drops_its_stream(
+    db: taskdb.Database, client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        ctx.emit_stream_event(TextDelta("text", "x"))
+        return {}
+
+    await serve(handler)
+    handle = await client.submit({}, durable_stream=True)
+    await handle.wait(timeout=30)
+    assert len(await collect(client, handle.id)) == 2
+    now = datetime.now(UTC)
+    assert await JobStore(db).purge(now + timedelta(days=1), now) == 1
+    async with db.transaction(write=False) as conn:
+        assert await conn.scalar(select(func.count()).select_from(job_streams)) == 0
+
+
+FOLLOWER = """
+import asyncio, hashlib, sys, taskdb
+from taskdb.streams import BinaryDelta, TextDelta
+async def main():
+    db = taskdb.connect(sys.argv[1])
+    client = taskdb.JobQueueClient(db, "q", poll_interval=0.02)
+    digest, texts, last = hashlib.sha256(), 0, None
+    async for offset, event in client.follow(int(sys.argv[2]), int(sys.argv[3])):
+        if isinstance(event, BinaryDelta):
+            digest.update(event.chunk)
+        elif isinstance(event, TextDelta):
+            texts += 1
+        last = event.type
+    print(digest.hexdigest(), texts, last)
+    await db.aclose()
+asyncio.run(main())
+"""
+
+
+def run_follower(url: str, job_id: int, from_offset: int = 0) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", FOLLOWER, url, str(job_id), str(from_offset)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+async def test_a_follower_in_another_process_gets_the_exact_bytes(
+    db_url: str, client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    digest = hashlib.sha256()
+    chunks = [bytes([i]) * (256 * 1024 + i) for i in range(24)]  # ~6 MiB, uneven chunks
+    for chunk in chunks:
+        digest.update(chunk)
+    gate = asyncio.Event()
+
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        for i, chunk in enumerate(chunks):
+            await ctx.emit_stream_event(BinaryDelta("video", chunk))
+            await ctx.emit_stream_event(TextDelta("log", f"chunk {i}"))
+            if i == 3:
+                await gate.wait()
+        return {"ok": True}
+
+    await serve(handler)
+    handle = await client.submit({}, durable_stream=True)
+    live = asyncio.ensure_future(asyncio.to_thread(run_follower, db_url, handle.id))
+    await asyncio.sleep(0.3)  # let the follower attach while the job is mid-stream
+    gate.set()
+    assert await live == [digest.hexdigest(), "24", "finish"]
+    # after the run, and reconnecting midway: offset 10 is chunk 5's binary delta
+    assert run_follower(db_url, handle.id) == [digest.hexdigest(), "24", "finish"]
+    rest = hashlib.sha256(b"".join(chunks[5:])).hexdigest()
+    assert run_follower(db_url, handle.id, 10) == [rest, "19", "finish"]
