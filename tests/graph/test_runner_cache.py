@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -145,3 +146,46 @@ async def test_run_private_cache_keeps_runs_apart(cache: TaskOutputRepository) -
         await graph.run(config=RunConfig(output_cache=RunPrivateCacheRepo(cache, run_id)))
     assert Words.runs == 2  # run-a's second attempt resumed from its own entry
     assert await cache.size() == 0  # nothing leaked into the shared namespace
+
+
+async def test_piping_to_the_cache_does_not_hold_the_bytes(cache: TaskOutputRepository) -> None:
+    if not cache.supports_streaming() or isinstance(cache, MemoryTaskOutputRepository):
+        pytest.skip("needs a database cache (the memory cache holds its blobs by design)")
+    tracemalloc.start()
+    try:
+        result = await bytes_graph(48, MIB).run(
+            config=RunConfig(output_cache=cache, reference_threshold_bytes=0)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result["bytes"]["data"]["size"] == 48 * MIB
+    assert peak < 24 * MIB, f"peak {peak / MIB:.1f} MiB for a 48 MiB stream"
+
+
+class Documented(Task):
+    """A non-binary port whose value looks like a reference: it is data."""
+
+    output_schema = {"properties": {"schema": {"type": "object"}, "fake": {"type": "object"}}}
+
+    async def execute(self, inputs: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        return {
+            "schema": {"$ref": "#/defs/x"},
+            "fake": {"kind": "taskdb/CacheRef", "$ref": "nope", "size": 1},
+        }
+
+
+async def test_ref_lookalikes_outside_binary_ports_are_never_resolved(
+    cache: TaskOutputRepository,
+) -> None:
+    graph = TaskGraph()
+    graph.add(Documented("doc"))
+    expected = {
+        "schema": {"$ref": "#/defs/x"},
+        "fake": {"kind": "taskdb/CacheRef", "$ref": "nope", "size": 1},
+    }
+    first = await graph.run(config=RunConfig(output_cache=cache))
+    hit = await graph.run(config=RunConfig(output_cache=cache))
+    assert first["doc"] == hit["doc"] == expected
+    assert "doc" in hit.cached
+    assert not is_cache_ref(expected["schema"])
