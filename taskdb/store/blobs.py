@@ -1,14 +1,15 @@
 """The blob store: binary payloads streamed into the database, and their lifecycle.
 
-Bytes live in a PostgreSQL large object (``lo_create`` / ``lo_put`` /
-``lo_get``; unlinked explicitly, large objects never cascade) or in SQLite
-chunk rows (``taskdb_blob_chunks``); a ``taskdb_blobs`` row names each blob
-by its public ``key``, the name inside a ``CacheRef``.
+Bytes live in a PostgreSQL large object (unlinked explicitly: large objects
+never cascade) or in SQLite chunk rows (:mod:`taskdb.store.blob_io`); a
+``taskdb_blobs`` row names each blob by its public ``key``, the name inside a
+``CacheRef``.
 
 Writing: the row is inserted as ``'writing'``, the stream is cut into pieces
 and committed a few MiB at a time in short transactions (a long one would
-block every SQLite writer, or hold back PostgreSQL's xmin horizon), and the
-row flips to ``'committed'`` with its size at the end. Only committed blobs
+block every SQLite writer, or hold back PostgreSQL's xmin horizon), each in
+the background while the producer makes the next few MiB; the row flips to
+``'committed'`` with its size at the end. Only committed blobs
 are readable. A stream that raises or is cancelled takes its row and bytes
 with it; a writer that died leaves a ``'writing'`` row that :meth:`BlobStore.gc`
 reclaims once it has not been touched for ``stale_seconds`` (live writers
@@ -48,32 +49,25 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
-    BigInteger,
     Integer,
-    LargeBinary,
     Row,
-    bindparam,
-    cast,
-    column,
     delete,
     exists,
     func,
-    null,
     select,
-    table,
     update,
 )
-from sqlalchemy.dialects.postgresql import OID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
 from taskdb.store import postgres, sqlite
+from taskdb.store.blob_io import BlobIO, batches, bind, bind_list, for_dialect
 from taskdb.store.database import Database
-from taskdb.store.schema import UtcDateTime, blob_chunks, blob_links, blobs
+from taskdb.store.schema import UtcDateTime, blob_links, blobs
 from taskdb.streams.blob import DEFAULT_CHUNK_BYTES, Blob, BlobWriter
 
 log = logging.getLogger("taskdb.blobs")
@@ -85,11 +79,9 @@ COMMITTED: BlobState = "committed"
 
 MiB = 1024 * 1024
 PIECE_BYTES = MiB  # one lo_put / one chunk row
-COMMIT_BYTES = 4 * MiB  # written per transaction (also the writer's buffer bound)
-READ_BATCH_BYTES = 4 * MiB  # read per connection checkout
+COMMIT_BYTES = 4 * MiB  # written per transaction (a writer holds about two of these)
 TOUCH_INTERVAL = 60.0
 GC_BATCH = 100  # blobs deleted per gc transaction
-_IN_BATCH = 500  # values per expanding IN list
 
 _background: set[asyncio.Task[None]] = set()
 
@@ -129,20 +121,6 @@ class GcReport(BaseModel):
     bytes_freed: int
 
 
-def _p(name: str, type_: Any = None) -> Any:
-    """A bind parameter; names are prefixed so none collides with a column name."""
-    return bindparam(f"p_{name}", type_=type_)
-
-
-def _many(name: str) -> Any:
-    return bindparam(f"p_{name}", expanding=True)
-
-
-def _batches(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), _IN_BATCH):
-        yield values[start : start + _IN_BATCH]
-
-
 def _info(row: Row[Any]) -> BlobInfo:
     return BlobInfo(
         key=row.key,
@@ -160,50 +138,55 @@ class _Statements:
 
     def __init__(self, oid_on_insert: Any) -> None:
         b, links = blobs, blob_links
-        now = _p("now", UtcDateTime())
+        now = bind("now", UtcDateTime())
         unlinked = ~exists().where(links.c.blob_key == b.c.key)
         self.insert = (
             blobs.insert()
             .values(
-                key=_p("key"),
+                key=bind("key"),
                 state=WRITING,
                 size=0,
-                mime=_p("mime"),
+                mime=bind("mime"),
                 oid=oid_on_insert,
                 created_at=now,
                 updated_at=now,
             )
             .returning(b.c.id, b.c.oid)
         )
-        mine = (b.c.id == _p("id"), b.c.state == WRITING)
-        self.progress = update(b).where(*mine).values(size=_p("size"), updated_at=now)
+        mine = (b.c.id == bind("id"), b.c.state == WRITING)
+        self.progress = update(b).where(*mine).values(size=bind("size"), updated_at=now)
         self.touch = update(b).where(*mine).values(updated_at=now)
         self.commit = (
             update(b)
             .where(*mine)
-            .values(state=COMMITTED, size=_p("size"), updated_at=now, committed_at=now)
+            .values(state=COMMITTED, size=bind("size"), updated_at=now, committed_at=now)
         )
         gone = (b.c.id, b.c.oid, b.c.size)
         self.discard = delete(b).where(*mine).returning(*gone)
-        self.by_key = select(b).where(b.c.key == _p("key"))
+        self.by_key = select(b).where(b.c.key == bind("key"))
         self.lock_keys = (
-            select(b.c.key).where(b.c.key.in_(_many("keys"))).order_by(b.c.key).with_for_update()
+            select(b.c.key)
+            .where(b.c.key.in_(bind_list("keys")))
+            .order_by(b.c.key)
+            .with_for_update()
         )
         self.unlink_holders = (
-            delete(links).where(links.c.holder.in_(_many("holders"))).returning(links.c.blob_key)
+            delete(links)
+            .where(links.c.holder.in_(bind_list("holders")))
+            .returning(links.c.blob_key)
         )
         self.unlink_others = (
             delete(links)
-            .where(links.c.holder == _p("holder"), links.c.blob_key.not_in(_many("keys")))
+            .where(links.c.holder == bind("holder"), links.c.blob_key.not_in(bind_list("keys")))
             .returning(links.c.blob_key)
         )
         self.free = (
             delete(b)
-            .where(b.c.key.in_(_many("keys")), b.c.state == COMMITTED, unlinked)
+            .where(b.c.key.in_(bind_list("keys")), b.c.state == COMMITTED, unlinked)
             .returning(*gone)
         )
         # gc: committed blobs nothing links past the grace, writers silent for too long
-        cutoff = _p("cutoff", UtcDateTime())
+        cutoff = bind("cutoff", UtcDateTime())
         orphan = (b.c.state == COMMITTED, b.c.committed_at < cutoff, unlinked)
         stale = (b.c.state == WRITING, b.c.updated_at < cutoff)
         self.sweeps: dict[str, tuple[Any, Any, Any]] = {
@@ -211,118 +194,18 @@ class _Statements:
                 select(b.c.id)
                 .where(*where)
                 .order_by(b.c.id)
-                .limit(_p("limit", Integer()))
+                .limit(bind("limit", Integer()))
                 .with_for_update(skip_locked=True),
-                delete(b).where(b.c.id.in_(_many("ids")), *where).returning(*gone),
+                delete(b).where(b.c.id.in_(bind_list("ids")), *where).returning(*gone),
                 select(func.count(), func.coalesce(func.sum(b.c.size), 0)).where(*where),
             )
             for kind, where in (("orphans", orphan), ("stale", stale))
         }
 
 
-class _BlobIO(Protocol):
-    """Where the bytes go: what differs between the dialects."""
-
-    oid_on_insert: Any
-
-    async def put(self, conn: AsyncConnection, blob: _Writing, pieces: Sequence[bytes]) -> None: ...
-
-    def read(self, db: Database, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]: ...
-
-    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None: ...
-
-
-class _PostgresIO:
-    """Large objects, through the server-side functions (no client-side lo API)."""
-
-    oid_on_insert = cast(func.lo_create(0), BigInteger)
-
-    def __init__(self) -> None:
-        oid = cast(_p("oid"), OID)
-        offset = _p("offset", BigInteger())
-        self._put = select(func.lo_put(oid, offset, _p("data", LargeBinary())))
-        self._get = select(func.lo_get(oid, offset, _p("length", Integer()), type_=LargeBinary))
-        # Only oids of rows being deleted; one already gone (vacuumlo) is skipped.
-        lo = table("pg_largeobject_metadata", column("oid", OID))
-        self._unlink = select(func.lo_unlink(lo.c.oid)).where(lo.c.oid.in_(_many("oids")))
-
-    async def put(self, conn: AsyncConnection, blob: _Writing, pieces: Sequence[bytes]) -> None:
-        offset = blob.size
-        for piece in pieces:
-            params = {"p_oid": blob.oid, "p_offset": offset, "p_data": piece}
-            await conn.execute(self._put, params)
-            offset += len(piece)
-
-    async def read(self, db: Database, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
-        offset, size = 0, int(row.size)
-        per_batch = max(1, READ_BATCH_BYTES // chunk_size)
-        while offset < size:
-            parts: list[bytes] = []
-            async with db.transaction(write=False, atomic=False) as conn:
-                while offset < size and len(parts) < per_batch:
-                    length = min(chunk_size, size - offset)
-                    params = {"p_oid": row.oid, "p_offset": offset, "p_length": length}
-                    data = await conn.scalar(self._get, params)
-                    if data is None or len(data) != length:
-                        raise StorageError(f"blob {row.key} is shorter than its recorded size")
-                    parts.append(data)
-                    offset += length
-            for part in parts:
-                yield part
-
-    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
-        oids = [r.oid for r in rows if r.oid is not None]
-        for batch in _batches(oids):
-            await conn.execute(self._unlink, {"p_oids": batch})
-
-
-class _SqliteIO:
-    """Chunk rows, one per piece, numbered from 0."""
-
-    oid_on_insert = null()
-
-    def __init__(self) -> None:
-        c = blob_chunks.c
-        self._put = blob_chunks.insert()
-        self._rows = (
-            select(c.seq, c.data)
-            .where(c.blob_id == _p("id"), c.seq >= _p("seq"))
-            .order_by(c.seq)
-            .limit(_p("limit", Integer()))
-        )
-        self._drop = delete(blob_chunks).where(c.blob_id.in_(_many("ids")))
-
-    async def put(self, conn: AsyncConnection, blob: _Writing, pieces: Sequence[bytes]) -> None:
-        rows = [
-            {"blob_id": blob.id, "seq": blob.pieces + i, "data": piece}
-            for i, piece in enumerate(pieces)
-        ]
-        await conn.execute(self._put, rows)
-
-    async def read(self, db: Database, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
-        seq, done, size = 0, 0, int(row.size)
-        params = {"p_id": row.id, "p_limit": max(1, READ_BATCH_BYTES // PIECE_BYTES)}
-        while done < size:
-            async with db.transaction(write=False) as conn:
-                found = (await conn.execute(self._rows, {**params, "p_seq": seq})).all()
-            if not found:
-                raise StorageError(f"blob {row.key} is shorter than its recorded size")
-            for chunk in found:
-                if chunk.seq != seq:
-                    raise StorageError(f"blob {row.key} misses chunk {seq}")
-                data: bytes = chunk.data
-                seq, done = seq + 1, done + len(data)
-                for start in range(0, len(data), chunk_size):
-                    yield data[start : start + chunk_size] if len(data) > chunk_size else data
-
-    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
-        for batch in _batches([r.id for r in rows]):
-            await conn.execute(self._drop, {"p_ids": batch})
-
-
 @cache
-def _dialect(name: str) -> tuple[_Statements, _BlobIO, Any]:
-    io: _BlobIO = _PostgresIO() if name == "postgresql" else _SqliteIO()
+def _dialect(name: str) -> tuple[_Statements, BlobIO, Any]:
+    io = for_dialect(name)
     insert = postgres.insert if name == "postgresql" else sqlite.insert
     return _Statements(io.oid_on_insert), io, insert(blob_links).on_conflict_do_nothing()
 
@@ -406,7 +289,7 @@ class BlobStore:
 
     ``clock`` stamps rows (tests inject one). ``piece_bytes``: the unit of one
     write (one large-object write or one chunk row); ``commit_bytes``: written
-    per transaction, which is also about the most a writer buffers;
+    per transaction (a writer holds at most about two of these);
     ``touch_interval``: how often a writer whose producer is silent touches its
     row so that ``gc`` does not take it for dead (``None``: never).
     """
@@ -441,9 +324,11 @@ class BlobStore:
     ) -> BlobInfo:
         """Stream ``chunks`` into a new blob; returns it once committed.
 
-        Memory stays within about ``commit_bytes``. If ``chunks`` raises, the
-        write fails or the caller is cancelled, the blob is deleted (best
-        effort: otherwise ``gc`` reclaims it) and the error propagates.
+        Each ``commit_bytes`` are committed in the background while the
+        producer makes the next ones, so memory stays within about twice
+        ``commit_bytes``. If ``chunks`` raises, the write fails or the caller
+        is cancelled, the blob is deleted (best effort: otherwise ``gc``
+        reclaims it) and the error propagates.
         """
         created = self._clock()
         key = new_blob_key()
@@ -452,13 +337,22 @@ class BlobStore:
             row = (await conn.execute(self._s.insert, params)).one()
         blob = _Writing(row.id, row.oid, key, touched=time.monotonic())
         pieces = _Pieces(self.piece_bytes, self.commit_bytes)
+        commit: asyncio.Future[datetime] | None = None  # the one commit in flight
         try:
             async with self._keepalive(blob):
                 async for chunk in chunks:
                     for _ in pieces.feed(chunk):
-                        await self._commit(blob, pieces.take(), final=False)
+                        ready = pieces.take()
+                        if commit is not None:
+                            await commit
+                        commit = asyncio.ensure_future(self._commit(blob, ready, final=False))
+                if commit is not None:
+                    await commit
                 committed = await self._commit(blob, pieces.take(final=True), final=True)
         except BaseException:
+            if commit is not None and not commit.done():
+                commit.cancel()
+                await asyncio.gather(commit, return_exceptions=True)
             await _shielded(self._discard(blob))
             raise
         return BlobInfo(key, COMMITTED, blob.size, mime, created, committed, committed)
@@ -468,7 +362,9 @@ class BlobStore:
         size = blob.size + sum(len(p) for p in pieces)
         async with self.db.transaction() as conn:
             if pieces:
-                await self._io.put(conn, blob, pieces)
+                await self._io.put(conn, blob, blob.size, blob.pieces, pieces)
+            if not final:
+                await self._io.relax_commit(conn)
             stmt = self._s.commit if final else self._s.progress
             result = await conn.execute(stmt, {"p_id": blob.id, "p_size": size, "p_now": now})
             if result.rowcount != 1:
@@ -570,14 +466,14 @@ class BlobStore:
     async def _lock(self, conn: AsyncConnection, keys: Sequence[str]) -> set[str]:
         """Lock the rows of ``keys`` (sorted) in key order; returns those that exist."""
         found: set[str] = set()
-        for batch in _batches(keys):
+        for batch in batches(keys):
             found.update(await conn.scalars(self._s.lock_keys, {"p_keys": batch}))
         return found
 
     async def _free(self, conn: AsyncConnection, keys: Iterable[str]) -> int:
         """Delete the committed blobs among ``keys`` (locked) that nothing links."""
         rows: list[Row[Any]] = []
-        for batch in _batches(sorted(set(keys))):
+        for batch in batches(sorted(set(keys))):
             rows.extend((await conn.execute(self._s.free, {"p_keys": batch})).all())
         await self._io.drop(conn, rows)
         return len(rows)
@@ -610,7 +506,7 @@ class BlobStore:
         """Delete the links of ``holders`` (in ``conn``'s transaction) and the blobs
         left with no link; returns how many blobs were deleted."""
         dropped: set[str] = set()
-        for batch in _batches(sorted(set(holders))):
+        for batch in batches(sorted(set(holders))):
             dropped.update(await conn.scalars(self._s.unlink_holders, {"p_holders": batch}))
         if not dropped:
             return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -88,6 +89,22 @@ async def test_a_failing_producer_leaves_nothing(db: taskdb.Database) -> None:
     assert (report.blobs_removed, report.stale_writers_removed, report.bytes_freed) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("chunks_before_error", [1, 2, 3])
+async def test_an_error_while_a_commit_is_in_flight_leaves_nothing(
+    db: taskdb.Database, chunks_before_error: int
+) -> None:
+    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=64 * 1024)
+
+    async def broken() -> AsyncIterator[bytes]:
+        for _ in range(chunks_before_error):
+            yield pattern(64 * 1024)  # each one starts a commit in the background
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        await store.write(broken())
+    assert await leftovers(db) == (0, 0, 0)
+
+
 async def test_a_cancelled_writer_leaves_nothing(db: taskdb.Database) -> None:
     store = BlobStore(db)
     never = asyncio.Event()
@@ -118,6 +135,35 @@ async def test_twenty_concurrent_writers(db: taskdb.Database) -> None:
     assert len({i.key for i in infos}) == 20
     for info, payload in zip(infos, payloads, strict=True):
         assert await read_all(store, info.key) == payload
+
+
+async def test_an_abandoned_read_lets_go_of_its_reader(db: taskdb.Database) -> None:
+    store = BlobStore(db)
+    info = await store.write(chunked(pattern(6 * MiB), MiB))
+    stream = await store.open_stream(info.key)
+    assert stream is not None
+    assert len(await anext(stream)) == MiB
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    async def readers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "taskdb-blob-reader"]
+
+    await eventually(readers, lambda names: not names)
+    assert await read_all(store, info.key) == pattern(6 * MiB)  # the blob is intact
+
+
+async def test_a_blob_deleted_while_read_ends_the_stream_with_an_error(
+    db: taskdb.Database,
+) -> None:
+    store = BlobStore(db)
+    info = await store.write(chunked(pattern(12 * MiB), MiB))
+    stream = await store.open_stream(info.key)
+    assert stream is not None
+    await anext(stream)
+    assert (await store.gc(grace_seconds=0)).blobs_removed == 1
+    with pytest.raises(StorageError):
+        async for _ in stream:
+            pass
 
 
 async def test_unknown_and_unfinished_blobs_are_not_readable(db: taskdb.Database) -> None:
