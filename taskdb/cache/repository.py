@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 
 from taskdb.cache.refs import CacheRef, iter_cache_refs, make_cache_ref, ref_key
 from taskdb.errors import ConfigurationError, InvalidJobInput
-from taskdb.store.blobs import Clock, new_blob_key, utcnow
+from taskdb.store.blobs import Clock, check_chunk, new_blob_key, utcnow
 from taskdb.streams.blob import Blob, BlobWriter
 
 Inputs = Mapping[str, object]
@@ -261,9 +261,11 @@ class MemoryTaskOutputRepository(TaskOutputRepository):
         *,
         mime: str | None = None,
     ) -> CacheRef:
+        check_task_type(task_type)
         writer = BlobWriter()
         try:
             async for chunk in chunks:
+                check_chunk(chunk)
                 writer.write(chunk)
         except BaseException:
             writer.discard()

@@ -95,6 +95,12 @@ def new_blob_key() -> str:
     return secrets.token_hex(16)
 
 
+def check_chunk(chunk: object) -> None:
+    """A stream's chunks are bytes-like; anything else is an :class:`InvalidJobInput`."""
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        raise InvalidJobInput(f"blob chunks must be bytes, got {type(chunk).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     """What the store knows about a blob (``size`` so far while ``'writing'``)."""
@@ -241,8 +247,7 @@ class _Pieces:
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> Iterator[None]:
         """Take ``chunk``; yields each time a commit's worth is ready (call :meth:`take`)."""
-        if not isinstance(chunk, bytes | bytearray | memoryview):
-            raise InvalidJobInput(f"blob chunks must be bytes, got {type(chunk).__name__}")
+        check_chunk(chunk)
         size, buffer = self.piece_bytes, self._buffer
         if not buffer and len(chunk) == size and isinstance(chunk, bytes):
             if self._push(chunk):  # the common case: no copy

@@ -154,7 +154,7 @@ async def test_streaming_capabilities(setup: Setup) -> None:
         await repo.get_output_by_ref({"$ref": "x"})  # type: ignore[typeddict-item]
 
 
-async def test_a_failed_stream_leaves_nothing(setup: Setup) -> None:
+async def test_a_failing_or_malformed_stream_raises(setup: Setup) -> None:
     repo = setup.repo
     if not streams(repo):
         pytest.skip("not a streaming repository")
@@ -166,6 +166,12 @@ async def test_a_failed_stream_leaves_nothing(setup: Setup) -> None:
     assert repo.save_output_stream is not None
     with pytest.raises(RuntimeError, match="producer failed"):
         await repo.save_output_stream("img", {}, "out", broken())
+
+    async def not_bytes() -> AsyncIterator[bytes]:
+        yield "text"  # type: ignore[misc]
+
+    with pytest.raises(InvalidJobInput, match="must be bytes"):
+        await repo.save_output_stream("img", {}, "out", not_bytes())
 
 
 async def test_blobs_live_as_long_as_an_entry_refers_to_them(setup: Setup) -> None:
