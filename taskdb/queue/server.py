@@ -141,6 +141,7 @@ class JobQueueServer:
         self._finisher: Batcher[tuple[Claim, Outcome], dict[int, JobStatus]] = Batcher(self._flush)
         self._wake = asyncio.Event()
         self._listener: Listener | None = None
+        self._listening = False  # for work notifications (only while idle)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stats = ServerStats(queue, self.worker_id, workers)
@@ -156,8 +157,6 @@ class JobQueueServer:
         self.limiter.bind(self.db, self.queue)
         self._hub.watch_queue(self.queue, self._wake)
         self._listener = self.db.listener()
-        if self._listener is not None:
-            self._listener.watch(self.queue, self._wake, work=True)
         self._tasks = [
             asyncio.ensure_future(self._fetch_loop()),
             asyncio.ensure_future(self._maintain_loop()),
@@ -188,8 +187,7 @@ class JobQueueServer:
         maintain.cancel()
         await asyncio.gather(maintain, return_exceptions=True)
         self._hub.unwatch_queue(self.queue, self._wake)
-        if self._listener is not None:
-            self._listener.unwatch(self.queue, self._wake, work=True)
+        self._listen_for_work(False)
         self._tasks = []
 
     async def __aenter__(self) -> JobQueueServer:
@@ -255,8 +253,24 @@ class JobQueueServer:
             self._stats.claimed += len(jobs)
             for job in jobs:
                 self._launch(job)
+            # Short of runnable jobs: from now on, wake on NOTIFY of new work, and
+            # claim once more first (what committed before the watch notified nobody).
+            if self._listen_for_work(len(jobs) < grant):
+                continue
             if len(jobs) < want:
                 await self._sleep(self.poll_interval)
+
+    def _listen_for_work(self, idle: bool) -> bool:
+        """Watch for work notifications while idle only (a busy server's LISTEN would
+        be woken by every commit for nothing); True when the watch just began."""
+        if self._listener is None or idle == self._listening:
+            return False
+        self._listening = idle
+        if idle:
+            self._listener.watch(self.queue, self._wake, work=True)
+        else:
+            self._listener.unwatch(self.queue, self._wake, work=True)
+        return idle
 
     def _until(self, when: datetime | None) -> float:
         if when is None:

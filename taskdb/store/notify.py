@@ -6,11 +6,14 @@ became runnable (submitted, retried, requeued, released), else ``.queue``.
 
 A :class:`Listener` holds a dedicated psycopg connection (never one of the
 pool's: a connection that waits for notifications cannot also run queries)
-and sets the :class:`asyncio.Event`\\ s watching a queue. Notifications only
-shorten waits: every waiter still polls at its interval, so nothing is lost
-while the connection is down (it reconnects with backoff) or when NOTIFY does
-not arrive at all (PgBouncer in transaction mode). After each (re)connect every
-watcher is woken once, to read what committed while nobody listened.
+and sets the :class:`asyncio.Event`\\ s watching a queue. It listens only while
+something watches (and ``linger`` seconds after): PostgreSQL wakes every
+listening backend on every notification, so a busy worker that never waits
+should not listen. Notifications only shorten waits: every waiter still polls
+at its interval, so nothing is lost while the connection is down (it
+reconnects with backoff) or when NOTIFY does not arrive at all (PgBouncer in
+transaction mode). Each time LISTEN begins every watcher is woken once, to
+read what committed while nobody listened.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ Connect = Callable[[], Awaitable[psycopg.AsyncConnection[TupleRow]]]
 Describe = Callable[[BaseException], str]
 
 _HEALTH_CHECK_SECONDS = 30.0  # a silent connection is pinged this often (half-open TCP)
+_TICK = 1.0  # seconds between looks at the watchers while listening
 
 
 class Listener:
@@ -50,14 +54,17 @@ class Listener:
         *,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        linger: float = 5.0,
     ) -> None:
         self._connect = connect
         self._describe = describe
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
+        self._linger = linger
         self._changes: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._work: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()  # something watches
         self._listening = asyncio.Event()
         self.backend_pid: int | None = None
         """The server process of the LISTEN connection (``None`` while disconnected)."""
@@ -66,6 +73,7 @@ class Listener:
         """Set ``event`` on every change of ``queue`` (``work=True``: only when work
         became runnable there)."""
         (self._work if work else self._changes)[queue].add(event)
+        self._wanted.set()
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
@@ -76,6 +84,8 @@ class Listener:
             events.discard(event)
             if not events:
                 del waiters[queue]
+        if not (self._changes or self._work):
+            self._wanted.clear()
 
     async def listening(self) -> None:
         """Return once LISTEN is in effect (tests; waits never depend on it)."""
@@ -94,32 +104,42 @@ class Listener:
     async def _run(self) -> None:
         backoff = self._min_backoff
         while True:
+            await self._wanted.wait()
             try:
                 conn = await self._connect()
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.backend_pid = conn.info.backend_pid
+                    self._listening.set()
+                    backoff = self._min_backoff
+                    self._wake_all()
+                    await self._receive(conn)
             except (psycopg.Error, OSError) as exc:
-                log.warning("LISTEN: cannot connect (%s); retrying", self._describe(exc))
-            else:
-                try:
-                    async with conn:
-                        await conn.execute(f"LISTEN {CHANNEL}")
-                        self.backend_pid = conn.info.backend_pid
-                        self._listening.set()
-                        backoff = self._min_backoff
-                        self._wake_all()
-                        await self._receive(conn)
-                except (psycopg.Error, OSError) as exc:
-                    log.warning("LISTEN: connection lost (%s); reconnecting", self._describe(exc))
-                finally:
-                    self.backend_pid = None
-                    self._listening.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
+                log.warning("LISTEN: %s; retrying in %.1fs", self._describe(exc), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+            finally:
+                self.backend_pid = None
+                self._listening.clear()
 
     async def _receive(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """Dispatch notifications until nothing watched for ``linger`` seconds."""
+        loop = asyncio.get_running_loop()
+        pinged = loop.time()
+        unwanted_since: float | None = None
         while True:
-            async for note in conn.notifies(timeout=_HEALTH_CHECK_SECONDS):
+            async for note in conn.notifies(timeout=_TICK):
                 self._dispatch(note.payload)
-            await conn.execute("SELECT 1")
+            now = loop.time()
+            if self._wanted.is_set():
+                unwanted_since = None
+            elif unwanted_since is None:
+                unwanted_since = now
+            elif now - unwanted_since >= self._linger:
+                return
+            if now - pinged >= _HEALTH_CHECK_SECONDS:
+                await conn.execute("SELECT 1")
+                pinged = now
 
     def _dispatch(self, payload: str) -> None:
         flag, queue = payload[:1], payload[1:]
