@@ -2,6 +2,13 @@
 
 Sections (``--only``, default all):
 
+- ``text``: text deltas/s through a 3-task streaming chain run by the graph
+  runner (a producer streaming N ``TextDelta`` s, two tasks each reading its
+  input stream and re-emitting every delta upper-cased), with
+  ``should_accumulate`` on (the leaf's text is kept in its output) and off;
+  against the same 3 stages as plain chained async generators of strings in
+  the same process (the leaf's text joined at the end). Rounds alternate who
+  goes first; the median is reported. Target: at least 200,000 deltas/s.
 - ``binary``: N MiB of 1 MiB chunks streamed through
   ``SqlTaskOutputRepository.save_output_stream`` on PostgreSQL and on SQLite,
   against a raw baseline writing the same bytes in the same run (PostgreSQL:
@@ -50,6 +57,7 @@ MiB = 1024 * 1024
 WRITE_TARGET = 0.8  # taskdb / raw
 READ_TARGET = 0.8
 RSS_TARGET_MIB = 64  # peak RSS growth of a writer streaming 1 GiB
+TEXT_TARGET = 200_000  # text deltas/s through the 3-task chain
 WORKER_TIMEOUT = 1800.0
 
 
@@ -274,6 +282,8 @@ class Options:
     dialects: list[str]
     only: list[str]
     pg_url: str
+    deltas: int = 200_000
+    text_rounds: int = 5
 
 
 @dataclasses.dataclass
@@ -378,7 +388,147 @@ def _report_binary(rows: list[Row], opts: Options) -> list[str]:
     return lines
 
 
-SECTIONS: dict[str, tuple[Callable[..., list[Row]], Callable[..., list[str]]]] = {
+# ---------------------------------------------------------------------------------------
+# The text section
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TextRow:
+    mode: str
+    taskdb_rate: float  # deltas/s, median over the rounds
+    baseline_rate: float
+    rates: list[float]  # taskdb's every round
+
+    @property
+    def ratio(self) -> float:
+        return self.taskdb_rate / self.baseline_rate
+
+    def verdict(self) -> str:
+        good = self.taskdb_rate >= TEXT_TARGET
+        return f"{'ok' if good else 'BELOW'} (>= {TEXT_TARGET:,} deltas/s)"
+
+
+def _text_chain(count: int) -> Any:
+    """words -> upper -> upper2: ``count`` text deltas, each re-emitted upper-cased."""
+    from taskdb.graph import Task, TaskContext, TaskGraph
+    from taskdb.streams import Finish, StreamEvent, TextDelta
+
+    text = {"type": "object", "properties": {"text": {"type": "string", "x-stream": "append"}}}
+
+    class Words(Task):
+        input_schema = {"type": "object", "properties": {"count": {"type": "integer"}}}
+        output_schema = text
+        cacheable = False
+
+        async def execute_stream(
+            self, inputs: dict[str, Any], ctx: TaskContext
+        ) -> AsyncIterator[StreamEvent]:
+            for i in range(inputs["count"]):
+                yield TextDelta("text", f"w{i} ")
+            yield Finish({})
+
+    class Upper(Task):
+        input_schema = text
+        output_schema = text
+        cacheable = False
+
+        async def execute_stream(
+            self, inputs: dict[str, Any], ctx: TaskContext
+        ) -> AsyncIterator[StreamEvent]:
+            async for event in ctx.input_stream("text"):
+                if isinstance(event, TextDelta):
+                    yield TextDelta("text", event.text.upper())
+            yield Finish({})
+
+    graph = TaskGraph()
+    graph.add(Words("words", count=count))
+    graph.add(Upper("upper"))
+    graph.add(Upper("upper2"))
+    graph.connect("words", "text", "upper", "text")
+    graph.connect("upper", "text", "upper2", "text")
+    return graph
+
+
+async def _text_taskdb(count: int, accumulate: bool) -> tuple[float, int]:
+    """Seconds for one run of the chain, and the length of the leaf's text (or -1)."""
+    from taskdb.graph import RunConfig
+
+    graph = _text_chain(count)  # built untimed
+    started = time.perf_counter()
+    result = await graph.run(config=RunConfig(should_accumulate=accumulate))
+    seconds = time.perf_counter() - started
+    return seconds, len(result["upper2"]["text"]) if accumulate else -1
+
+
+async def _text_baseline(count: int) -> tuple[float, int]:
+    """The same three stages as plain chained async generators of strings."""
+
+    async def words(n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            yield f"w{i} "
+
+    async def upper(source: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for piece in source:
+            yield piece.upper()
+
+    started = time.perf_counter()
+    parts = [piece async for piece in upper(upper(words(count)))]
+    leaf = "".join(parts)
+    return time.perf_counter() - started, len(leaf)
+
+
+def _text(opts: Options, say: Callable[[str], None]) -> list[TextRow]:
+    import gc
+
+    count = opts.deltas
+    expected = sum(len(f"w{i} ") for i in range(count))
+    rows: list[TextRow] = []
+    for accumulate in (True, False):
+        mode = f"accumulate {'on' if accumulate else 'off'}"
+        ours: list[float] = []
+        base: list[float] = []
+        for rep in range(opts.text_rounds):
+            runs = [
+                ("taskdb", _text_taskdb(count, accumulate)),
+                ("baseline", _text_baseline(count)),
+            ]
+            if rep % 2:
+                runs.reverse()
+            for name, coro in runs:
+                gc.collect()
+                seconds, length = asyncio.run(coro)
+                if length not in (-1, expected):
+                    raise RuntimeError(f"text {name}: {length} characters, not {expected}")
+                (ours if name == "taskdb" else base).append(count / seconds)
+            say(f"  {mode}: taskdb {ours[-1]:,.0f} vs baseline {base[-1]:,.0f} deltas/s")
+        rows.append(TextRow(mode, statistics.median(ours), statistics.median(base), ours))
+    return rows
+
+
+def _report_text(rows: list[TextRow], opts: Options) -> list[str]:
+    header = (
+        f"{'mode':<15} {'taskdb deltas/s':>15} {'baseline deltas/s':>17} {'ratio':>6} "
+        f"{'taskdb min..max':>19}  verdict"
+    )
+    lines = [
+        f"{opts.deltas:,} text deltas per round through words -> upper -> upper2, "
+        f"{opts.text_rounds} rounds (median);",
+        "baseline: the same 3 stages as chained async generators of strings",
+        header,
+        "-" * len(header),
+    ]
+    for r in rows:
+        spread = f"{min(r.rates):,.0f}..{max(r.rates):,.0f}"
+        lines.append(
+            f"{r.mode:<15} {r.taskdb_rate:>15,.0f} {r.baseline_rate:>17,.0f} {r.ratio:>5.2f}x "
+            f"{spread:>19}  {r.verdict()}"
+        )
+    return lines
+
+
+SECTIONS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[str]]]] = {
+    "text": (_text, _report_text),
     "binary": (_binary, _report_binary),
 }
 
@@ -391,10 +541,18 @@ SECTIONS: dict[str, tuple[Callable[..., list[Row]], Callable[..., list[str]]]] =
 def _parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="MiB per stream (1024)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 128 MiB, one repeat")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 128 MiB, one repeat, 3 text rounds"
+    )
     parser.add_argument("--chunk-kib", type=int, default=1024, help="chunk size in KiB (1024)")
     parser.add_argument(
         "--repeat", type=int, default=None, help="rounds, the median is reported (3; 1 --quick)"
+    )
+    parser.add_argument(
+        "--deltas", type=int, default=200_000, help="text deltas per round (200,000)"
+    )
+    parser.add_argument(
+        "--text-rounds", type=int, default=None, help="text rounds, median reported (5; 3 --quick)"
     )
     parser.add_argument(
         "--dialects", default="postgresql,sqlite", help="postgresql,sqlite (default both)"
@@ -423,7 +581,12 @@ def _parse_args(argv: list[str] | None) -> Options:
     chunk = args.chunk_kib * 1024
     if repeat < 1 or size < 1 or chunk < 1 or size * MiB % chunk:
         parser.error("--repeat, --size-mib and --chunk-kib must be >= 1, the size a multiple")
-    return Options(size, chunk, repeat, dialects, only or list(SECTIONS), args.pg_url)
+    text_rounds = args.text_rounds if args.text_rounds is not None else (3 if args.quick else 5)
+    if args.deltas < 1 or text_rounds < 1:
+        parser.error("--deltas and --text-rounds must be >= 1")
+    return Options(
+        size, chunk, repeat, dialects, only or list(SECTIONS), args.pg_url, args.deltas, text_rounds
+    )
 
 
 def _machine_lines(opts: Options) -> list[str]:
@@ -449,11 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     opts = _parse_args(argv)
     for line in _machine_lines(opts):
         print(line)
-    print(
-        f"setup: {opts.size_mib} MiB per stream in {opts.chunk // 1024} KiB chunks, "
-        f"{opts.repeat} round(s) (median reported; RSS+ is the largest); each measured "
-        "writer/reader in a fresh subprocess"
-    )
+    if "binary" in opts.only:
+        print(
+            f"binary setup: {opts.size_mib} MiB per stream in {opts.chunk // 1024} KiB chunks, "
+            f"{opts.repeat} round(s) (median reported; RSS+ is the largest); each measured "
+            "writer/reader in a fresh subprocess"
+        )
     results: list[str] = []
     for name in opts.only:
         run, report = SECTIONS[name]
