@@ -122,7 +122,8 @@ def _worker_taskdb(spec: dict[str, Any]) -> dict[str, Any]:
                 done = {"key": ref["$ref"], "bytes": ref.get("size")}
             else:
                 started, baseline = time.perf_counter(), _reset_peak()
-                stream = await repo.get_output_stream_by_ref(make_cache_ref(spec["key"]))
+                ref = spec.get("ref") or make_cache_ref(spec["key"])  # a row's ref as JSON
+                stream = await repo.get_output_stream_by_ref(ref)
                 assert stream is not None, "blob not found"
                 total = 0
                 async for chunk in stream:
@@ -223,11 +224,12 @@ def _checkpoint(spec: dict[str, Any]) -> None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; returns its JSON result."""
+def _run_worker(spec: dict[str, Any], script: str = __file__) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter (``script --worker spec``, a script
+    whose ``main`` dispatches on ``spec["system"]``); returns its JSON result."""
     _checkpoint(spec)
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        [sys.executable, script, "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=WORKER_TIMEOUT,
@@ -538,16 +540,41 @@ SECTIONS: dict[str, tuple[Callable[..., list[Any]], Callable[..., list[str]]]] =
 # ---------------------------------------------------------------------------------------
 
 
-def _parse_args(argv: list[str] | None) -> Options:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def _add_common_args(parser: argparse.ArgumentParser, quick: str) -> None:
+    """The flags this benchmark shares with ``blob_refs.py``."""
     parser.add_argument("--size-mib", type=int, default=1024, help="MiB per stream (1024)")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 128 MiB, one repeat, 3 text rounds"
-    )
-    parser.add_argument("--chunk-kib", type=int, default=1024, help="chunk size in KiB (1024)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: 128 MiB, {quick}")
     parser.add_argument(
         "--repeat", type=int, default=None, help="rounds, the median is reported (3; 1 --quick)"
     )
+    parser.add_argument(
+        "--dialects", default="postgresql,sqlite", help="postgresql,sqlite (default both)"
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
+        help="admin URL (scratch databases are created next to it; env BENCH_PG_URL)",
+    )
+
+
+def _common_values(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[int, int, list[str]]:
+    """(size in MiB, rounds, dialects) from the flags of :func:`_add_common_args`."""
+    dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
+    if not dialects or any(d not in ("postgresql", "sqlite") for d in dialects):
+        parser.error("--dialects takes postgresql and/or sqlite")
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    size = 128 if args.quick and args.size_mib == 1024 else args.size_mib
+    if repeat < 1 or size < 1:
+        parser.error("--repeat and --size-mib must be >= 1")
+    return size, repeat, dialects
+
+
+def _parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    _add_common_args(parser, "one repeat, 3 text rounds")
+    parser.add_argument("--chunk-kib", type=int, default=1024, help="chunk size in KiB (1024)")
     parser.add_argument(
         "--deltas", type=int, default=200_000, help="text deltas per round (200,000)"
     )
@@ -555,32 +582,20 @@ def _parse_args(argv: list[str] | None) -> Options:
         "--text-rounds", type=int, default=None, help="text rounds, median reported (5; 3 --quick)"
     )
     parser.add_argument(
-        "--dialects", default="postgresql,sqlite", help="postgresql,sqlite (default both)"
-    )
-    parser.add_argument(
         "--only",
         action="append",
         default=[],
         help=f"sections to run, comma separated or repeated: {', '.join(SECTIONS)}",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-        help="admin URL (scratch databases are created next to it; env BENCH_PG_URL)",
     )
     args = parser.parse_args(argv)
     only = [s.strip() for item in args.only for s in item.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
-    if not dialects or any(d not in ("postgresql", "sqlite") for d in dialects):
-        parser.error("--dialects takes postgresql and/or sqlite")
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-    size = 128 if args.quick and args.size_mib == 1024 else args.size_mib
+    size, repeat, dialects = _common_values(parser, args)
     chunk = args.chunk_kib * 1024
-    if repeat < 1 or size < 1 or chunk < 1 or size * MiB % chunk:
-        parser.error("--repeat, --size-mib and --chunk-kib must be >= 1, the size a multiple")
+    if chunk < 1 or size * MiB % chunk:
+        parser.error("--chunk-kib must be >= 1, the size a multiple of it")
     text_rounds = args.text_rounds if args.text_rounds is not None else (3 if args.quick else 5)
     if args.deltas < 1 or text_rounds < 1:
         parser.error("--deltas and --text-rounds must be >= 1")
