@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from taskdb import settings
@@ -21,7 +21,14 @@ from taskdb.errors import (
     job_error_from_row,
 )
 from taskdb.queue.local import hub_for, sleep_until
-from taskdb.queue.models import Job, JobChange, JobStatus, input_digest, require_aware
+from taskdb.queue.models import (
+    TERMINAL_STATUSES,
+    Job,
+    JobChange,
+    JobStatus,
+    input_digest,
+    require_aware,
+)
 from taskdb.store.database import Database
 from taskdb.store.feed import ChangeCursor
 from taskdb.store.jobs import JobOptions, JobStore, NewJob
@@ -311,6 +318,28 @@ class JobQueueClient:
     async def abort_run(self, job_run_id: str) -> int:
         """Abort every job of a run; returns how many were still active."""
         return await self._store.abort(self._clock(), job_run_id=job_run_id)
+
+    async def purge(
+        self,
+        older_than: timedelta,
+        *,
+        statuses: Sequence[JobStatus | str] = TERMINAL_STATUSES,
+    ) -> int:
+        """Delete this queue's ended jobs (``statuses``, default every terminal one)
+        that ended more than ``older_than`` ago, with their change-feed-visible
+        ``purged`` record, durable streams and the blobs only they referred to.
+        Returns how many jobs went."""
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise ConfigurationError(f"older_than must be a timedelta >= 0, got {older_than!r}")
+        try:
+            wanted = [JobStatus(s).value for s in statuses]
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        live = [s for s in wanted if s not in TERMINAL_STATUSES]
+        if live:
+            raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
+        now = self._clock()
+        return await self._store.purge(now - older_than, now, queue=self.queue, statuses=wanted)
 
     async def follow(
         self, job_id: int, from_offset: int = 0, *, poll_interval: float | None = None

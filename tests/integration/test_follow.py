@@ -7,7 +7,7 @@ import hashlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +22,6 @@ from taskdb import (
     JobQueueServer,
     RetryPolicy,
 )
-from taskdb.store.jobs import JobStore
 from taskdb.store.schema import job_streams
 from taskdb.streams import BinaryDelta, Finish, Phase, StreamError, StreamEvent, TextDelta
 
@@ -139,8 +138,12 @@ async def test_purging_the_job_drops_its_stream(
     handle = await client.submit({}, durable_stream=True)
     await handle.wait(timeout=30)
     assert len(await collect(client, handle.id)) == 2
-    now = datetime.now(UTC)
-    assert await JobStore(db).purge(now + timedelta(days=1), now) == 1
+    with pytest.raises(ConfigurationError, match="only ended jobs"):
+        await client.purge(timedelta(0), statuses=["PENDING"])
+    with pytest.raises(ConfigurationError, match="not a valid JobStatus"):
+        await client.purge(timedelta(0), statuses=["BOGUS"])
+    assert await client.purge(timedelta(days=1)) == 0  # too recent
+    assert await client.purge(timedelta(0)) == 1
     async with db.transaction(write=False) as conn:
         assert await conn.scalar(select(func.count()).select_from(job_streams)) == 0
 
