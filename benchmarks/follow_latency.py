@@ -11,9 +11,16 @@ SQLite (polling), all with the same follower poll interval (default 0.1 s).
 
 Targets: PostgreSQL with NOTIFY p99 < 50 ms; polling alone p99 < poll interval + 20 ms.
 
+Section ``channel``: the same-process stream channel, a handler's
+``emit_stream_event`` reaching one ``on_stream`` listener by direct call, against
+calling the listener in a plain loop. Target: at least 500,000 events/s.
+
+Section ``stream``: durable streams, a handler writing 20,000 text deltas with
+``durable_stream=True`` (rows per second, until the job completed), then a
+follower in another process reading them all back through ``follow()``.
+
 Sections are chosen with ``--only`` (comma-separated); each is a function in
-``SECTIONS`` returning table rows, so another (say, stream events/s through
-``follow``) is one more entry. ``python benchmarks/follow_latency.py --help``.
+``SECTIONS``. ``python benchmarks/follow_latency.py --help``.
 """
 
 from __future__ import annotations
@@ -212,7 +219,151 @@ async def state_section(opts: Options) -> list[Row]:
     return rows
 
 
-SECTIONS: dict[str, Callable[[Options], Awaitable[list[Row]]]] = {"state": state_section}
+# -- sections "channel" and "stream": events per second ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    section: str
+    database: str
+    what: str
+    events: int
+    seconds: float
+    baseline: float | None = None  # events/s of the baseline, same run
+    target: float | None = None
+    note: str = ""
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def met(self) -> str:
+        if self.target is None:
+            return "-"
+        return "yes" if self.per_second >= self.target else "NO"
+
+
+CHANNEL_EVENTS = 1_000_000
+STREAM_EVENTS = 20_000
+
+
+async def channel_section(opts: Options) -> list[Rate | Row]:
+    """Same-process stream channel: a handler's emit_stream_event to one on_stream
+    listener of an attached client, against calling the listener directly."""
+    from taskdb.streams import TextDelta
+
+    event = TextDelta("text", "x")
+    count = 0
+
+    def listener(_event: object) -> None:
+        nonlocal count
+        count += 1
+
+    started = time.perf_counter()
+    for _ in range(CHANNEL_EVENTS):
+        listener(event)
+    direct = CHANNEL_EVENTS / (time.perf_counter() - started)
+    timing: dict[str, float] = {}
+
+    async def handler(_input: object, ctx: taskdb.JobContext) -> dict[str, int]:
+        begin = time.perf_counter()
+        for _ in range(CHANNEL_EVENTS):
+            ctx.emit_stream_event(event)
+        timing["seconds"] = time.perf_counter() - begin
+        return {}
+
+    async with scratch_sqlite() as url:
+        db = taskdb.connect(url)
+        server = taskdb.JobQueueServer(db, QUEUE, handler, poll_interval=0.01)
+        client = JobQueueClient(db, QUEUE, poll_interval=0.01)
+        client.attach(server)
+        handle = await client.submit({})
+        on_stream = handle.on_stream
+        assert on_stream is not None
+        on_stream(listener)
+        count = 0
+        await server.start()
+        await handle.wait(timeout=120)
+        await server.stop()
+        await db.aclose()
+    note = "" if count == CHANNEL_EVENTS else f"listener saw {count}"
+    return [
+        Rate(
+            "channel",
+            "(none)",
+            "emit -> 1 listener",
+            CHANNEL_EVENTS,
+            timing["seconds"],
+            baseline=direct,
+            target=500_000,
+            note=note,
+        )
+    ]
+
+
+STREAM_FOLLOWER = """
+import asyncio, sys, time, taskdb
+async def main():
+    db = taskdb.connect(sys.argv[1])
+    client = taskdb.JobQueueClient(db, "follow", poll_interval=0.01)
+    count, first = 0, None
+    async for _offset, _event in client.follow(int(sys.argv[2])):
+        first = first or time.perf_counter()
+        count += 1
+    print(count, time.perf_counter() - first)
+    await db.aclose()
+asyncio.run(main())
+"""
+
+
+async def stream_section(opts: Options) -> list[Rate | Row]:
+    """Durable streams: a handler writes text deltas (durable_stream=True), then a
+    follower in another process reads them all back through follow()."""
+    rates: list[Rate | Row] = []
+    for database in ("PostgreSQL", "SQLite"):
+        scratch = scratch_pg(opts.pg_url) if database == "PostgreSQL" else scratch_sqlite()
+        async with scratch as url:
+            rates += await _stream_rates(database, url)
+    return rates
+
+
+async def _stream_rates(database: str, url: str) -> list[Rate | Row]:
+    from taskdb.streams import TextDelta
+
+    begin: list[float] = []
+
+    async def handler(_input: object, ctx: taskdb.JobContext) -> dict[str, int]:
+        begin.append(time.perf_counter())
+        for i in range(STREAM_EVENTS):
+            await ctx.emit_stream_event(TextDelta("text", f"delta {i} "))
+        return {}
+
+    db = taskdb.connect(url)
+    server = taskdb.JobQueueServer(db, QUEUE, handler, poll_interval=0.01)
+    client = JobQueueClient(db, QUEUE, poll_interval=0.01)
+    await server.start()
+    handle = await client.submit({}, durable_stream=True)
+    await handle.wait(timeout=300)  # the stream is flushed before the job completes
+    written = time.perf_counter() - begin[0]
+    await server.stop()
+    await db.aclose()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STREAM_FOLLOWER, url, str(handle.id), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    events, seconds = out.split()
+    return [
+        Rate("stream", database, "handler -> rows", STREAM_EVENTS, written),
+        Rate("stream", database, "follow() in another process", int(events), float(seconds)),
+    ]
+
+
+SECTIONS: dict[str, Callable[[Options], Awaitable[list[Row] | list[Rate | Row]]]] = {
+    "state": state_section,
+    "channel": channel_section,
+    "stream": stream_section,
+}
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -222,7 +373,22 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def print_rates(rates: list[Rate]) -> None:
+    print()
+    print("| section | database | path | events | events/s | baseline events/s | target | met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rates:
+        base = "-" if r.baseline is None else f"{r.baseline:,.0f}"
+        target = "-" if r.target is None else f">= {r.target:,.0f}/s"
+        print(
+            f"| {r.section} | {r.database} | {r.what} | {r.events:,} | {r.per_second:,.0f} "
+            f"| {base} | {target} | {r.met} |" + (f" {r.note}" if r.note else "")
+        )
+
+
 def print_table(rows: list[Row]) -> None:
+    if not rows:
+        return
     print(
         "| section | database | wake-up | poll interval | samples "
         "| p50 ms | p99 ms | max ms | target p99 | met |"
@@ -261,10 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     opts = Options(args.pg_url, args.samples, args.poll)
-    rows: list[Row] = []
+    results: list[Row | Rate] = []
     for name in chosen:
-        rows += asyncio.run(SECTIONS[name](opts))
-    print_table(rows)
+        results += asyncio.run(SECTIONS[name](opts))
+    print_table([r for r in results if isinstance(r, Row)])
+    rates = [r for r in results if isinstance(r, Rate)]
+    if rates:
+        print_rates(rates)
     return 0
 
 
