@@ -340,13 +340,13 @@ class _Run:
                         await sinks[port].send(event.chunk)
                     for link in by_port.get(port, ()):
                         await link.channel.send(_renamed(event, link.target_port))
-                elif isinstance(event, Snapshot | Finish):
-                    if isinstance(event, Finish):
-                        explicit = set(event.data)
+                elif isinstance(event, Finish):
+                    explicit = set(event.data)  # consumers get theirs after the loop
+                elif isinstance(event, Snapshot):
                     for link in self.links[tid]:
                         if link.source_port in event.data:
                             data = {link.target_port: event.data[link.source_port]}
-                            await link.channel.send(type(event)(data))
+                            await link.channel.send(Snapshot(data))
                 elif isinstance(event, Phase) and on_progress is not None:
                     on_progress(tid, event.progress or 0.0, event.message)
                 if on_event is not None:
@@ -377,11 +377,12 @@ class _Run:
 
     @staticmethod
     async def _finish_links(value: dict[str, Any], by_port: Mapping[str, list[_Link]]) -> None:
-        """Stream consumers get a ``Finish`` with their port's final value, when known."""
+        """Each stream consumer gets one ``Finish``: its port's final value when known
+        (the producer's explicit value wins), else empty."""
         for port, links in by_port.items():
-            if port in value:
-                for link in links:
-                    await link.channel.send(Finish({link.target_port: value[port]}))
+            for link in links:
+                data = {link.target_port: value[port]} if port in value else {}
+                await link.channel.send(Finish(data))
 
     async def _materialized(self, task: Task, output: dict[str, Any]) -> dict[str, Any]:
         """``output`` with the refs of binary ports that a consumer needs whole

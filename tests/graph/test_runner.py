@@ -376,3 +376,28 @@ def test_bad_schemas_fail_at_class_definition() -> None:
 
         class BadSchema(Task):
             input_schema = {"type": 12}
+
+
+async def test_a_stream_consumer_gets_exactly_one_finish_with_the_explicit_value() -> None:
+    class Explicit(Task):
+        output_schema = TEXT_OUT
+
+        async def execute_stream(
+            self, inputs: dict[str, Any], ctx: TaskContext
+        ) -> AsyncIterator[StreamEvent]:
+            yield TextDelta("text", "streamed")
+            yield Finish({"text": "explicit"})
+
+    class Record(Task):
+        input_schema = TEXT_IN
+
+        async def execute(self, inputs: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+            events = [event async for event in ctx.input_stream("text")]
+            return {"events": events}
+
+    graph = TaskGraph()
+    graph.add(Explicit("e"))
+    graph.add(Record("r"))
+    graph.connect("e", "text", "r", "text")
+    result = await graph.run()
+    assert result["r"]["events"] == [TextDelta("text", "streamed"), Finish({"text": "explicit"})]
