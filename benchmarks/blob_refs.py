@@ -205,16 +205,14 @@ def _job_row(url: str, job_id: int) -> tuple[int, str]:
 
 
 def _purge_jobs(url: str) -> None:
-    """Delete the ended jobs (their blobs go with them)."""
-    from datetime import UTC, datetime, timedelta
+    """Delete the round's ended jobs (their blobs go with them)."""
+    from datetime import timedelta
 
     import taskdb
-    from taskdb.store.jobs import JobStore
 
     async def purge() -> None:
         async with taskdb.connect(url) as db:
-            now = datetime.now(UTC)
-            await JobStore(db).purge(now + timedelta(days=1), now)
+            await taskdb.JobQueueClient(db, QUEUE).purge(timedelta(0))
 
     asyncio.run(purge())
 
