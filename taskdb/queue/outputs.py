@@ -21,16 +21,22 @@ from taskdb.store.blobs import BlobStore
 from taskdb.store.schema import job_holder
 from taskdb.streams.blob import Blob
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
 
 def needs_storing(value: Any) -> bool:
-    """Whether :func:`store_output` would change anything (cheap for plain JSON)."""
-    if is_binary(value) or _is_chunk_stream(value):
-        return True
-    if isinstance(value, dict):
-        return is_cache_ref(value) or any(needs_storing(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(needs_storing(v) for v in value)
-    return False
+    """Whether :func:`store_output` would change anything (cheap for plain JSON:
+    this runs on every job's output)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return False
+    if kind is dict or isinstance(value, dict):
+        if is_cache_ref(value):
+            return True
+        return any(type(v) not in _SCALARS and needs_storing(v) for v in value.values())
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        return any(type(v) not in _SCALARS and needs_storing(v) for v in value)
+    return is_binary(value) or _is_chunk_stream(value)
 
 
 async def store_output(value: Any, blobs: BlobStore, job_id: int, threshold: int) -> Any:
