@@ -1,0 +1,98 @@
+"""Operator statistics over a taskdb database: what ``taskdb stats`` shows.
+
+Read-only; one consistent snapshot per call (a single read transaction).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import func, select
+
+from taskdb.queue.models import JobStatus
+from taskdb.store.database import Database
+from taskdb.store.schema import blobs, jobs
+
+THROUGHPUT_WINDOW_SECONDS = 60.0
+
+
+class QueueStats(BaseModel):
+    """One queue: job counts by status, its lag and its recent throughput."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    counts: dict[str, int]
+    """Jobs per status (statuses with no job are left out)."""
+    oldest_pending_seconds: float | None
+    """How long the oldest job ready to run (``PENDING``, ``run_after`` passed) has
+    waited since it became runnable; ``None`` when no job is ready."""
+    completed_last_minute: int
+    """Jobs of the queue that completed in the last 60 seconds."""
+
+
+class BlobTotals(BaseModel):
+    """The blob store: committed blobs and the bytes they hold, and writes in flight."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    bytes: int
+    writing: int
+
+
+class DatabaseStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    queues: list[QueueStats]
+    blobs: BlobTotals
+
+
+async def collect_stats(db: Database, now: datetime | None = None) -> DatabaseStats:
+    """Per-queue counts, lag and throughput, and blob totals, as of ``now``."""
+    now = datetime.now(UTC) if now is None else now
+    counts = select(jobs.c.queue, jobs.c.status, func.count()).group_by(jobs.c.queue, jobs.c.status)
+    ready = (
+        select(jobs.c.queue, func.min(jobs.c.run_after))
+        .where(jobs.c.status == JobStatus.PENDING.value, jobs.c.run_after <= now)
+        .group_by(jobs.c.queue)
+    )
+    recent = (
+        select(jobs.c.queue, func.count())
+        .where(
+            jobs.c.completed_at >= now - timedelta(seconds=THROUGHPUT_WINDOW_SECONDS),
+            jobs.c.status == JobStatus.COMPLETED.value,
+        )
+        .group_by(jobs.c.queue)
+    )
+    stored = select(
+        func.count().filter(blobs.c.state == "committed"),
+        func.coalesce(func.sum(blobs.c.size).filter(blobs.c.state == "committed"), 0),
+        func.count().filter(blobs.c.state == "writing"),
+    )
+    async with db.transaction(write=False) as conn:
+        by_status: list[Any] = list((await conn.execute(counts)).all())
+        oldest: dict[str, datetime] = {r[0]: r[1] for r in (await conn.execute(ready)).all()}
+        done: dict[str, int] = {r[0]: int(r[1]) for r in (await conn.execute(recent)).all()}
+        blob_row: Any = (await conn.execute(stored)).one()
+    per_queue: dict[str, dict[str, int]] = {}
+    for queue, status, n in by_status:
+        per_queue.setdefault(queue, {})[status] = int(n)
+    return DatabaseStats(
+        at=now,
+        queues=[
+            QueueStats(
+                queue=queue,
+                counts=per_queue[queue],
+                oldest_pending_seconds=(
+                    max(0.0, (now - oldest[queue]).total_seconds()) if queue in oldest else None
+                ),
+                completed_last_minute=done.get(queue, 0),
+            )
+            for queue in sorted(per_queue)
+        ],
+        blobs=BlobTotals(count=int(blob_row[0]), bytes=int(blob_row[1]), writing=int(blob_row[2])),
+    )
