@@ -1,38 +1,63 @@
-"""``taskdb demo``: the durable-jobs story on the embedded SQLite default.
+"""``taskdb demo``: the product's story on the embedded SQLite default.
 
-Worker *processes* (``taskdb worker``) serve a queue while this process
-submits a batch and follows it only through the database, like a client in
-a web app would: live progress bars, one job that fails and is retried, one
-that is aborted mid-run, then the results.
+Everything runs in separate processes that share only the database, as in a
+real deployment: ``taskdb worker`` processes serve a batch of jobs (live
+progress bars, one job that fails and is retried, one aborted mid-run); a
+``taskdb:GraphJobHandler`` worker runs a task graph whose task streams a large
+generated binary straight into the database while the job row keeps a small
+ref; a ``taskdb watch`` process prints every transition live; ``taskdb blob
+cat`` streams the binary back out and its sha256 is checked against the
+producer's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
+from rich.text import Text
 
+from taskdb import settings
+from taskdb.cli.format import human_size
 from taskdb.errors import AbortedJobError, RetryableJobError
+from taskdb.graph.jobs import submit_graph
+from taskdb.graph.model import TaskGraph
+from taskdb.graph.registry import register_task
+from taskdb.graph.task import Task, TaskContext
 from taskdb.queue.client import JobQueueClient
 from taskdb.queue.context import JobContext
 from taskdb.queue.models import Job, JobStatus
-from taskdb.store.database import connect
+from taskdb.store.database import Database, connect
+from taskdb.store.jobs import JobStore
+from taskdb.streams.events import BinaryDelta, Finish, Phase, StreamEvent
 
 QUEUE = "demo"
+GRAPH_QUEUE = "demo-graphs"
+MiB = 1024 * 1024
 console = Console()
 
 
 async def handler(value: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """The demo's job: "render" a file in steps, reporting progress."""
+    """The batch's job: "render" a file in steps, reporting progress."""
     digest = hashlib.sha256(value["name"].encode())
     steps = int(value.get("steps", 10))
     for step in range(1, steps + 1):
@@ -46,13 +71,71 @@ async def handler(value: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"name": value["name"], "sha256": digest.hexdigest()[:16], "pid": os.getpid()}
 
 
-def _spawn_workers(db_url: str, count: int) -> list[subprocess.Popen[bytes]]:
-    command = [
-        sys.executable, "-m", "taskdb", "worker", "taskdb.cli.demo:handler",
-        "--db", db_url, "--queue", QUEUE, "--concurrency", "3", "--poll", "0.05",
-        "--lease", "5",
-    ]  # fmt: skip
-    return [subprocess.Popen(command) for _ in range(count)]
+@register_task
+class RenderVideo(Task):
+    """Streams ``mib`` MiB of seeded pseudo-random bytes on its binary port ``video``
+    and reports their sha256 on ``sha256``."""
+
+    type = "demo.RenderVideo"
+    input_schema = {
+        "type": "object",
+        "properties": {"mib": {"type": "integer", "minimum": 1}, "seed": {"type": "integer"}},
+    }
+    output_schema = {
+        "type": "object",
+        "properties": {
+            "video": {"x-stream": "binary", "contentMediaType": "video/mp4"},
+            "sha256": {"type": "string"},
+        },
+    }
+
+    async def execute_stream(
+        self, inputs: dict[str, Any], ctx: TaskContext
+    ) -> AsyncIterator[StreamEvent]:
+        rng = random.Random(inputs.get("seed", 0))
+        digest = hashlib.sha256()
+        total = int(inputs["mib"])
+        for i in range(1, total + 1):
+            chunk = rng.randbytes(MiB)
+            digest.update(chunk)
+            yield BinaryDelta("video", chunk)
+            if i % 4 == 0 or i == total:
+                yield Phase(f"{i}/{total} MiB", 100 * i / total)
+                await asyncio.sleep(0)  # let the pump write while we generate
+        yield Finish({"sha256": digest.hexdigest()})
+
+
+class _Proc:
+    """A child ``taskdb`` process; its stdout lines are kept (the last ``keep``)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], keep: int = 0) -> None:
+        self.name = name
+        self.lines: deque[str] = deque(maxlen=keep or None)
+        self.count = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskdb", *args],
+            env=env,
+            stdout=subprocess.PIPE if keep else subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        if keep:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            self.count += 1
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
 def _describe(job: Job) -> str:
@@ -65,72 +148,152 @@ def _describe(job: Job) -> str:
     return job.status.value.lower()
 
 
-async def run_demo(db_url: str, count: int, worker_count: int) -> None:
+def _watch_panel(watcher: _Proc) -> Panel:
+    body = Text("\n".join(watcher.lines) or "(waiting for changes)", no_wrap=True)
+    return Panel(body, title="[bold]taskdb watch[/] (another process, via the change feed)")
+
+
+async def _track(
+    db: Database, jobs: list[tuple[int, str]], watcher: _Proc, abort_id: int
+) -> dict[int, Job]:
+    """Live progress bars for ``jobs`` and the watcher's latest lines, until every job
+    ended; aborts ``abort_id`` from this process once it is under way."""
+    store = JobStore(db)
+    progress = Progress(
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.0f}%"),
+        TextColumn("{task.fields[state]}"),
+    )
+    bars: dict[int, TaskID] = {
+        job_id: progress.add_task(name, total=100, state="pending") for job_id, name in jobs
+    }
+    aborted = False
+    with Live(Group(progress, _watch_panel(watcher)), console=console) as live:
+        while True:
+            rows = {job_id: await store.get(job_id) for job_id, _ in jobs}
+            for job_id, bar in bars.items():
+                row = rows[job_id]
+                progress.update(bar, completed=row.progress, state=_describe(row))
+            if not aborted and rows[abort_id].progress >= 10:
+                await JobQueueClient(db, QUEUE).abort(abort_id)  # a worker process cancels it
+                aborted = True
+            live.update(Group(progress, _watch_panel(watcher)))
+            if all(j.status.terminal for j in rows.values()):
+                await asyncio.sleep(0.3)  # let the watcher print the last changes
+                live.update(Group(progress, _watch_panel(watcher)))
+                break
+            await asyncio.sleep(0.1)
+    console.print()
+    return rows
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _results(inputs: list[dict[str, Any]], rows: list[Job]) -> Table:
+    table = Table("job", "name", "status", "runs", "result", title="the batch")
+    for value, job in zip(inputs, rows, strict=True):
+        detail = (
+            f"sha256 {job.output['sha256'][:10]}… by pid {job.output['pid']}"
+            if job.status is JobStatus.COMPLETED
+            else f"{job.error_code}: {job.error}"
+        )
+        table.add_row(str(job.id), value["name"], _describe(job), str(job.attempts), detail)
+    return table
+
+
+def _blob_cat(graph_job: Job, env: dict[str, str], mib: int) -> None:
+    """Stream the graph's binary out with ``taskdb blob cat`` and check its sha256."""
+    video = graph_job.output["outputs"]["render"]
+    with tempfile.TemporaryDirectory(prefix="taskdb-demo-") as tmp:
+        target = Path(tmp) / "video.mp4"
+        console.print(f"\n$ taskdb blob cat {graph_job.id} --port video > {target.name}")
+        started = time.monotonic()
+        with target.open("wb") as sink:
+            command = ["blob", "cat", str(graph_job.id), "--port", "video"]
+            subprocess.run(
+                [sys.executable, "-m", "taskdb", *command], env=env, stdout=sink, check=True
+            )
+        took = time.monotonic() - started
+        size = target.stat().st_size
+        got = _sha256_of(target)
+    console.print(f"streamed {human_size(size)} out in {took:.1f}s, chunk by chunk")
+    mark = "[green]match[/]" if got == video["sha256"] else "[red]DIFFER[/]"
+    console.print(f"sha256 of {target.name}: {got}\nproducer's sha256: {video['sha256']}")
+    console.print(f"the checksums {mark}")
+    if got != video["sha256"] or size != mib * MiB:
+        raise SystemExit("the bytes read back differ from the bytes produced")
+
+
+async def run_demo(db_url: str, count: int, worker_count: int, mib: int) -> None:
     db = connect(db_url)
     db.migrate()
     console.rule("[bold]taskdb demo")
-    console.print(f"database: {db.safe_url} (SQLite, WAL mode, shared by every process)")
-    workers = _spawn_workers(db_url, worker_count)
-    console.print(f"started {worker_count} worker processes: `taskdb worker` x{worker_count}")
-    run_id = uuid.uuid4().hex[:8]
-    client = JobQueueClient(db, QUEUE, poll_interval=0.1)
+    console.print(f"database: {db.safe_url}, shared by every process below")
+    env = {**os.environ, settings.URL_ENV: db_url}  # URLs never go on a command line
+    head = await JobStore(db).changes_head()
+    procs = [
+        _Proc("watch", ["watch", "--after", head, "--poll", "0.05"], env, keep=12),
+        *(
+            _Proc(f"worker {i}", ["worker", "taskdb.cli.demo:handler", "--queue", QUEUE,
+                                  "--concurrency", "3", "--poll", "0.05", "--lease", "5"], env)
+            for i in range(worker_count)
+        ),
+        _Proc("graph worker", ["worker", "taskdb:GraphJobHandler", "--import", "taskdb.cli.demo",
+                               "--queue", GRAPH_QUEUE, "--poll", "0.05"], env),
+    ]  # fmt: skip
+    watcher = procs[0]
+    console.print(
+        f"started {worker_count} x `taskdb worker taskdb.cli.demo:handler --queue {QUEUE}`, "
+        f"`taskdb worker taskdb:GraphJobHandler --queue {GRAPH_QUEUE}` and `taskdb watch`"
+    )
     try:
+        client = JobQueueClient(db, QUEUE)
         inputs: list[dict[str, Any]] = [
             {"name": f"report-{i}.pdf", "steps": 8 + i % 5} for i in range(count)
         ]
         inputs.append({"name": "flaky-upload.bin", "steps": 10, "flaky": True})
         inputs.append({"name": "huge-export.csv", "steps": 200, "delay": 0.05})
+        run_id = uuid.uuid4().hex[:8]
         handles = await client.submit_batch(inputs, job_run_id=run_id, max_retries=2)
-        console.print(f"submitted {len(handles)} jobs in one transaction (run {run_id})\n")
-        doomed = handles[-1]
-
-        with Progress(
-            TextColumn("{task.description:<22}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>5.0f}%"),
-            TextColumn("{task.fields[state]}"),
-            console=console,
-        ) as progress:
-            bars: dict[int, TaskID] = {
-                h.id: progress.add_task(v["name"], total=100, state="pending")
-                for h, v in zip(handles, inputs, strict=True)
-            }
-            aborted = False
-            while True:
-                rows = {j.id: j for j in await db_jobs(client, [h.id for h in handles])}
-                for job_id, bar in bars.items():
-                    job = rows[job_id]
-                    progress.update(bar, completed=job.progress, state=_describe(job))
-                if not aborted and rows[doomed.id].progress >= 10:
-                    await doomed.abort()  # from this process; a worker process cancels it
-                    aborted = True
-                if all(j.status.terminal for j in rows.values()):
-                    break
-                await asyncio.sleep(0.1)
-
-        table = Table("job", "name", "status", "runs", "sha256 / error", title="results")
-        for h, v in zip(handles, inputs, strict=True):
-            job = await client.get(h.id)
-            detail = (
-                f"{job.output['sha256']} (worker pid {job.output['pid']})"
-                if job.status is JobStatus.COMPLETED
-                else f"{job.error_code}: {job.error}"
-            )
-            table.add_row(str(h.id), v["name"], _describe(job), str(job.attempts), detail)
-        console.print(table)
-        flaky = await client.get(handles[-2].id)
+        graph = TaskGraph()
+        graph.add(RenderVideo("render", mib=mib, seed=int(time.time())))
+        graph_handle = await submit_graph(JobQueueClient(db, GRAPH_QUEUE), graph)
         console.print(
-            f"flaky-upload.bin failed on attempt 1 and completed on attempt {flaky.attempts}; "
-            f"huge-export.csv was aborted from this process and cancelled by its worker."
+            f"submitted {len(handles)} jobs in one transaction, and a task graph job that "
+            f"renders a {mib} MiB video\n"
         )
+        tracked = [(h.id, v["name"]) for h, v in zip(handles, inputs, strict=True)]
+        tracked.append((graph_handle.id, f"graph: {mib} MiB video"))
+        rows = await _track(db, tracked, watcher, abort_id=handles[-1].id)
+
+        console.print(_results(inputs, [rows[h.id] for h in handles]))
+        console.print(
+            f"flaky-upload.bin failed on attempt 1 and completed on attempt "
+            f"{rows[handles[-2].id].attempts}; huge-export.csv was aborted from this "
+            "process and cancelled by its worker."
+        )
+        graph_job = rows[graph_handle.id]
+        if graph_job.status is not JobStatus.COMPLETED:
+            raise SystemExit(f"the graph job failed: {graph_job.error_code}: {graph_job.error}")
+        row_bytes = len(json.dumps(graph_job.output))
+        console.print(
+            f"\nthe graph job streamed [bold]{human_size(mib * MiB)}[/] into the database "
+            f"(taskdb_blobs); its job row holds a [bold]{row_bytes} B[/] output:"
+        )
+        console.print_json(data=graph_job.output)
+        _blob_cat(graph_job, env, mib)
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            proc.wait(timeout=30)
+        codes = {p.name: p.stop() for p in reversed(procs)}
         await db.aclose()
-    console.print("workers stopped gracefully. Try: taskdb jobs --queue demo")
-
-
-async def db_jobs(client: JobQueueClient, ids: list[int]) -> list[Job]:
-    return [await client.get(i) for i in ids]
+    console.print(
+        f"\n`taskdb watch` printed {watcher.count} changes live and exited "
+        f"{codes['watch']}; workers stopped gracefully."
+    )
+    console.print("Try: taskdb stats · taskdb jobs · taskdb blob ls · taskdb job show <id>")

@@ -1,8 +1,9 @@
-"""Parse human durations such as ``90s``, ``15m``, ``12h`` or ``7d`` (pure)."""
+"""Parse human durations (``90s``, ``15m``, ``12h``, ``7d``) and times (pure)."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from taskdb.errors import ConfigurationError
 
@@ -18,3 +19,21 @@ def parse_duration(text: str) -> float:
             f"bad duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)"
         )
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
+    """A point in time: an ISO datetime with an offset, or a delay from ``now``
+    such as ``10m``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    if _PATTERN.match(text):
+        return (now or datetime.now(UTC)) + timedelta(seconds=parse_duration(text))
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"bad time {text!r}: use an ISO datetime with an offset or a delay like 10m"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ConfigurationError(f"time {text!r} has no timezone offset")
+    return parsed

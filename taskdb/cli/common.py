@@ -1,0 +1,88 @@
+"""What every command shares: the ``--db`` and ``--json`` options, running an async
+body against an open database, and printing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Callable, Coroutine, Iterator
+from datetime import datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from taskdb import settings
+from taskdb.store.database import connect
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
+
+
+def db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        "db_url",
+        envvar=settings.URL_ENV,
+        default=settings.DEFAULT_URL,
+        show_default=True,
+        help="Database URL (env TASKDB_URL).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        func
+    )
+
+
+def with_db(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body ``func(db, **kwargs)`` with the database of
+    ``db_url`` open, closing it afterwards."""
+
+    @wraps(func)
+    def wrapper(db_url: str, **kwargs: Any) -> T:
+        async def body() -> T:
+            db = connect(db_url)
+            try:
+                return await func(db, **kwargs)
+            finally:
+                await db.aclose()
+
+        return asyncio.run(body())
+
+    return wrapper
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=_json_default))
+
+
+def json_line(value: Any) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while inside (the running loop's handlers)."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

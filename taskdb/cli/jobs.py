@@ -1,0 +1,209 @@
+"""``taskdb submit``, ``taskdb jobs`` and ``taskdb job show|retry|abort|purge``."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from rich.table import Table
+
+from taskdb.cli.common import db_option, json_option, out, print_json, with_db
+from taskdb.cli.durations import parse_duration, parse_when
+from taskdb.cli.format import binary_values, human_age, render
+from taskdb.queue.client import JobQueueClient
+from taskdb.queue.models import TERMINAL_STATUSES, Job, JobStatus
+from taskdb.store.database import Database
+from taskdb.store.jobs import JobStore
+
+STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
+
+
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{what} is not valid JSON: {exc}") from None
+
+
+@click.command()
+@click.argument("queue")
+@click.argument("payload")
+@db_option
+@click.option("--run-after", help="ISO datetime with offset, or a delay such as 10m.")
+@click.option("--deadline", help="ISO datetime with offset, or a delay such as 1h.")
+@click.option("--priority", default=0, show_default=True, help="Larger runs first.")
+@click.option("--fingerprint", help="Dedupe key: an active job with it is returned instead.")
+@click.option("--max-retries", type=int, default=None, help="Retries after the first run.")
+@click.option(
+    "--durable-stream", is_flag=True, help="Store the job's stream events (taskdb watch --job)."
+)
+def submit(
+    queue: str,
+    payload: str,
+    db_url: str,
+    run_after: str | None,
+    deadline: str | None,
+    priority: int,
+    fingerprint: str | None,
+    max_retries: int | None,
+    durable_stream: bool,
+) -> None:
+    """Enqueue a job with a JSON PAYLOAD on QUEUE; prints the job id."""
+    value = parse_json(payload, "payload")
+    when, until = parse_when(run_after), parse_when(deadline)
+
+    @with_db
+    async def body(db: Database) -> int:
+        handle = await JobQueueClient(db, queue).submit(
+            value,
+            run_after=when,
+            deadline=until,
+            priority=priority,
+            fingerprint=fingerprint,
+            max_retries=max_retries,
+            durable_stream=durable_stream,
+        )
+        return handle.id
+
+    click.echo(body(db_url))
+
+
+@click.command()
+@db_option
+@json_option
+@click.option("--queue", "-q", help="Only this queue.")
+@click.option("--status", "-s", type=STATUS, multiple=True, help="Only these statuses.")
+@click.option("--limit", default=50, show_default=True, help="At most this many jobs.")
+def jobs(
+    db_url: str, as_json: bool, queue: str | None, status: tuple[str, ...], limit: int
+) -> None:
+    """List jobs, newest first."""
+
+    @with_db
+    async def body(db: Database) -> list[Job]:
+        return await JobStore(db).list_jobs(
+            queue=queue, status=[s.upper() for s in status], limit=limit
+        )
+
+    rows = body(db_url)
+    if as_json:
+        print_json([j.model_dump(mode="json") for j in rows])
+        return
+    table = Table("id", "queue", "status", "attempts", "progress", "updated", "error")
+    for j in rows:
+        table.add_row(
+            str(j.id),
+            j.queue,
+            j.status.value,
+            f"{j.attempts}/{j.max_retries + 1}",
+            f"{j.progress:.0f}%",
+            human_age(j.updated_at),
+            (j.error or "")[:60],
+        )
+    out.print(table)
+
+
+@click.group()
+def job() -> None:
+    """Inspect or act on one job."""
+
+
+def _show_rows(row: Job) -> list[tuple[str, str]]:
+    progress = f"{row.progress:g}%" + (f"  {row.progress_message}" if row.progress_message else "")
+    error = f"{row.error_code}: {row.error}" if row.error_code else row.error
+    rows = [
+        ("id", str(row.id)),
+        ("queue", row.queue),
+        ("status", row.status.value),
+        ("attempts", f"{row.attempts} of at most {row.max_retries + 1}"),
+        ("progress", progress),
+        ("error", error or "-"),
+        ("priority", str(row.priority)),
+        ("run after", row.run_after.isoformat()),
+        ("deadline", row.deadline.isoformat() if row.deadline else "-"),
+        ("created", f"{row.created_at.isoformat()} ({human_age(row.created_at)})"),
+        ("updated", f"{row.updated_at.isoformat()} ({human_age(row.updated_at)})"),
+        ("completed", row.completed_at.isoformat() if row.completed_at else "-"),
+        ("worker", row.worker_id or "-"),
+        ("fingerprint", row.fingerprint or "-"),
+        ("run id", row.job_run_id or "-"),
+        ("durable stream", "yes" if row.durable_stream else "no"),
+        ("input", render(row.input)),
+        ("output", render(row.output)),
+    ]
+    refs = [f"{path or '.'}: {v['$ref']}" for path, v in binary_values(row.output) if "$ref" in v]
+    if refs:
+        rows.append(("blobs", "\n".join(refs)))
+    return rows
+
+
+@job.command("show")
+@click.argument("job_id", type=int)
+@db_option
+@json_option
+def job_show(job_id: int, db_url: str, as_json: bool) -> None:
+    """Show a job: status, progress, error, attempts, and its output with binary
+    values summarised (`<ref 5.0 MiB image/png>`, `<bytes 12 B>`)."""
+
+    @with_db
+    async def body(db: Database) -> Job:
+        return await JobStore(db).get(job_id)
+
+    row = body(db_url)
+    if as_json:
+        print_json(row.model_dump(mode="json"))
+        return
+    table = Table("field", "value", show_header=False)
+    for field, value in _show_rows(row):
+        table.add_row(field, value)
+    out.print(table)
+
+
+@job.command("retry")
+@click.argument("job_id", type=int)
+@db_option
+def job_retry(job_id: int, db_url: str) -> None:
+    """Run a FAILED job once more."""
+
+    @with_db
+    async def body(db: Database) -> bool:
+        return await JobStore(db).retry_now(job_id, datetime.now(UTC))
+
+    if not body(db_url):
+        raise click.ClickException(f"job {job_id} is not FAILED; nothing to retry")
+    click.echo(f"job {job_id} is PENDING again")
+
+
+@job.command("abort")
+@click.argument("job_id", type=int)
+@db_option
+def job_abort(job_id: int, db_url: str) -> None:
+    """Abort a job (a running one is cancelled by its worker)."""
+
+    @with_db
+    async def body(db: Database) -> int:
+        return await JobStore(db).abort(datetime.now(UTC), job_id=job_id)
+
+    changed = body(db_url)
+    click.echo(f"job {job_id} aborted" if changed else f"job {job_id} had already ended")
+
+
+@job.command("purge")
+@db_option
+@click.option("--older-than", required=True, help="Age such as 7d or 12h.")
+@click.option("--status", "-s", type=STATUS, multiple=True, help="Default: every ended status.")
+@click.option("--queue", "-q", help="Only this queue.")
+def job_purge(db_url: str, older_than: str, status: tuple[str, ...], queue: str | None) -> None:
+    """Delete ended jobs older than an age (their blobs go when nothing else uses them)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(older_than))
+    statuses = [s.upper() for s in status] or list(TERMINAL_STATUSES)
+    if bad := [s for s in statuses if s not in TERMINAL_STATUSES]:
+        raise click.ClickException(f"only ended jobs can be purged, not {', '.join(bad)}")
+
+    @with_db
+    async def body(db: Database) -> int:
+        return await JobStore(db).purge(cutoff, datetime.now(UTC), queue=queue, statuses=statuses)
+
+    click.echo(f"purged {body(db_url)} job(s)")

@@ -1,0 +1,49 @@
+"""``taskdb stats``: per-queue counts, lag and throughput, and blob totals."""
+
+from __future__ import annotations
+
+import click
+from rich.box import SIMPLE
+from rich.table import Table
+
+from taskdb.cli.common import db_option, json_option, out, print_json, with_db
+from taskdb.cli.format import human_seconds, human_size
+from taskdb.queue.models import JobStatus
+from taskdb.store.database import Database
+from taskdb.store.stats import DatabaseStats, collect_stats
+
+_ALWAYS = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
+
+
+@click.command()
+@db_option
+@json_option
+def stats(db_url: str, as_json: bool) -> None:
+    """Jobs per queue and status, the lag (how long the oldest job ready to run has
+    waited), jobs completed in the last minute, and the blob store's size."""
+
+    @with_db
+    async def body(db: Database) -> DatabaseStats:
+        return await collect_stats(db)
+
+    found = body(db_url)
+    if as_json:
+        print_json(found.model_dump(mode="json"))
+        return
+    present = {status for q in found.queues for status in q.counts}
+    statuses = [s.value for s in JobStatus if s.value in present or s.value in _ALWAYS]
+    table = Table(
+        "queue", *(s.lower() for s in statuses), "lag", "done/min", box=SIMPLE, pad_edge=False
+    )
+    for q in found.queues:
+        lag = q.oldest_pending_seconds
+        table.add_row(
+            q.queue,
+            *(str(q.counts.get(s, 0)) for s in statuses),
+            "-" if lag is None else human_seconds(lag),
+            str(q.completed_last_minute),
+        )
+    out.print(table)
+    b = found.blobs
+    writing = f" ({b.writing} being written)" if b.writing else ""
+    out.print(f"blobs: {b.count} holding {human_size(b.bytes)}{writing}")

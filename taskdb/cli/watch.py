@@ -1,0 +1,254 @@
+"""``taskdb watch``: follow jobs live from another process.
+
+Transitions and progress come from the change feed (``JobStore.changes_page``,
+read like ``subscribe_to_changes`` does, filtered by queue or job, woken by
+NOTIFY on PostgreSQL when the queue is known); ``--follow-stream`` prints one
+job's durable text stream (``JobQueueClient.follow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal
+
+import click
+
+from taskdb.cli.common import db_option, json_line, json_option, stop_on_signals, with_db
+from taskdb.cli.durations import parse_duration
+from taskdb.errors import JobNotFound, TaskdbError
+from taskdb.queue.client import JobQueueClient
+from taskdb.queue.local import sleep_until
+from taskdb.queue.models import ChangeKind, Job, JobChange, JobStatus
+from taskdb.store.database import Database
+from taskdb.store.jobs import JobStore
+from taskdb.streams.events import Finish, Phase, StreamError, TextDelta, event_to_json
+
+Outcome = Literal["done", "signal", "timeout"]
+OnChange = Callable[[JobChange], Awaitable[None]]
+
+_COLORS = {"completed": "green", "failed": "red", "aborted": "red", "retried": "yellow"}
+
+
+class _Printer:
+    """Prints changes: JSON lines, or one human line each (a job's failure with its error)."""
+
+    def __init__(self, store: JobStore, as_json: bool) -> None:
+        self.store = store
+        self.as_json = as_json
+
+    async def __call__(self, change: JobChange) -> None:
+        if self.as_json:
+            click.echo(json_line(change.model_dump(mode="json")))
+            return
+        detail = ""
+        if change.kind is ChangeKind.CLAIMED:
+            detail = f"attempt {change.attempts}"
+        elif change.kind is ChangeKind.PROGRESS and change.progress is not None:
+            detail = f"{change.progress:.0f}%"
+        elif change.status is JobStatus.FAILED:  # the row keeps a final error
+            try:
+                row = await self.store.get(change.job_id)
+            except JobNotFound:  # purged meanwhile
+                row = None
+            if row is not None and row.error:
+                detail = f"{row.error_code}: {row.error}"[:100]
+        kind = click.style(f"{change.kind.value:<9}", fg=_COLORS.get(change.kind.value))
+        click.echo(
+            f"{change.at:%H:%M:%S}.{change.at.microsecond // 1000:03d}  {change.queue}  "
+            f"job {change.job_id:<5} {kind}  {change.status.value:<10} {detail}".rstrip()
+        )
+
+
+async def _follow_feed(
+    db: Database,
+    callback: OnChange,
+    *,
+    after: str | None,
+    poll: float,
+    queue: str | None,
+    job_id: int | None,
+) -> Callable[[], Awaitable[None]]:
+    """Deliver each change (of ``queue``, of job ``job_id``) after the cursor ``after``,
+    else from now on, until the returned function is awaited. Reads the feed every
+    ``poll`` seconds, and at once when PostgreSQL notifies a change of ``queue``;
+    rides out database outages."""
+    store = JobStore(db)
+    cursor = await store.changes_head() if after is None else after
+    store.check_cursor(cursor)
+    woken = asyncio.Event()
+    listener = db.listener() if queue is not None else None
+    if listener is not None and queue is not None:
+        listener.watch(queue, woken)
+
+    stopping = False
+
+    async def run() -> None:
+        nonlocal cursor
+        while not stopping:  # a cancel can be lost in wait_for (Python 3.11)
+            woken.clear()
+            try:
+                page = await store.changes_page(cursor, queue=queue, job_id=job_id)
+            except TaskdbError as exc:
+                click.echo(f"change feed: {exc}; retrying", err=True)
+                await asyncio.sleep(poll)
+                continue
+            for change in page.changes:
+                await callback(change)
+            cursor = page.cursor
+            if not page.full:
+                await sleep_until(woken, poll)
+
+    task = asyncio.ensure_future(run())
+
+    async def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if listener is not None and queue is not None:
+            listener.unwatch(queue, woken)
+
+    return stop
+
+
+async def _watch_changes(
+    db: Database,
+    queue: str | None,
+    job: Job | None,
+    after: str | None,
+    poll: float,
+    max_events: int | None,
+    as_json: bool,
+) -> None:
+    """Print changes until ``job`` ended or ``max_events`` were printed (or forever)."""
+    store = JobStore(db)
+    printer = _Printer(store, as_json)
+    finished = asyncio.Event()
+    printed = 0
+
+    async def on_change(change: JobChange) -> None:
+        nonlocal printed
+        if finished.is_set():
+            return  # the rest of a page read before the end
+        await printer(change)
+        printed += 1
+        ended = job is not None and change.status.terminal
+        if ended or (max_events is not None and printed >= max_events):
+            finished.set()
+
+    stop = await _follow_feed(
+        db,
+        on_change,
+        after=after,
+        poll=poll,
+        queue=queue,
+        job_id=None if job is None else job.id,
+    )
+
+    scope = "every queue" if queue is None else f"queue {queue!r}"
+    click.echo(f"watching {scope if job is None else f'job {job.id}'} of {db.safe_url}", err=True)
+    try:
+        if job is not None and after is None:
+            now = await store.get(job.id)  # read after subscribing: no end is missed
+            if now.status.terminal:
+                click.echo(f"job {job.id} has already ended: {now.status.value}", err=True)
+                return
+        await finished.wait()
+    finally:
+        await stop()
+
+
+async def _follow_stream(db: Database, job: Job, as_json: bool) -> None:
+    """Print job ``job``'s durable text stream as it is produced (phases on stderr)."""
+    stdout = sys.stdout
+    tail = "\n"
+    async for offset, event in JobQueueClient(db, job.queue).follow(job.id):
+        if as_json:
+            click.echo(json_line({"offset": offset, "event": event_to_json(event)}))
+        elif isinstance(event, TextDelta) and event.text:
+            stdout.write(event.text)
+            stdout.flush()
+            tail = event.text[-1]
+        elif isinstance(event, Phase):
+            progress = "" if event.progress is None else f" ({event.progress:.0f}%)"
+            click.secho(f"{event.message}{progress}", dim=True, err=True)
+        if isinstance(event, Finish | StreamError) and not as_json and tail != "\n":
+            stdout.write("\n")
+        if isinstance(event, StreamError):
+            error = event.error
+            raise click.ClickException(f"job {job.id} failed: {type(error).__name__}: {error}")
+    click.echo(f"job {job.id} completed", err=True)
+
+
+async def _until_stopped(work: Coroutine[Any, Any, None], timeout: float | None) -> Outcome:
+    """Run ``work`` until it returns (its errors propagate), SIGINT/SIGTERM, or ``timeout``."""
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for pending in (task, stopper):
+                pending.cancel()
+            await asyncio.gather(task, stopper, return_exceptions=True)
+    if task in done:
+        task.result()
+        return "done"
+    return "signal" if stopper in done else "timeout"
+
+
+@click.command()
+@db_option
+@json_option
+@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@click.option("--job", "job_id", type=int, help="Only this job; ends when the job ends.")
+@click.option(
+    "--follow-stream",
+    is_flag=True,
+    help="With --job: print the job's text stream as it is produced (the job must have "
+    "been submitted with a durable stream); ends when the job ends.",
+)
+@click.option(
+    "--after", help="Start after this change-feed cursor (a change's cursor; 0: the whole feed)."
+)
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after this many changes.")
+@click.option("--timeout", help="Stop after this long, e.g. 30s (exit 1 if --job has not ended).")
+@click.option("--poll", default=0.2, show_default=True, help="Seconds between feed reads.")
+def watch(
+    db_url: str,
+    as_json: bool,
+    queue: str | None,
+    job_id: int | None,
+    follow_stream: bool,
+    after: str | None,
+    max_events: int | None,
+    timeout: str | None,
+    poll: float,
+) -> None:
+    """Print job transitions and progress live, as other processes make them.
+
+    Runs until SIGINT/SIGTERM (exit 0), until --job's job ends, after --max-events
+    changes or after --timeout.
+    """
+    if follow_stream and job_id is None:
+        raise click.ClickException("--follow-stream needs --job")
+    seconds = None if timeout is None else parse_duration(timeout)
+
+    @with_db
+    async def body(db: Database) -> Outcome:
+        job = None if job_id is None else await JobStore(db).get(job_id)
+        if job is not None and queue is not None and job.queue != queue:
+            raise click.ClickException(f"job {job.id} is on queue {job.queue!r}, not {queue!r}")
+        if follow_stream and job is not None:
+            return await _until_stopped(_follow_stream(db, job, as_json), seconds)
+        watched = queue if job is None else job.queue
+        work = _watch_changes(db, watched, job, after, poll, max_events, as_json)
+        return await _until_stopped(work, seconds)
+
+    if body(db_url) == "timeout" and job_id is not None:
+        raise click.ClickException(f"job {job_id} did not end within {timeout}")
