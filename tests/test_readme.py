@@ -1,26 +1,42 @@
-"""The README's Python quickstart runs as written."""
+"""The README's Python quickstarts run as written."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_runs(tmp_path: Path) -> None:
+def _blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    quickstart = next(b for b in blocks if "asyncio.run(main())" in b)
+    return [
+        b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "asyncio.run(" in b
+    ]
+
+
+def _expected_stream_output() -> str:
+    digest = hashlib.sha256(b"".join(bytes([i]) * 2**20 for i in range(3))).hexdigest()
+    return f"taskdb/CacheRef 3145728 image/png\n{digest[:16]}\nfollowed from anywhere"
+
+
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [(0, "{'thumbnail': 'cat.thumb.png'}"), (1, _expected_stream_output())],
+)
+def test_quickstart_runs(tmp_path: Path, index: int, expected: str) -> None:
     script = tmp_path / "quickstart.py"
-    script.write_text(quickstart)
+    script.write_text(_blocks()[index])
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "{'thumbnail': 'cat.thumb.png'}"
+    assert result.stdout.strip() == expected
 
 
 def test_readme_names_the_two_commands() -> None:
