@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,8 @@ def _blob_cat(graph_job: Job, env: dict[str, str], mib: int) -> None:
         got = _sha256_of(target)
     console.print(f"streamed {human_size(size)} out in {took:.1f}s, chunk by chunk")
     mark = "[green]match[/]" if got == video["sha256"] else "[red]DIFFER[/]"
-    console.print(f"sha256 of {target.name}: {got}\nproducer's sha256: {video['sha256']}")
+    console.print(f"sha256 ({target.name})  {got[:40]}…")
+    console.print(f"sha256 (producer)   {video['sha256'][:40]}…")
     console.print(f"the checksums {mark}")
     if got != video["sha256"] or size != mib * MiB:
         raise SystemExit("the bytes read back differ from the bytes produced")
@@ -236,6 +238,9 @@ async def run_demo(db_url: str, count: int, worker_count: int, mib: int) -> None
     db.migrate()
     console.rule("[bold]taskdb demo")
     console.print(f"database: {db.safe_url}, shared by every process below")
+    earlier = [await JobQueueClient(db, q).purge(timedelta(0)) for q in (QUEUE, GRAPH_QUEUE)]
+    if sum(earlier):
+        console.print(f"cleared the {sum(earlier)} jobs of an earlier run, and their blobs")
     env = {**os.environ, settings.URL_ENV: db_url}  # URLs never go on a command line
     head = await JobStore(db).changes_head()
     procs = [
