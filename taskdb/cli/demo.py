@@ -200,12 +200,14 @@ def _sha256_of(path: Path) -> str:
 def _results(inputs: list[dict[str, Any]], rows: list[Job]) -> Table:
     table = Table("job", "name", "status", "runs", "result", title="the batch")
     for value, job in zip(inputs, rows, strict=True):
-        detail = (
-            f"sha256 {job.output['sha256'][:10]}… by pid {job.output['pid']}"
-            if job.status is JobStatus.COMPLETED
-            else f"{job.error_code}: {job.error}"
-        )
-        table.add_row(str(job.id), value["name"], _describe(job), str(job.attempts), detail)
+        if job.status is JobStatus.COMPLETED:
+            state, detail = (
+                "[green]completed[/]",
+                f"{job.output['sha256'][:12]} (pid {job.output['pid']})",
+            )
+        else:
+            state, detail = f"[red]{job.status.value.lower()}[/]", f"{job.error_code}: {job.error}"
+        table.add_row(str(job.id), value["name"], state, str(job.attempts), detail)
     return table
 
 
@@ -289,8 +291,8 @@ async def run_demo(db_url: str, count: int, worker_count: int, mib: int) -> None
             raise SystemExit(f"the graph job failed: {graph_job.error_code}: {graph_job.error}")
         row_bytes = len(json.dumps(graph_job.output))
         console.print(
-            f"\nthe graph job streamed [bold]{human_size(mib * MiB)}[/] into the database "
-            f"(taskdb_blobs); its job row holds a [bold]{row_bytes} B[/] output:"
+            f"\nthe graph job streamed [bold]{human_size(mib * MiB)}[/] into the database's "
+            f"blob store while its job row holds a [bold]{row_bytes} B[/] output:"
         )
         console.print_json(data=graph_job.output)
         _blob_cat(graph_job, env, mib)
