@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 import click
+from rich.box import SIMPLE
 from rich.table import Table
 
 from taskdb.cache.inline import decode_inline
@@ -48,9 +49,10 @@ def blob_ls(db_url: str, as_json: bool, state: Any, limit: int) -> None:
     if as_json:
         print_json([dataclasses.asdict(b) for b in found])
         return
-    table = Table("key", "state", "size", "mime", "created")
+    table = Table("state", "size", "mime", "created", box=SIMPLE)
+    table.add_column("key", no_wrap=True, min_width=_KEY_LENGTH)  # whole: it is copied
     for b in found:
-        table.add_row(b.key, b.state, human_size(b.size), b.mime or "-", human_age(b.created_at))
+        table.add_row(b.state, human_size(b.size), b.mime or "-", human_age(b.created_at), b.key)
     out.print(table)
 
 
