@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,19 @@ def utcnow() -> datetime:
 
 
 _FOLLOW_BATCH = 16
+
+
+def _settled(task: asyncio.Future[None]) -> asyncio.Future[None]:
+    """A future done once ``task`` has finished, whatever its outcome (it never
+    raises, and leaving it unawaited is fine)."""
+    settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(_: object) -> None:
+        if not settled.done():
+            settled.set_result(None)
+
+    task.add_done_callback(done)
+    return settled
 
 
 def _closing_event(job: Job) -> StreamEvent:
@@ -390,9 +403,11 @@ class JobQueueClient:
         *,
         poll_interval: float | None = None,
         after: ChangeCursor | int | None = None,
-    ) -> Unsubscribe:
+    ) -> Callable[[], Awaitable[None]]:
         """Call ``callback`` (plain or async) with each :class:`JobChange` of this queue,
-        in feed order, each once; returns a function that stops it.
+        in feed order, each once; returns a function that stops it (no callback runs
+        after it was called; await its result to know the subscription has let go
+        of its connection, e.g. before closing the database).
 
         Starts with what commits after this returns, or after the cursor ``after``:
         the ``cursor`` of the last change handled resumes exactly after it (``0`` is
@@ -407,9 +422,11 @@ class JobQueueClient:
         if listener is not None:
             listener.watch(self.queue, woken)
 
+        stopped = False
+
         async def run() -> None:
             nonlocal cursor
-            while True:
+            while not stopped:
                 woken.clear()
                 try:
                     page = await self._store.changes_page(cursor, queue=self.queue)
@@ -418,6 +435,8 @@ class JobQueueClient:
                     await asyncio.sleep(interval)
                     continue
                 for change in page.changes:
+                    if stopped:
+                        return
                     cursor = change.cursor
                     try:
                         await _call(callback, change)
@@ -429,9 +448,12 @@ class JobQueueClient:
 
         task = asyncio.ensure_future(run())
 
-        def unsubscribe() -> None:
+        def unsubscribe() -> Awaitable[None]:
+            nonlocal stopped
+            stopped = True
             task.cancel()
             if listener is not None:
                 listener.unwatch(self.queue, woken)
+            return _settled(task)
 
         return unsubscribe

@@ -70,9 +70,16 @@ class LocalHub:
 
 
 async def sleep_until(event: asyncio.Event, seconds: float | None) -> None:
-    """Sleep until ``event`` is set or ``seconds`` passed (``None``: no limit)."""
+    """Sleep until ``event`` is set or ``seconds`` passed (``None``: no limit).
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` can swallow
+    a cancellation that arrives as the event is set, and the caller never stops.
+    """
+    if event.is_set():
+        return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 _hubs: weakref.WeakKeyDictionary[Database, LocalHub] = weakref.WeakKeyDictionary()

@@ -252,6 +252,20 @@ async def test_the_listener_survives_a_killed_backend(fresh_pg_url: str) -> None
     await eventually(
         lambda: asyncio.sleep(0, seen), lambda s: [c.job_id for c in s] == [handle.id], PROMPTLY
     )
-    unsubscribe()
+    await unsubscribe()
     await other.aclose()
+    await db.aclose()
+
+
+async def test_unsubscribe_stops_callbacks_and_lets_go_of_the_database(db_url: str) -> None:
+    db = taskdb.connect(db_url)
+    client = JobQueueClient(db, "q", poll_interval=0.01)
+    seen: list[taskdb.JobChange] = []
+    unsubscribe = await client.subscribe_to_changes(seen.append)
+    first = await client.submit({})
+    await eventually(lambda: asyncio.sleep(0, seen), lambda s: len(s) == 1, PROMPTLY)
+    await unsubscribe()
+    await client.submit({})
+    await asyncio.sleep(0.05)  # several poll intervals: nothing more may arrive
+    assert [c.job_id for c in seen] == [first.id]
     await db.aclose()

@@ -169,7 +169,7 @@ async def test_followers_survive_a_database_outage(fresh_pg_url: str) -> None:
         await second.wait(timeout=10)
         await eventually(lambda: asyncio.sleep(0, seen), lambda s: (second.id, "completed") in s)
         await eventually(lambda: asyncio.sleep(0, progress), lambda p: p == [50.0])
-    unsubscribe()
+    await unsubscribe()
     unfollow()
     assert (second.id, "submitted") in seen and (first.id, "completed") in seen
     await db.aclose()

@@ -181,7 +181,7 @@ async def follow(args: argparse.Namespace) -> int:
     unsubscribe = await client.subscribe_to_changes(show, after=after)
     say("subscribed")
     await stop.wait()
-    unsubscribe()
+    await unsubscribe()
     await db.aclose()
     return 0
 
