@@ -26,7 +26,14 @@ from taskdb.queue.context import JobContext
 from taskdb.queue.outputs import store_output
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
-from taskdb.streams.events import StreamEvent
+from taskdb.streams.events import (
+    BinaryDelta,
+    ObjectDelta,
+    Phase,
+    Snapshot,
+    StreamEvent,
+    TextDelta,
+)
 
 
 def graph_job_input(graph: TaskGraph, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -47,9 +54,12 @@ async def submit_graph(
 class GraphJobHandler:
     """A :class:`~taskdb.JobQueueServer` handler running submitted graphs.
 
-    Progress is the mean of the tasks' progress; the job's stream channel
-    (``on_stream``) receives every task's events as ``(task_id, event)``
-    pairs. ``keep_cache`` keeps the run-private cache entries after success
+    Progress is the mean of the tasks' progress. The job's stream (``on_stream``
+    listeners, and ``follow`` when submitted with ``durable_stream=True``)
+    carries every task's deltas with the port named ``"task_id.port"``, their
+    snapshots likewise, and phases as ``"task_id: message"``; the tasks' own
+    finish and error events stay inside the run (the job's stream ends with
+    the job's). ``keep_cache`` keeps the run-private cache entries after success
     (by default they are cleared; the job row keeps the refs it needs).
     """
 
@@ -74,7 +84,9 @@ class GraphJobHandler:
         progress = _Progress(ctx, list(graph.tasks))
 
         def on_event(task_id: str, event: StreamEvent) -> None:
-            ctx.emit_stream_event((task_id, event))
+            flat = job_stream_event(task_id, event)
+            if flat is not None:
+                ctx.emit_stream_event(flat)
 
         try:
             result = await graph.run(
@@ -98,6 +110,21 @@ class GraphJobHandler:
         if not self.keep_cache:
             await cache.clear()
         return cast(dict[str, Any], output)
+
+
+def job_stream_event(task_id: str, event: StreamEvent) -> StreamEvent | None:
+    """A task's event as its graph job streams it (``None``: not streamed)."""
+    if isinstance(event, TextDelta):
+        return TextDelta(f"{task_id}.{event.port}", event.text)
+    if isinstance(event, ObjectDelta):
+        return ObjectDelta(f"{task_id}.{event.port}", event.value)
+    if isinstance(event, BinaryDelta):
+        return BinaryDelta(f"{task_id}.{event.port}", event.chunk)
+    if isinstance(event, Snapshot):
+        return Snapshot({f"{task_id}.{port}": value for port, value in event.data.items()})
+    if isinstance(event, Phase):
+        return Phase(f"{task_id}: {event.message}", event.progress)
+    return None
 
 
 class _Progress:

@@ -32,7 +32,7 @@ from taskdb import (
 )
 from taskdb.graph.registry import register_task
 from taskdb.store.blobs import BlobStore
-from taskdb.streams import TextDelta
+from taskdb.streams import BinaryDelta, Finish, Phase, TextDelta
 from tests.graph.tasks import Bytes, Length, Words
 
 MIB = 1024 * 1024
@@ -236,3 +236,23 @@ async def test_a_graph_job_stores_refs_and_resumes_without_rerunning(
     assert await row_output_bytes(db, handle.id) < 1024
     resolved = await resolve_job_output(output, SqlTaskOutputRepository(db))
     assert resolved["outputs"]["bytes"]["data"].size == 3 * MIB
+
+
+async def test_a_graph_job_streams_its_tasks_durably(
+    db: taskdb.Database, serve: Callable[..., Any]
+) -> None:
+    graph = TaskGraph()
+    graph.add(Words("words", count=3))
+    graph.add(Bytes("bytes", chunks=2, size=10))
+    await serve(GraphJobHandler(db))
+    client = JobQueueClient(db, "q", poll_interval=0.02)
+    handle = await submit_graph(client, graph, durable_stream=True)
+    events = [event async for _, event in client.follow(handle.id)]
+    texts = [e.text for e in events if isinstance(e, TextDelta) and e.port == "words.text"]
+    assert texts == ["w0 ", "w1 ", "w2 "]
+    chunks = [e.chunk for e in events if isinstance(e, BinaryDelta)]
+    assert chunks == [b"\x00" * 10, b"\x01" * 10]
+    assert Phase("words: start", 0.0) in events
+    finish = events[-1]
+    assert isinstance(finish, Finish)
+    assert set(finish.data["output"]["outputs"]) == {"words", "bytes"}
