@@ -22,11 +22,15 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
 
+# Plain ADD/DROP COLUMN on both dialects (SQLite >= 3.35), never a batch table
+# copy: recreating taskdb_jobs on SQLite would lose the claim index's DESC order.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("taskdb_jobs") as batch:
-        batch.add_column(
-            sa.Column("durable_stream", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    op.add_column(
+        "taskdb_jobs",
+        sa.Column("durable_stream", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.create_table(
         "taskdb_job_streams",
         sa.Column("job_id", ID, nullable=False),
@@ -40,5 +44,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("taskdb_job_streams")
-    with op.batch_alter_table("taskdb_jobs") as batch:
-        batch.drop_column("durable_stream")
+    op.drop_column("taskdb_jobs", "durable_stream")

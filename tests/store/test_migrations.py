@@ -69,3 +69,36 @@ def test_upgrade_downgrade_upgrade(empty_db_url: str) -> None:
 
 def test_every_table_is_prefixed() -> None:
     assert all(name.startswith("taskdb_") for name in metadata.tables)
+
+
+def _index_definitions(url: str) -> dict[str, str]:
+    """Every taskdb index as the database spells it (order and WHERE included,
+    which the metadata comparison does not look at)."""
+    engine = create_engine(_sync_url(url))
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+                )
+            else:
+                rows = conn.exec_driver_sql(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+                )
+            return {name: " ".join(sql.split()) for name, sql in rows}
+    finally:
+        engine.dispose()
+
+
+def test_indexes_keep_their_order_and_predicates_through_every_step(empty_db_url: str) -> None:
+    db = taskdb.connect(empty_db_url)
+    db.migrate()
+    fresh = _index_definitions(empty_db_url)
+    assert "priority DESC" in fresh["ix_taskdb_jobs_claim"]
+    assert "WHERE" in fresh["ix_taskdb_jobs_claim"]
+    revisions = [r.revision for r in ScriptDirectory.from_config(alembic_config()).walk_revisions()]
+    for revision in revisions[1:]:  # step down to each earlier revision and back up
+        db.downgrade(revision)
+        db.migrate()
+        assert _index_definitions(empty_db_url) == fresh, f"after down to {revision} and up"
+    db.close()
