@@ -205,3 +205,49 @@ async def test_a_follower_in_another_process_gets_the_exact_bytes(
     assert run_follower(db_url, handle.id) == [digest.hexdigest(), "24", "finish"]
     rest = hashlib.sha256(b"".join(chunks[5:])).hexdigest()
     assert run_follower(db_url, handle.id, 10) == [rest, "19", "finish"]
+
+
+RSS_FOLLOWER = """
+import asyncio, hashlib, resource, sys, taskdb
+from taskdb.streams import BinaryDelta
+async def main():
+    db = taskdb.connect(sys.argv[1])
+    client = taskdb.JobQueueClient(db, "q", poll_interval=0.02)
+    await client.get(int(sys.argv[2]))  # connected and warmed up before the baseline
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    digest = hashlib.sha256()
+    async for _offset, event in client.follow(int(sys.argv[2])):
+        if isinstance(event, BinaryDelta):
+            digest.update(event.chunk)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(digest.hexdigest(), grown // 1024)
+    await db.aclose()
+asyncio.run(main())
+"""
+
+
+async def test_following_a_large_binary_stream_keeps_memory_bounded(
+    db_url: str, client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    total = 96
+
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        for _ in range(total):
+            await ctx.emit_stream_event(BinaryDelta("video", chunk))
+        return {}
+
+    await serve(handler)
+    handle = await client.submit({}, durable_stream=True)
+    await handle.wait(timeout=120)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", RSS_FOLLOWER, db_url, str(handle.id)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    digest, grown_mib = done.stdout.split()
+    assert digest == hashlib.sha256(chunk * total).hexdigest()
+    assert int(grown_mib) < 48, f"the follower grew by {grown_mib} MiB for a 96 MiB stream"
