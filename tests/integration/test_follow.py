@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,34 +19,12 @@ from taskdb import (
     JobContext,
     JobNotFound,
     JobQueueClient,
-    JobQueueServer,
     RetryPolicy,
 )
 from taskdb.store.schema import job_streams
 from taskdb.streams import BinaryDelta, Finish, Phase, StreamError, StreamEvent, TextDelta
 
-FAST = {"poll_interval": 0.02, "lease_seconds": 5.0, "abort_poll_interval": 0.05}
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-async def serve(db: taskdb.Database) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[JobQueueServer] = []
-
-    async def start(handler: Any, **options: Any) -> JobQueueServer:
-        server = JobQueueServer(db, "q", handler, **{**FAST, **options})
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-def client(db: taskdb.Database) -> JobQueueClient:
-    return JobQueueClient(db, "q", poll_interval=0.02)
 
 
 async def collect(

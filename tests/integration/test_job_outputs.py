@@ -22,7 +22,6 @@ from taskdb import (
     GraphJobHandler,
     JobContext,
     JobQueueClient,
-    JobQueueServer,
     RetryPolicy,
     SqlTaskOutputRepository,
     TaskGraph,
@@ -36,22 +35,6 @@ from taskdb.streams import BinaryDelta, Finish, Phase, TextDelta
 from tests.graph.tasks import Bytes, Length, Words
 
 MIB = 1024 * 1024
-FAST = {"poll_interval": 0.02, "lease_seconds": 5.0, "abort_poll_interval": 0.05}
-
-
-@pytest.fixture
-async def serve(db: taskdb.Database) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[JobQueueServer] = []
-
-    async def start(handler: Any, **options: Any) -> JobQueueServer:
-        server = JobQueueServer(db, "q", handler, **{**FAST, **options})
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
 
 
 async def pattern(total: int, chunk: int = MIB) -> AsyncIterator[bytes]:

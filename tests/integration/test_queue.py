@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,36 +30,11 @@ from taskdb import (
     WaitTimeout,
 )
 from tests.helpers import FakeClock, eventually
+from tests.integration.conftest import FAST
 
-FAST = {"poll_interval": 0.02, "lease_seconds": 5.0, "abort_poll_interval": 0.05}
 NO_BACKOFF = RetryPolicy(base_seconds=0.0, jitter=0.0)
 
 Handler = Callable[[Any, JobContext], Any]
-
-
-@pytest.fixture
-def client(db: taskdb.Database) -> JobQueueClient:
-    return JobQueueClient(db, "q", poll_interval=0.02)
-
-
-@pytest.fixture
-async def serve(db: taskdb.Database) -> AsyncIterator[Callable[..., Any]]:
-    """Start servers for a test; they are stopped at its end."""
-    servers: list[JobQueueServer] = []
-
-    async def start(handler: Handler, **options: Any) -> JobQueueServer:
-        for key, value in FAST.items():
-            options.setdefault(key, value)
-        server = JobQueueServer(
-            options.pop("db", db), options.pop("queue", "q"), handler, **options
-        )
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop(timeout=1)
 
 
 async def test_job_output_reaches_wait(client: JobQueueClient, serve: Any) -> None:
