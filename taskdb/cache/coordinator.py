@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from taskdb.cache.refs import CacheRef, is_cache_ref
 from taskdb.cache.repository import TaskOutputRepository
-from taskdb.streams.blob import Blob
 from taskdb.streams.channel import Channel
 from taskdb.streams.ports import get_binary_port_format, get_port_media_type, get_streaming_ports
 
@@ -92,11 +91,7 @@ class CacheCoordinator:
     @property
     def streams(self) -> bool:
         """Whether binary outputs can go straight into the cache."""
-        return (
-            self.cache is not None
-            and self.cache.supports_streaming()
-            and callable(getattr(self.cache, "save_output_stream", None))
-        )
+        return self.cache is not None and self.cache.supports_streaming()
 
     async def get_by_policy(
         self, task_type: str, inputs: Mapping[str, Any], cacheable: bool
@@ -137,24 +132,32 @@ class CacheCoordinator:
         """``output`` with refs smaller than the threshold replaced by their bytes
         (a ``Blob`` or ``bytes`` per the port's format). Only binary streaming
         ports of ``schema`` are touched: a ``{"$ref": ...}`` elsewhere is data."""
-        if self.cache is None or self.threshold == 0:
+        if self.threshold == 0:
             return output
-        get = getattr(self.cache, "get_output_by_ref", None)
+        return await self.materialize_refs(
+            output, schema, lambda _port, ref: ref.get("size", self.threshold) < self.threshold
+        )
+
+    async def materialize_refs(
+        self,
+        output: dict[str, Any],
+        schema: Mapping[str, Any] | None,
+        wanted: Callable[[str, CacheRef], bool],
+    ) -> dict[str, Any]:
+        """``output`` with the refs at binary streaming ports of ``schema`` for which
+        ``wanted(port, ref)`` replaced by their bytes (a ``Blob``, or ``bytes`` for
+        ``format: binary``); the same object when none is. A dangling ref stays:
+        resolution is best effort."""
+        get = None if self.cache is None else self.cache.get_output_by_ref
         if get is None:
             return output
-        hydrated = dict(output)
+        value = output
         for port, mode in get_streaming_ports(schema):
             ref = output.get(port)
-            if mode != "binary" or not is_cache_ref(ref):
+            if mode != "binary" or not is_cache_ref(ref) or not wanted(port, ref):
                 continue
-            size = ref.get("size")
-            if size is None or size >= self.threshold:
-                continue
-            blob: Blob | None = await get(ref)
-            if blob is None:
-                continue  # dangling: keep the ref, resolution is best effort
-            if get_binary_port_format(schema, port) == "binary":
-                hydrated[port] = blob.read()
-            else:
-                hydrated[port] = blob
-        return hydrated
+            blob = await get(ref)
+            if blob is not None:
+                binary = get_binary_port_format(schema, port) == "binary"
+                value = {**value, port: blob.read() if binary else blob}
+        return value

@@ -33,6 +33,7 @@ from taskdb.streams.events import (
     Snapshot,
     StreamEvent,
     TextDelta,
+    with_port,
 )
 
 
@@ -114,12 +115,8 @@ class GraphJobHandler:
 
 def job_stream_event(task_id: str, event: StreamEvent) -> StreamEvent | None:
     """A task's event as its graph job streams it (``None``: not streamed)."""
-    if isinstance(event, TextDelta):
-        return TextDelta(f"{task_id}.{event.port}", event.text)
-    if isinstance(event, ObjectDelta):
-        return ObjectDelta(f"{task_id}.{event.port}", event.value)
-    if isinstance(event, BinaryDelta):
-        return BinaryDelta(f"{task_id}.{event.port}", event.chunk)
+    if isinstance(event, TextDelta | ObjectDelta | BinaryDelta):
+        return with_port(event, f"{task_id}.{event.port}")
     if isinstance(event, Snapshot):
         return Snapshot({f"{task_id}.{port}": value for port, value in event.data.items()})
     if isinstance(event, Phase):

@@ -48,8 +48,6 @@ class StreamPump:
         binary, and no consumer needs the materialized bytes."""
         if cache is None or not cache.supports_streaming():
             return False
-        if not callable(getattr(cache, "save_output_stream", None)):
-            return False
         modes = [mode for _, mode in get_streaming_ports(task.output_schema)]
         if not modes or any(mode != "binary" for mode in modes):
             return False

@@ -42,9 +42,9 @@ from taskdb.streams.events import (
     Snapshot,
     StreamEvent,
     TextDelta,
+    with_port,
 )
 from taskdb.streams.ports import (
-    get_binary_port_format,
     get_port_stream_mode,
     get_streaming_ports,
 )
@@ -339,7 +339,7 @@ class _Run:
                     if isinstance(event, BinaryDelta) and port in sinks:
                         await sinks[port].send(event.chunk)
                     for link in by_port.get(port, ()):
-                        await link.channel.send(_renamed(event, link.target_port))
+                        await link.channel.send(with_port(event, link.target_port))
                 elif isinstance(event, Finish):
                     explicit = set(event.data)  # consumers get theirs after the loop
                 elif isinstance(event, Snapshot):
@@ -387,20 +387,9 @@ class _Run:
     async def _materialized(self, task: Task, output: dict[str, Any]) -> dict[str, Any]:
         """``output`` with the refs of binary ports that a consumer needs whole
         replaced by their bytes (what a tee hands consumers)."""
-        get = getattr(self.coordinator.cache, "get_output_by_ref", None)
-        value = output
-        for port, mode in get_streaming_ports(task.output_schema):
-            ref = output.get(port)
-            if (
-                mode == "binary"
-                and is_cache_ref(ref)
-                and get is not None
-                and self.graph.needs_value(task.id, port)
-            ):
-                blob = await get(ref)
-                binary = get_binary_port_format(task.output_schema, port) == "binary"
-                value = {**value, port: blob.read() if binary and blob is not None else blob}
-        return value
+        return await self.coordinator.materialize_refs(
+            output, task.output_schema, lambda port, _ref: self.graph.needs_value(task.id, port)
+        )
 
     async def _replay(self, task: Task, output: Mapping[str, Any]) -> None:
         """Feed stream consumers of a task that did not stream (cache hit, or
@@ -413,16 +402,6 @@ class _Run:
             async for event in _as_events(mode, link.target_port, value, self.coordinator):
                 await link.channel.send(event)
             await link.channel.send(Finish({link.target_port: value}))
-
-
-def _renamed(event: StreamEvent, port: str) -> StreamEvent:
-    if isinstance(event, TextDelta):
-        return event if event.port == port else TextDelta(port, event.text)
-    if isinstance(event, ObjectDelta):
-        return event if event.port == port else ObjectDelta(port, event.value)
-    if isinstance(event, BinaryDelta):
-        return event if event.port == port else BinaryDelta(port, event.chunk)
-    return event
 
 
 async def _as_events(

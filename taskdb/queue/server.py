@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from taskdb import settings
 from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
@@ -49,6 +49,7 @@ from taskdb.streams.events import EVENT_TYPES, Finish, Phase, StreamError, Strea
 log = logging.getLogger("taskdb.server")
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]
+_EVENT_CLASSES = tuple(EVENT_TYPES.values())  # what a durable stream takes
 _MAX_BATCH = 100
 
 
@@ -489,9 +490,9 @@ class JobQueueServer:
                     log.exception("stream listener of job %s raised", job_id)
             if stream is None:
                 return None
-            if not isinstance(event, tuple(EVENT_TYPES.values())):
+            if not isinstance(event, _EVENT_CLASSES):
                 raise InvalidJobInput(f"a durable stream takes stream events, not {event!r:.80}")
-            return stream.add(cast(StreamEvent, event))
+            return stream.add(event)
 
         return emit
 

@@ -13,6 +13,7 @@ from taskdb.streams.events import (
     TextDelta,
     event_from_json,
     event_to_json,
+    with_port,
 )
 from taskdb.streams.ports import (
     BinaryFormat,
@@ -57,4 +58,5 @@ __all__ = [
     "get_port_stream_mode",
     "get_streaming_ports",
     "materialize_binary",
+    "with_port",
 ]

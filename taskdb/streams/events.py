@@ -87,6 +87,18 @@ EVENT_TYPES: dict[str, type[StreamEvent]] = {
 }
 
 
+def with_port(event: StreamEvent, port: str) -> StreamEvent:
+    """A delta addressed to ``port`` instead (the same object when it already is);
+    other events have no port and are returned as they are."""
+    if isinstance(event, TextDelta):
+        return event if event.port == port else TextDelta(port, event.text)
+    if isinstance(event, ObjectDelta):
+        return event if event.port == port else ObjectDelta(port, event.value)
+    if isinstance(event, BinaryDelta):
+        return event if event.port == port else BinaryDelta(port, event.chunk)
+    return event
+
+
 def event_to_json(event: StreamEvent) -> dict[str, Any]:
     """A JSON-ready dict for ``event`` (bytes as base64, errors by name and message)."""
     if isinstance(event, TextDelta):
