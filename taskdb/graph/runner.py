@@ -134,7 +134,6 @@ class _Run:
     """The state of one run."""
 
     def __init__(self, runner: GraphRunner, inputs: dict[str, Any]) -> None:
-        self.runner = runner
         self.graph = runner.graph
         self.config = runner.config
         self.coordinator = runner._coordinator
@@ -163,7 +162,7 @@ class _Run:
             self.statuses[tid] = TaskStatus.PENDING
 
     async def execute(self) -> GraphResult:
-        jobs = {
+        jobs: dict[asyncio.Future[Any], str] = {
             asyncio.ensure_future(self._guarded(tid)): tid for tid in self.graph.topological_order()
         }
         aborted = asyncio.ensure_future(self.abort_signal.wait())
@@ -178,7 +177,8 @@ class _Run:
                 )
                 pending.discard(aborted)
                 if aborted in done:
-                    self._mark(pending, jobs, TaskStatus.ABORTING)
+                    for job in pending:
+                        self.statuses[jobs[job]] = TaskStatus.ABORTING
                     raise AbortedJobError("graph run aborted")
                 if not done:
                     assert self.config.timeout is not None
@@ -197,12 +197,6 @@ class _Run:
                 if job.cancelled() or (job.done() and job.exception() is not None):
                     self.statuses[tid] = TaskStatus.FAILED
         return GraphResult(self.run_id, self.outputs, dict(self.statuses), self.cached)
-
-    def _mark(
-        self, pending: set[asyncio.Future[Any]], jobs: Mapping[Any, str], status: TaskStatus
-    ) -> None:
-        for job in pending:
-            self.statuses[jobs[job]] = status
 
     async def _guarded(self, tid: str) -> None:
         task = self.graph.tasks[tid]

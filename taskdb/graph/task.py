@@ -162,11 +162,6 @@ class TaskContext:
     def aborted(self) -> bool:
         return self.abort_signal.is_set()
 
-    @property
-    def input_ports_streaming(self) -> list[str]:
-        """The input ports fed by a stream edge."""
-        return list(self._streams)
-
     def input_stream(self, port: str) -> AsyncIterator[StreamEvent]:
         """The live events of input ``port`` (``KeyError`` if no stream edge feeds it)."""
         try:

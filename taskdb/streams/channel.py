@@ -35,13 +35,6 @@ class Channel(Generic[T]):
         self._abandoned = False
         self._error: BaseException | None = None
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     async def send(self, item: T) -> None:
         """Append ``item``; waits while the channel is full."""
         if self._closed:
