@@ -8,10 +8,14 @@ from typing import Any
 
 import pytest
 
-from taskdb.cache import MemoryTaskOutputRepository, is_cache_ref
+import taskdb
+from taskdb.cache import MemoryTaskOutputRepository, SqlTaskOutputRepository, is_cache_ref
 from taskdb.graph import StreamPump, Task, TaskContext, TaskGraph
+from taskdb.store.blobs import BlobStore
 from taskdb.streams import BinaryDelta, Finish, StreamEvent, TextDelta
 from tests.graph.tasks import BIN_OUT, TEXT_OUT, Bytes, Words
+
+MIB = 1024 * 1024
 
 
 class Digest(Task):
@@ -95,24 +99,32 @@ async def test_pipe_binary_to_cache_feeds_the_sink_and_resolves_at_end() -> None
     assert blob is not None and blob.read() == b"abcdef"
 
 
-async def test_pipe_binary_to_cache_commits_nothing_when_the_producer_fails() -> None:
-    cache = MemoryTaskOutputRepository()
-    ref, _detach = StreamPump.pipe_binary_to_cache(events(b"ab", fail=True), cache, "T", {}, "data")
+async def test_pipe_binary_to_cache_commits_nothing_when_the_producer_fails(
+    db: taskdb.Database,
+) -> None:
+    cache = SqlTaskOutputRepository(db)
+    ref, _detach = StreamPump.pipe_binary_to_cache(
+        events(bytes(3 * MIB), bytes(3 * MIB), fail=True), cache, "T", {}, "data"
+    )
     with pytest.raises(RuntimeError, match="producer died"):
         await ref
+    assert await BlobStore(db).list_blobs() == []
 
 
-async def test_detach_stops_piping_and_commits_nothing() -> None:
-    cache = MemoryTaskOutputRepository()
-    gate = asyncio.Event()
+async def test_detach_stops_piping_and_commits_nothing(db: taskdb.Database) -> None:
+    cache = SqlTaskOutputRepository(db)
+    written = asyncio.Event()
 
-    async def slow() -> AsyncIterator[StreamEvent]:
-        yield BinaryDelta("data", b"first")
-        await gate.wait()
-        yield BinaryDelta("data", b"never")
+    async def endless() -> AsyncIterator[StreamEvent]:
+        while True:  # more than one commit's worth, then the producer hangs
+            for _ in range(6):
+                yield BinaryDelta("data", bytes(MIB))
+            written.set()
+            await asyncio.Event().wait()
 
-    ref, detach = StreamPump.pipe_binary_to_cache(slow(), cache, "T", {}, "data")
-    await asyncio.sleep(0)
+    ref, detach = StreamPump.pipe_binary_to_cache(endless(), cache, "T", {}, "data")
+    await asyncio.wait_for(written.wait(), 30)
     detach()
     with pytest.raises(asyncio.CancelledError):
         await ref
+    assert await BlobStore(db).list_blobs() == []

@@ -115,7 +115,8 @@ async def test_a_stalled_consumer_bounds_its_producer() -> None:
     graph.add(stall)
     graph.connect("many", "text", "stall", "text")
     run = asyncio.ensure_future(graph.run(config=RunConfig(stream_buffer=16)))
-    await asyncio.sleep(0.05)  # let the producer run as far as it can
+    for _ in range(500):  # loop turns, not wall time: the producer runs as far as it can
+        await asyncio.sleep(0)
     assert produced <= 16 + 1, produced  # the buffer plus the one event in hand
     stall.release.set()
     result = await asyncio.wait_for(run, 10)
@@ -281,7 +282,8 @@ async def test_abort_mid_stream_stops_the_producer() -> None:
         await asyncio.wait_for(run, 10)
     assert stopped.is_set()
     count = produced
-    await asyncio.sleep(0.01)
+    for _ in range(100):
+        await asyncio.sleep(0)
     assert produced == count
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 import taskdb
+from taskdb import TaskFailed
 from taskdb.cache import (
     MemoryTaskOutputRepository,
     RunPrivateCacheRepo,
@@ -19,8 +21,10 @@ from taskdb.cache import (
     resolve_output,
 )
 from taskdb.graph import RunConfig, Task, TaskContext, TaskGraph
-from taskdb.streams import Blob, StreamEvent
-from tests.graph.tasks import Bytes, Length, Words
+from taskdb.store.blobs import BlobStore
+from taskdb.streams import BinaryDelta, Blob, StreamError, StreamEvent
+from tests.graph.tasks import BIN_OUT, Bytes, Length, Words
+from tests.helpers import eventually
 
 MIB = 1024 * 1024
 
@@ -189,3 +193,45 @@ async def test_ref_lookalikes_outside_binary_ports_are_never_resolved(
     assert first["doc"] == hit["doc"] == expected
     assert "doc" in hit.cached
     assert not is_cache_ref(expected["schema"])
+
+
+class BrokenBytes(Task):
+    """Streams 6 MiB of binary deltas, then fails or hangs (``hang``)."""
+
+    output_schema = BIN_OUT
+    hang = False
+
+    async def execute_stream(
+        self, inputs: dict[str, Any], ctx: TaskContext
+    ) -> AsyncIterator[StreamEvent]:
+        for _ in range(6):
+            yield BinaryDelta("data", bytes(MIB))
+        if self.hang:
+            await asyncio.Event().wait()
+        yield StreamError(OSError("encoder crashed"))
+
+
+async def test_a_failing_or_aborted_binary_stream_leaves_no_blob(db: taskdb.Database) -> None:
+    cache = SqlTaskOutputRepository(db)
+    graph = TaskGraph()
+    graph.add(BrokenBytes("broken"))
+    with pytest.raises(TaskFailed, match="encoder crashed"):
+        await graph.run(config=RunConfig(output_cache=cache, reference_threshold_bytes=0))
+    assert await BlobStore(db).list_blobs() == []
+
+    hanging = BrokenBytes("hanging")
+    hanging.hang = True
+    graph = TaskGraph()
+    graph.add(hanging)
+    abort = asyncio.Event()
+    run = asyncio.ensure_future(graph.run(config=RunConfig(output_cache=cache, abort_signal=abort)))
+
+    async def some_bytes_committed() -> bool:
+        return bool(await BlobStore(db).list_blobs(state="writing"))
+
+    await eventually(some_bytes_committed, lambda found: found)
+    abort.set()
+    with pytest.raises(taskdb.AbortedJobError):
+        await run
+    assert await BlobStore(db).list_blobs() == []
+    assert await cache.size() == 0

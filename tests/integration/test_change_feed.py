@@ -265,7 +265,12 @@ async def test_unsubscribe_stops_callbacks_and_lets_go_of_the_database(db_url: s
     first = await client.submit({})
     await eventually(lambda: asyncio.sleep(0, seen), lambda s: len(s) == 1, PROMPTLY)
     await unsubscribe()
-    await client.submit({})
-    await asyncio.sleep(0.05)  # several poll intervals: nothing more may arrive
+    after: list[taskdb.JobChange] = []
+    later = await client.subscribe_to_changes(after.append)
+    second = await client.submit({})
+    # a live subscription saw the second job: the stopped one had the same chance
+    await eventually(lambda: asyncio.sleep(0, after), lambda s: len(s) == 1, PROMPTLY)
+    assert after[0].job_id == second.id
     assert [c.job_id for c in seen] == [first.id]
+    await later()
     await db.aclose()

@@ -134,6 +134,8 @@ async def main():
     client = taskdb.JobQueueClient(db, "q", poll_interval=0.02)
     digest, texts, last = hashlib.sha256(), 0, None
     async for offset, event in client.follow(int(sys.argv[2]), int(sys.argv[3])):
+        if last is None:
+            print("first", flush=True)
         if isinstance(event, BinaryDelta):
             digest.update(event.chunk)
         elif isinstance(event, TextDelta):
@@ -153,7 +155,7 @@ def run_follower(url: str, job_id: int, from_offset: int = 0) -> list[str]:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return done.stdout.splitlines()[-1].split()
 
 
 async def test_a_follower_in_another_process_gets_the_exact_bytes(
@@ -175,10 +177,22 @@ async def test_a_follower_in_another_process_gets_the_exact_bytes(
 
     await serve(handler)
     handle = await client.submit({}, durable_stream=True)
-    live = asyncio.ensure_future(asyncio.to_thread(run_follower, db_url, handle.id))
-    await asyncio.sleep(0.3)  # let the follower attach while the job is mid-stream
+    live = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FOLLOWER,
+        db_url,
+        str(handle.id),
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert live.stdout is not None
+    # the follower has an event while the handler waits at chunk 3: it follows live
+    assert await asyncio.wait_for(live.stdout.readline(), 60) == b"first\n"
     gate.set()
-    assert await live == [digest.hexdigest(), "24", "finish"]
+    out, _ = await asyncio.wait_for(live.communicate(), 60)
+    assert live.returncode == 0
+    assert out.split() == [digest.hexdigest().encode(), b"24", b"finish"]
     # after the run, and reconnecting midway: offset 10 is chunk 5's binary delta
     assert run_follower(db_url, handle.id) == [digest.hexdigest(), "24", "finish"]
     rest = hashlib.sha256(b"".join(chunks[5:])).hexdigest()
