@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import deque
 
 from taskdb.errors import LeaseLost
@@ -75,7 +76,7 @@ class DurableStreamWriter:
                     continue
                 if self._offset < 0:
                     self._offset = await self._store.next_offset(job_id)
-                batch = [self._pending[i] for i in range(min(BATCH_EVENTS, len(self._pending)))]
+                batch = list(itertools.islice(self._pending, BATCH_EVENTS))
                 if not await self._store.append(job_id, attempt, worker_id, self._offset, batch):
                     raise LeaseLost(f"job {job_id}: lost before its stream was stored")
                 for _ in batch:
