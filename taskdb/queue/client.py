@@ -20,6 +20,7 @@ from taskdb.errors import (
     WaitTimeout,
     job_error_from_row,
 )
+from taskdb.queue.durable import closing_event
 from taskdb.queue.local import hub_for, sleep_until
 from taskdb.queue.models import (
     TERMINAL_STATUSES,
@@ -68,12 +69,6 @@ def _settled(task: asyncio.Future[None]) -> asyncio.Future[None]:
 
     task.add_done_callback(done)
     return settled
-
-
-def _closing_event(job: Job) -> StreamEvent:
-    if job.status is JobStatus.COMPLETED:
-        return Finish({"output": job.output})
-    return StreamError(job_error_from_row(job.error_code, job.error))
 
 
 def job_result(job: Job) -> Any:
@@ -388,7 +383,7 @@ class JobQueueClient:
             if job.status.terminal:
                 if await store.read(job_id, offset, 1):
                     continue  # appended meanwhile
-                yield offset, _closing_event(job)
+                yield offset, closing_event(job)
                 return
             await asyncio.sleep(interval)
 

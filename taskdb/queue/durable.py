@@ -14,13 +14,22 @@ import contextlib
 import itertools
 from collections import deque
 
-from taskdb.errors import LeaseLost
+from taskdb.errors import LeaseLost, job_error_from_row
+from taskdb.queue.models import Job, JobStatus
 from taskdb.store.streams import StreamStore
-from taskdb.streams.events import BinaryDelta, StreamEvent
+from taskdb.streams.events import BinaryDelta, Finish, StreamError, StreamEvent
 
 HIGH_WATER_BYTES = 8 * 1024 * 1024
 HIGH_WATER_EVENTS = 1024
 BATCH_EVENTS = 256
+
+
+def closing_event(job: Job) -> StreamEvent:
+    """The last event of an ended job's stream, read off its row: ``Finish`` with
+    the stored output, or the stored error as a ``StreamError``."""
+    if job.status is JobStatus.COMPLETED:
+        return Finish({"output": job.output})
+    return StreamError(job_error_from_row(job.error_code, job.error))
 
 
 class DurableStreamWriter:

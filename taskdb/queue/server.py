@@ -28,23 +28,22 @@ from taskdb.errors import (
     InvalidJobInput,
     StorageError,
     TaskdbError,
-    job_error_from_row,
 )
 from taskdb.queue.batcher import Batcher
 from taskdb.queue.client import Clock, StreamCallback, Unsubscribe, utcnow
 from taskdb.queue.context import JobContext
-from taskdb.queue.durable import DurableStreamWriter
+from taskdb.queue.durable import DurableStreamWriter, closing_event
 from taskdb.queue.limiters import Limiter, NullLimiter
 from taskdb.queue.local import hub_for, sleep_until
 from taskdb.queue.models import JobStatus
 from taskdb.queue.outputs import needs_storing, store_output
-from taskdb.queue.retry import Complete, Fail, Outcome, Retry, RetryPolicy, decide_failure
+from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.jobs import Claim, JobStore
 from taskdb.store.notify import Listener
 from taskdb.store.streams import StreamStore
-from taskdb.streams.events import EVENT_TYPES, Finish, Phase, StreamError, StreamEvent
+from taskdb.streams.events import EVENT_TYPES, Phase
 
 log = logging.getLogger("taskdb.server")
 
@@ -314,7 +313,7 @@ class JobQueueServer:
             if outcome is not None:
                 status = await self._record(run, outcome)
                 if run.stream is not None and status in (JobStatus.COMPLETED, JobStatus.FAILED):
-                    await self._close_stream(run, outcome)
+                    await self._close_stream(run)
         except Exception:
             log.exception("job %s: unexpected error in the server", job.id)
         finally:
@@ -401,14 +400,11 @@ class JobQueueServer:
         except TaskdbError as exc:  # fenced out or the database is away: the run goes on
             log.warning("job %s: its durable stream is incomplete: %s", run.job.id, exc)
 
-    async def _close_stream(self, run: _Run, outcome: Outcome) -> None:
-        """End an ended job's durable stream with its output or its error."""
-        if isinstance(outcome, Complete):
-            event: StreamEvent = Finish({"output": outcome.output})
-        else:
-            assert isinstance(outcome, Fail | Retry)
-            event = StreamError(job_error_from_row(outcome.error_code, outcome.error))
+    async def _close_stream(self, run: _Run) -> None:
+        """End an ended job's durable stream as its row ended (what was stored, not
+        what the handler returned: an abort may have won, the output been refused)."""
         try:
+            event = closing_event(await self._store.get(run.job.id))
             await self._streams.append_terminal(run.job.id, run.job.attempts, event)
         except TaskdbError as exc:  # a follower falls back on the job row
             log.warning("job %s: could not close its durable stream: %s", run.job.id, exc)

@@ -243,3 +243,43 @@ async def test_following_a_large_binary_stream_keeps_memory_bounded(
     digest, grown_mib = done.stdout.split()
     assert digest == hashlib.sha256(chunk * total).hexdigest()
     assert int(grown_mib) < 48, f"the follower grew by {grown_mib} MiB for a 96 MiB stream"
+
+
+async def test_the_stream_ends_as_the_row_did_when_the_output_is_refused(
+    client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        ctx.emit_stream_event(TextDelta("text", "done, but"))
+        return {"not json": {1, 2}}  # the database refuses it: the job fails
+
+    await serve(handler)
+    handle = await client.submit({}, durable_stream=True, max_retries=0)
+    with pytest.raises(taskdb.JobError):
+        await handle.wait(timeout=30)
+    events = [e for _, e in await collect(client, handle.id)]
+    assert events[0] == TextDelta("text", "done, but")
+    assert isinstance(events[-1], StreamError) and len(events) == 2
+    assert (await client.get(handle.id)).error_code == "InvalidJobInput"
+
+
+async def test_an_abort_that_wins_over_a_late_completion_ends_the_stream_failed(
+    client: JobQueueClient, serve: Callable[..., Any]
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(input: Any, ctx: JobContext) -> Any:
+        ctx.emit_stream_event(TextDelta("text", "working"))
+        started.set()
+        await ctx.abort_signal.wait()
+        return {"ok": True}  # completes anyway, inside the grace period
+
+    await serve(handler, abort_grace_seconds=30)
+    handle = await client.submit({}, durable_stream=True)
+    await asyncio.wait_for(started.wait(), 30)
+    await client.abort(handle.id)
+    with pytest.raises(taskdb.AbortedJobError):
+        await handle.wait(timeout=30)
+    events = [e for _, e in await collect(client, handle.id)]
+    assert events[0] == TextDelta("text", "working")
+    assert isinstance(events[-1], StreamError)
+    assert isinstance(events[-1].error, taskdb.AbortedJobError)
