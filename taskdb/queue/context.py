@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from taskdb.errors import InvalidJobInput
@@ -39,9 +39,8 @@ class JobContext:
 
     __slots__ = ("_emit", "_job", "_row", "_write_progress", "abort_signal")
 
-    def __init__(
-        self, row: Mapping[str, Any], write_progress: ProgressWriter, emit: StreamEmitter
-    ) -> None:
+    def __init__(self, row: Any, write_progress: ProgressWriter, emit: StreamEmitter) -> None:
+        """``row`` is the claimed row (a named tuple: ``_asdict()`` maps it)."""
         self._row = row
         self._job: Job | None = None
         self.abort_signal = asyncio.Event()
@@ -52,7 +51,7 @@ class JobContext:
     def job(self) -> Job:
         """The job row as claimed (built on first use: most handlers never ask)."""
         if self._job is None:
-            self._job = Job.model_validate(self._row)
+            self._job = Job.model_validate(self._row._asdict())
         return self._job
 
     @property

@@ -295,7 +295,7 @@ class JobQueueServer:
             stream = DurableStreamWriter(self._streams, job.id, job.attempts, self.worker_id)
             if job.attempts > 1:  # a retried job's stream restarts, marked
                 stream.add(Phase(f"attempt {job.attempts}", None))
-        ctx = JobContext(job._mapping, self._progress_writer(claim), self._emitter(job.id, stream))
+        ctx = JobContext(job, self._progress_writer(claim), self._emitter(job.id, stream))
         run = _Run(job, claim, ctx, stream=stream)
         self._running[job.id] = run
         self._executing += 1

@@ -83,6 +83,13 @@ def _parse_url(raw: str) -> tuple[URL, Dialect]:
     )
 
 
+def connection_lost(orig: BaseException, where: str, *, retryable: bool = True) -> StorageError:
+    """The error for a connection that died (before COMMIT: ``retryable``)."""
+    err = StorageError(f"database {where} connection lost: {str(orig).strip()}")
+    err.retryable = retryable
+    return err
+
+
 def translate_error(exc: BaseException, where: str, *, retryable: bool = True) -> TaskdbError:
     """Map a driver exception to the taskdb error tree.
 
@@ -98,9 +105,7 @@ def translate_error(exc: BaseException, where: str, *, retryable: bool = True) -
         if isinstance(exc.orig, TypeError | ValueError):
             return InvalidJobInput(f"value is not JSON: {exc.orig}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        err = StorageError(f"database {where} connection lost: {str(exc.orig).strip()}")
-        err.retryable = retryable
-        return err
+        return connection_lost(exc.orig or exc, where, retryable=retryable)
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     lowered = detail.lower()

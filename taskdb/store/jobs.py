@@ -25,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
     Boolean,
     Integer,
-    Row,
     and_,
     bindparam,
     case,
@@ -33,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -53,6 +53,7 @@ from taskdb.queue.retry import Complete, Fail, Outcome, Retry
 from taskdb.store import feed, postgres, sqlite
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
+from taskdb.store.driver import DriverStatement
 from taskdb.store.feed import ChangeCursor
 from taskdb.store.schema import (
     ACTIVE_STATUSES,
@@ -67,7 +68,7 @@ from taskdb.store.schema import (
 M = TypeVar("M", bound=BaseModel)
 KindOf = Callable[[Any], Any]  # a change kind as an SQL expression over the changed rows
 
-_RUNNING = ("PROCESSING", "ABORTING")
+_RUNNING = (JobStatus.PROCESSING, JobStatus.ABORTING)
 _ABORTED = "AbortedJobError"
 _SUBMIT_COLUMNS = ("ord", "input", "input_digest")
 _FINISH_COLUMNS = (
@@ -130,11 +131,11 @@ class Claim:
     attempts: int
 
 
-def _model(model: type[M], row: Row[Any], **extra: Any) -> M:
+def _model(model: type[M], row: Any, **extra: Any) -> M:
     """Validate a row (and ``extra`` fields) into a model; a malformed row is a
     StorageError, not a crash."""
     try:
-        return model.model_validate({**row._mapping, **extra} if extra else row._mapping)
+        return model.model_validate({**row._asdict(), **extra})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -185,6 +186,14 @@ def _p(name: str, type_: Any = None) -> Any:
     return bindparam(f"p_{name}", type_=type_)
 
 
+def _status_is(*statuses: JobStatus) -> Any:
+    """``status`` is one of ``statuses``, written into the SQL: the generic plan of a
+    prepared statement can then use the partial indexes on status (a bound value
+    would leave PostgreSQL re-planning every execution or scanning the table)."""
+    consts: list[Any] = [literal_column(f"'{s.value}'") for s in statuses]
+    return jobs.c.status == consts[0] if len(consts) == 1 else jobs.c.status.in_(consts)
+
+
 def _now() -> Any:
     return _p("now", UtcDateTime())
 
@@ -212,15 +221,15 @@ class _Statements:
         self.claim = self._claim()
         self.finish = self._finish()
         self.heartbeat, self.held = self._heartbeat()
-        self.aborting = select(jobs.c.id).where(
-            d.id_in(jobs.c.id), jobs.c.status == JobStatus.ABORTING.value
-        )
+        self.aborting = select(jobs.c.id).where(d.id_in(jobs.c.id), _status_is(JobStatus.ABORTING))
         self.progress = self._progress()
         self.release = self._release()
         self.reap_leases, self.reap_deadlines = self._reap()
         self.abort_job, self.abort_run = self._abort()
         self.retry_now = self._retry_now()
         self.insert_many = self._insert_many()
+        # recorded writes compiled for the driver on first use, by id() (PostgreSQL)
+        self.driver: dict[int, DriverStatement] = {}
 
     # -- building blocks ---------------------------------------------------------------
 
@@ -262,7 +271,7 @@ class _Statements:
             select(jobs.c.id)
             .where(
                 jobs.c.queue == _p("queue"),
-                jobs.c.status == JobStatus.PENDING.value,
+                _status_is(JobStatus.PENDING),
                 jobs.c.run_after <= _now(),
                 or_(jobs.c.deadline.is_(None), jobs.c.deadline > _now()),
             )
@@ -292,7 +301,7 @@ class _Statements:
                 jobs.c.id == v.c.id,
                 jobs.c.attempts == v.c.attempts,
                 jobs.c.worker_id == _p("worker_id"),
-                jobs.c.status.in_(_RUNNING),
+                _status_is(*_RUNNING),
             )
             .values(
                 status=case((aborting, JobStatus.FAILED.value), else_=v.c.status),
@@ -312,7 +321,7 @@ class _Statements:
         mine = and_(
             self.d.id_in(jobs.c.id),
             jobs.c.worker_id == _p("worker_id"),
-            jobs.c.status.in_(_RUNNING),
+            _status_is(*_RUNNING),
         )
         # SKIP LOCKED: never wait on (or deadlock with) a batch of outcomes being
         # written; a row skipped now is read by ``held`` and renewed next beat.
@@ -333,7 +342,7 @@ class _Statements:
                 jobs.c.id == _p("job_id"),
                 jobs.c.worker_id == _p("worker_id"),
                 jobs.c.attempts == _p("attempts"),
-                jobs.c.status.in_(_RUNNING),
+                _status_is(*_RUNNING),
             )
             .values(
                 progress=_p("progress"),
@@ -350,7 +359,7 @@ class _Statements:
             .where(
                 self.d.id_in(jobs.c.id),
                 jobs.c.worker_id == _p("worker_id"),
-                jobs.c.status == JobStatus.PROCESSING.value,
+                _status_is(JobStatus.PROCESSING),
             )
             .values(
                 status=JobStatus.PENDING.value,
@@ -371,7 +380,7 @@ class _Statements:
             select(jobs.c.id)
             .where(
                 jobs.c.queue == _p("queue"),
-                jobs.c.status.in_(_RUNNING),
+                _status_is(*_RUNNING),
                 jobs.c.lease_expires_at < _now(),
             )
             .with_for_update(skip_locked=True)
@@ -397,7 +406,7 @@ class _Statements:
             update(jobs)
             .where(
                 jobs.c.queue == _p("queue"),
-                jobs.c.status == JobStatus.PENDING.value,
+                _status_is(JobStatus.PENDING),
                 jobs.c.deadline <= _now(),
             )
             .values(
@@ -414,7 +423,7 @@ class _Statements:
         pending = jobs.c.status == JobStatus.PENDING.value
         dml = (
             update(jobs)
-            .where(jobs.c.status.in_(ACTIVE_STATUSES), jobs.c.status != "ABORTING")
+            .where(_status_is(JobStatus.PENDING, JobStatus.PROCESSING))
             .values(
                 status=case((pending, JobStatus.FAILED.value), else_=JobStatus.ABORTING.value),
                 error=case((pending, "aborted"), else_=jobs.c.error),
@@ -431,7 +440,7 @@ class _Statements:
     def _retry_now(self) -> _Recorded:
         dml = (
             update(jobs)
-            .where(jobs.c.id == _p("job_id"), jobs.c.status == JobStatus.FAILED.value)
+            .where(jobs.c.id == _p("job_id"), _status_is(JobStatus.FAILED))
             .values(
                 status=JobStatus.PENDING.value,
                 max_retries=case(
@@ -451,7 +460,7 @@ class _Statements:
         source = select(
             _p("queue"),
             literal(JobStatus.PENDING.value),
-            v.c.input,
+            func.coalesce(v.c.input, self.d.JSON_NULL),  # a row source reads JSON null as NULL
             v.c.input_digest,
             _p("max_retries", Integer()),
             _p("priority", Integer()),
@@ -499,10 +508,16 @@ class JobStore:
 
     async def _write(
         self, conn: AsyncConnection, stmt: _Recorded, params: dict[str, Any]
-    ) -> list[Row[Any]]:
-        """Run a recorded write; returns the changed rows."""
+    ) -> list[Any]:
+        """Run a recorded write; returns the changed rows (attribute access, ``_asdict``)."""
+        if stmt.record is None:  # PostgreSQL: one statement, run on the driver
+            compiled = self._s.driver.get(id(stmt))
+            if compiled is None:
+                compiled = DriverStatement.compile(stmt.main, conn.dialect)
+                self._s.driver[id(stmt)] = compiled
+            return await compiled.execute(conn, params, self.db.safe_url)
         rows = list((await conn.execute(stmt.main, params)).all())
-        if stmt.record is not None and rows:
+        if rows:
             ids = self._d.encode_ids([r.id for r in rows])
             await conn.execute(stmt.record, {"p_now": params["p_now"], "ids": ids})
         return rows
@@ -713,7 +728,7 @@ class JobStore:
     @_retrying
     async def claim_rows(
         self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
-    ) -> list[Row[Any]]:
+    ) -> list[Any]:
         """Atomically take up to ``limit`` runnable jobs: highest priority, then
         ``run_after``, then submission order. No job is ever handed to two claims.
 

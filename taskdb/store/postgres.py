@@ -16,12 +16,14 @@ from sqlalchemy import (
     bindparam,
     column,
     func,
+    literal_column,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as insert
 
 # Changed rows and their change records can be written in one statement.
 DML_CTES = True
+JSON_NULL = literal_column("'null'::jsonb")
 
 _TYPES: dict[str, Any] = {
     "id": BigInteger(),
@@ -78,6 +80,7 @@ def advisory_lock_sql() -> str:
 
 __all__ = [
     "DML_CTES",
+    "JSON_NULL",
     "advisory_lock_sql",
     "batch_source",
     "encode_batch",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, FromClause, bindparam, func, select
+from sqlalchemy import JSON, ColumnElement, FromClause, bindparam, func, literal_column, select
 from sqlalchemy.dialects.sqlite import insert as insert
 
 from taskdb.store.database import dumps
@@ -14,6 +14,7 @@ from taskdb.store.schema import SQLITE_TIME_FORMAT
 
 # SQLite has no data-modifying CTEs: a change record is a second statement.
 DML_CTES = False
+JSON_NULL = literal_column("'null'")
 
 _JSON_COLUMNS = frozenset({"input", "output"})
 
@@ -58,6 +59,7 @@ def advisory_lock_sql() -> None:
 
 __all__ = [
     "DML_CTES",
+    "JSON_NULL",
     "advisory_lock_sql",
     "batch_source",
     "encode_batch",

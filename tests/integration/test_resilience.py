@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -13,6 +14,9 @@ from sqlalchemy import make_url, text
 
 import taskdb
 from taskdb import JobContext, JobQueueClient, JobQueueServer
+from taskdb.queue.models import JobStatus
+from taskdb.queue.retry import Complete
+from taskdb.store.jobs import Claim, JobStore
 from tests.conftest import pg_database_url
 from tests.helpers import eventually
 
@@ -72,6 +76,27 @@ async def test_killed_idle_connection_costs_the_caller_nothing(fresh_pg_url: str
     assert killed is not None and killed[0] >= 1
     assert (await client.get(handle.id)).input == {"n": 1}  # no error reaches the caller
     assert (await client.submit({"n": 2})).id > handle.id
+    await db.aclose()
+
+
+async def test_killed_connection_under_a_worker_write_is_retried(fresh_pg_url: str) -> None:
+    """Claims and outcomes run on the pooled psycopg connection itself: a dead one
+    is invalidated in the pool and the write retried once, as for any statement."""
+    db = taskdb.connect(fresh_pg_url)
+    store = JobStore(db)
+    await JobQueueClient(db, "q").submit_batch([1, 2])
+    now = datetime.now(UTC)
+    (first,) = await store.claim("q", "w", 1, now, 30)
+    name = make_url(fresh_pg_url).database
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+    (second,) = await store.claim("q", "w", 1, now, 30)  # no error reaches the caller
+    done = await store.finish("w", [(Claim(second.id, second.attempts), Complete(2))], now)
+    assert (first.input, second.input, done) == (1, 2, {second.id: JobStatus.COMPLETED})
     await db.aclose()
 
 

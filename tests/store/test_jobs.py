@@ -313,3 +313,20 @@ async def test_rate_slots_hold_a_sliding_window(store: JobStore) -> None:
 async def test_unknown_job_raises(store: JobStore) -> None:
     with pytest.raises(JobNotFound, match="999"):
         await store.get(999)
+
+
+async def test_none_and_other_json_scalars_are_valid_inputs(store: JobStore) -> None:
+    values: list[Any] = [None, 0, "", [], False]
+    options = JobOptions(run_after=T0, max_retries=0)
+    ids = await store.submit(Q, options, [NewJob(v, input_digest(v)) for v in values], T0)
+    assert [(await store.get(i)).input for i in ids] == values
+    claimed = await store.claim(Q, "w", 10, T0, 30)
+    assert [j.input for j in claimed] == values
+
+
+async def test_claimed_rows_carry_utc_datetimes(store: JobStore) -> None:
+    await submit(store, Q, [new(deadline=at(60))], T0)
+    (job,) = await store.claim(Q, "w", 1, T0, 30)
+    for when in (job.run_after, job.deadline, job.lease_expires_at, job.created_at):
+        assert when is not None and when.tzinfo is UTC
+    assert job.lease_expires_at == at(30)
