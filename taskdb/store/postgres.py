@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as insert
 
 # Changed rows and their change records can be written in one statement.
 DML_CTES = True
-JSON_NULL = literal_column("'null'::jsonb")
+JSON_NULL: ColumnElement[Any] = literal_column("'null'::jsonb")
 
 _TYPES: dict[str, Any] = {
     "id": BigInteger(),

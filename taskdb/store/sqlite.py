@@ -14,7 +14,7 @@ from taskdb.store.schema import SQLITE_TIME_FORMAT
 
 # SQLite has no data-modifying CTEs: a change record is a second statement.
 DML_CTES = False
-JSON_NULL = literal_column("'null'")
+JSON_NULL: ColumnElement[Any] = literal_column("'null'")
 
 _JSON_COLUMNS = frozenset({"input", "output"})
 
