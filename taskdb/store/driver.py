@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Select
+from sqlalchemy import CompoundSelect, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,15 +31,21 @@ Processor = Callable[[Any], Any]
 class DriverStatement:
     """A compiled SELECT (a data-modifying CTE on PostgreSQL) and how to bind it."""
 
-    sql: str
+    sql: str  # with PostgreSQL's own $n placeholders
+    order: tuple[str, ...]  # the bind parameter of each placeholder
     fixed: dict[str, Any]  # values the statement carries (literals), already processed
     binds: tuple[tuple[str, Processor], ...]  # processors of the caller's values
     row: Any  # a namedtuple class named after the selected columns
     results: tuple[tuple[int, Processor], ...]  # result processors by column index
 
     @classmethod
-    def compile(cls, stmt: Select[Any], dialect: Dialect) -> DriverStatement:
-        compiled = stmt.compile(dialect=dialect)
+    def compile(cls, stmt: Select[Any] | CompoundSelect[Any], dialect: Dialect) -> DriverStatement:
+        """Compile for ``dialect`` (its type processors), with ``$n`` placeholders:
+        psycopg then sends the SQL as is (no per-execution placeholder parsing,
+        which it caches only for statements shorter than 4 KiB)."""
+        positional: Dialect = cast(Any, type(dialect))(paramstyle="numeric_dollar")
+        compiled = stmt.compile(dialect=positional)
+        assert compiled.positiontup is not None
         fixed: dict[str, Any] = {}
         binds: list[tuple[str, Processor]] = []
         for bind, name in compiled.bind_names.items():
@@ -58,7 +64,8 @@ class DriverStatement:
             if process is not None:
                 results.append((i, process))
         row = namedtuple("Row", [c.name for c in columns])  # type: ignore[misc]
-        return cls(compiled.string, fixed, tuple(binds), row, tuple(results))
+        order = tuple(compiled.positiontup)
+        return cls(compiled.string, order, fixed, tuple(binds), row, tuple(results))
 
     async def execute(self, conn: AsyncConnection, values: dict[str, Any], where: str) -> list[Any]:
         """Run with ``values`` for the statement's bind parameters; returns its rows
@@ -68,13 +75,15 @@ class DriverStatement:
         retryable :class:`StorageError`; other driver errors propagate for
         :func:`taskdb.store.database.translate_error`.
         """
-        params = self.fixed | values
+        named = self.fixed | values
         for name, process in self.binds:
-            params[name] = process(params[name])
+            named[name] = process(named[name])
+        params = [named[name] for name in self.order]
         pooled = conn.sync_connection.connection  # type: ignore[union-attr]
         driver = cast(psycopg.AsyncConnection[Any], pooled.driver_connection)
         try:
-            cursor = await driver.execute(self.sql, params)
+            cursor = psycopg.AsyncRawCursor(driver)
+            await cursor.execute(self.sql, params)
             raw = await cursor.fetchall()
         except psycopg.Error as exc:
             if driver.broken or driver.closed:
