@@ -23,6 +23,11 @@ class Batcher(Generic[Item, Result]):
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._draining: asyncio.Task[None] | None = None
 
+    @property
+    def busy(self) -> bool:
+        """Items are waiting or being flushed."""
+        return bool(self._pending) or (self._draining is not None and not self._draining.done())
+
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))

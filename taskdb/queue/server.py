@@ -137,6 +137,7 @@ class JobQueueServer:
         self._hub = hub_for(db)
         self._running: dict[int, _Run] = {}  # claimed and not yet recorded
         self._executing = 0  # runs holding a slot (their handler has not returned)
+        self._claiming = 0  # slots that claims in flight may fill
         self._listeners: defaultdict[int, list[StreamCallback]] = defaultdict(list)
         self._finisher: Batcher[tuple[Claim, Outcome], dict[int, JobStatus]] = Batcher(self._flush)
         self._wake = asyncio.Event()
@@ -221,44 +222,56 @@ class JobQueueServer:
 
     # -- claiming ------------------------------------------------------------------
 
+    def _claimable(self) -> int:
+        """How many jobs a claim may take now (free slots no claim in flight fills)."""
+        # Outcomes are written in the background; cap that backlog at one server's
+        # worth so a slow database slows claiming down.
+        if self._stopping or len(self._running) >= 2 * self.workers:
+            return 0
+        return min(self.workers - self._executing - self._claiming, self.batch_size)
+
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            # Outcomes are written in the background; cap that backlog at one
-            # server's worth so a slow database slows claiming down.
-            free = self.workers - self._executing
-            if len(self._running) >= 2 * self.workers:
-                free = 0
-            if free <= 0:
+            want = self._claimable()
+            # While outcomes are being written, their flush claims for the free slots.
+            if want <= 0 or self._finisher.busy:
                 await self._sleep(None)
                 continue
-            want = min(free, self.batch_size)
             now = self._clock()
             try:
                 grant = await self.limiter.reserve(want, now)
                 if grant == 0:
                     await self._sleep(self._until(self.limiter.next_time(now)))
                     continue
-                jobs = await self._store.claim_rows(
-                    self.queue, self.worker_id, grant, now, self.lease_seconds
-                )
-                if len(jobs) < grant:
-                    await self.limiter.unreserve(grant - len(jobs), now)
+                self._claiming += grant
+                try:
+                    jobs = await self._store.claim_rows(
+                        self.queue, self.worker_id, grant, now, self.lease_seconds
+                    )
+                finally:
+                    self._claiming -= grant
+                await self._took(jobs, grant, now)
                 failures = 0
             except TaskdbError as exc:
                 failures += 1
                 log.warning("claim failed (%s); retrying", exc)
                 await self._sleep(min(self.poll_interval * 2**failures, 10.0))
                 continue
-            self._stats.claimed += len(jobs)
-            for job in jobs:
-                self._launch(job)
             # Short of runnable jobs: from now on, wake on NOTIFY of new work, and
             # claim once more first (what committed before the watch notified nobody).
             if self._listen_for_work(len(jobs) < grant):
                 continue
             if len(jobs) < want:
                 await self._sleep(self.poll_interval)
+
+    async def _took(self, jobs: Sequence[Any], grant: int, now: datetime) -> None:
+        """Start the jobs a claim of ``grant`` returned."""
+        if len(jobs) < grant:
+            await self.limiter.unreserve(grant - len(jobs), now)
+        self._stats.claimed += len(jobs)
+        for job in jobs:
+            self._launch(job)
 
     def _listen_for_work(self, idle: bool) -> bool:
         """Watch for work notifications while idle only (a busy server's LISTEN would
@@ -324,7 +337,7 @@ class JobQueueServer:
                 del self._running[job.id]
                 self._listeners.pop(job.id, None)
             if run.releasing:
-                await self._release(run)
+                await self._release([run.claim])
             if run.stream is not None:
                 run.stream.abandon()
             self._wake.set()
@@ -443,6 +456,35 @@ class JobQueueServer:
         return status
 
     async def _flush(self, items: Sequence[tuple[Claim, Outcome]]) -> dict[int, JobStatus]:
+        """Write a batch of outcomes and, in the same round trip, claim jobs for the
+        slots that are free (a busy worker's one statement per batch)."""
+        now = self._clock()
+        want = self._claimable()
+        grant = await self.limiter.reserve(want, now) if want > 0 else 0
+        if grant == 0:
+            return await self._finish(items)
+        self._claiming += grant
+        try:
+            statuses, jobs = await self._store.finish_and_claim(
+                self.worker_id,
+                items,
+                now,
+                queue=self.queue,
+                limit=grant,
+                lease_seconds=self.lease_seconds,
+            )
+        except InvalidJobInput:  # nothing was written: outcomes alone, claims later
+            await self.limiter.unreserve(grant, now)
+            return await self._finish(items)
+        finally:
+            self._claiming -= grant
+        if self._stopping and jobs:  # stop() no longer waits for new runs: give them back
+            await self._release([Claim(job.id, job.attempts) for job in jobs])
+            jobs = []
+        await self._took(jobs, grant, now)
+        return statuses
+
+    async def _finish(self, items: Sequence[tuple[Claim, Outcome]]) -> dict[int, JobStatus]:
         """Write a batch of outcomes. If a value is rejected (not JSON, or refused by
         the database: PostgreSQL jsonb has no ``\\u0000``), write the items one by one
         so one bad output cannot sink its siblings; the rejected one fails its job."""
@@ -452,18 +494,20 @@ class JobQueueServer:
             if len(items) > 1:
                 statuses: dict[int, JobStatus] = {}
                 for item in items:
-                    statuses |= await self._flush([item])
+                    statuses |= await self._finish([item])
                 return statuses
             ((claim, _),) = items
             rejected = Fail(f"output rejected: {exc}", InvalidJobInput.__name__)
             return await self._store.finish(self.worker_id, [(claim, rejected)], self._clock())
 
-    async def _release(self, run: _Run) -> None:
+    async def _release(self, claims: Sequence[Claim]) -> None:
+        """Give claimed jobs back to PENDING (the attempt does not count)."""
         try:
-            released = await self._store.release(self.worker_id, [run.claim], self._clock())
+            released = await self._store.release(self.worker_id, claims, self._clock())
             self._stats.released += released
         except TaskdbError as exc:
-            log.warning("job %s: release failed (%s); its lease will expire", run.job.id, exc)
+            ids = ", ".join(str(c.job_id) for c in claims)
+            log.warning("job %s: release failed (%s); its lease will expire", ids, exc)
 
     def _progress_writer(self, claim: Claim) -> Callable[[float, str | None, Any], Awaitable[None]]:
         async def write(progress: float, message: str | None, details: Any) -> None:

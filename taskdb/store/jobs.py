@@ -37,6 +37,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -157,6 +158,11 @@ def _derived_kind(c: Any, pending: ChangeKind = ChangeKind.RETRIED) -> Any:
     )
 
 
+def _claim_order(row: Any) -> tuple[int, datetime, int]:
+    """The order claimed jobs start in: highest priority, then ``run_after``, then id."""
+    return (-row.priority, row.run_after, row.id)
+
+
 def _requeued_kind(c: Any) -> Any:
     return _derived_kind(c, pending=ChangeKind.REQUEUED)
 
@@ -220,6 +226,7 @@ class _Statements:
         self.record_ids = {kind: self._record_by_ids(kind) for kind in ChangeKind}
         self.claim = self._claim()
         self.finish = self._finish()
+        self.finish_and_claim = _Recorded(self._finish_and_claim(), None) if d.DML_CTES else None
         self.heartbeat, self.held = self._heartbeat()
         self.aborting = select(jobs.c.id).where(d.id_in(jobs.c.id), _status_is(JobStatus.ABORTING))
         self.progress = self._progress()
@@ -234,8 +241,8 @@ class _Statements:
     # -- building blocks ---------------------------------------------------------------
 
     @staticmethod
-    def _changes_from(c: Any, kind: ChangeKind | KindOf | None, where: Any = None) -> Any:
-        """INSERT of one change per row of ``c`` (the table, or a CTE of changed rows)."""
+    def _change_rows(c: Any, kind: ChangeKind | KindOf | None) -> Any:
+        """One change row per row of ``c`` (the table, or a CTE of changed rows)."""
         expr: Any
         if kind is None:
             expr = _derived_kind(c)
@@ -243,7 +250,11 @@ class _Statements:
             expr = literal(kind.value)
         else:
             expr = kind(c)
-        rows = select(c.id, c.queue, expr, c.status, c.attempts, c.progress, _now())
+        return select(c.id, c.queue, expr, c.status, c.attempts, c.progress, _now())
+
+    def _changes_from(self, c: Any, kind: ChangeKind | KindOf | None, where: Any = None) -> Any:
+        """INSERT of one change per row of ``c``."""
+        rows = self._change_rows(c, kind)
         if where is not None:
             rows = rows.where(where).order_by(c.id)
         return insert(job_changes).from_select(_CHANGE_FIELDS, rows)
@@ -266,7 +277,8 @@ class _Statements:
 
     # -- statements --------------------------------------------------------------------
 
-    def _claim(self) -> _Recorded:
+    @staticmethod
+    def _claim_dml() -> Any:
         runnable = (
             select(jobs.c.id)
             .where(
@@ -290,9 +302,12 @@ class _Statements:
                 updated_at=_now(),
             )
         )
-        return self._recorded(dml, ChangeKind.CLAIMED, returning=list(jobs.c))
+        return dml
 
-    def _finish(self) -> _Recorded:
+    def _claim(self) -> _Recorded:
+        return self._recorded(self._claim_dml(), ChangeKind.CLAIMED, returning=list(jobs.c))
+
+    def _finish_dml(self) -> Any:
         v = self.d.batch_source(_FINISH_COLUMNS)
         aborting = jobs.c.status == JobStatus.ABORTING.value
         dml = (
@@ -315,7 +330,27 @@ class _Statements:
                 updated_at=_now(),
             )
         )
-        return self._recorded(dml)
+        return dml
+
+    def _finish(self) -> _Recorded:
+        return self._recorded(self._finish_dml())
+
+    def _finish_and_claim(self) -> Any:
+        """PostgreSQL: outcomes written and new jobs claimed in one statement. It
+        returns a row per claimed job and one row whose ``finished`` is a JSON array
+        of ``[id, status]`` of the outcomes written. The two updates touch
+        disjoint rows (running ones, pending ones) and see one snapshot, so a job
+        retried by an outcome is not claimed back by the same statement."""
+        finished = self._finish_dml().returning(*_CHANGE_COLS).cte("finished")
+        claimed = self._claim_dml().returning(*jobs.c).cte("claimed")
+        changes = union_all(
+            self._change_rows(finished.c, None),
+            self._change_rows(claimed.c, ChangeKind.CLAIMED),
+        )
+        recorded = insert(job_changes).from_select(_CHANGE_FIELDS, changes).cte("recorded")
+        pairs = func.json_agg(func.json_build_array(finished.c.id, finished.c.status))
+        outcomes = select(func.coalesce(pairs, text("'[]'::json")), *(null() for _ in claimed.c))
+        return union_all(select(null().label("finished"), *claimed.c), outcomes).add_cte(recorded)
 
     def _heartbeat(self) -> tuple[Any, Any]:
         mine = and_(
@@ -735,17 +770,20 @@ class JobStore:
         Returns the claimed rows as the database wrote them (the server's hot
         path); :meth:`claim` returns them as :class:`Job` models.
         """
-        params = _params(
-            queue=queue,
-            worker_id=worker_id,
-            limit=limit,
-            now=now,
-            lease_until=now + timedelta(seconds=lease_seconds),
-        )
+        params = self._claim_params(queue, worker_id, limit, now, lease_seconds)
         async with self.db.transaction(atomic=self._atomic) as conn:
             rows = await self._write(conn, self._s.claim, params)
-        rows.sort(key=lambda r: (-r.priority, r.run_after, r.id))
+        rows.sort(key=_claim_order)
         return rows
+
+    @staticmethod
+    def _claim_params(
+        queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
+    ) -> dict[str, Any]:
+        lease_until = now + timedelta(seconds=lease_seconds)
+        return _params(
+            queue=queue, worker_id=worker_id, limit=limit, now=now, lease_until=lease_until
+        )
 
     async def claim(
         self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
@@ -821,11 +859,45 @@ class JobStore:
         """
         if not items:
             return {}
-        batch = [self._finish_row(claim, outcome, now) for claim, outcome in items]
-        params = _params(worker_id=worker_id, now=now, batch=self._d.encode_batch(batch))
+        params = self._finish_params(worker_id, items, now)
         async with self.db.transaction(atomic=self._atomic) as conn:
             done = await self._write(conn, self._s.finish, params)
         return {r.id: JobStatus(r.status) for r in done}
+
+    @_retrying
+    async def finish_and_claim(
+        self,
+        worker_id: str,
+        items: Sequence[tuple[Claim, Outcome]],
+        now: datetime,
+        *,
+        queue: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> tuple[dict[int, JobStatus], list[Any]]:
+        """:meth:`finish` and :meth:`claim_rows` atomically, in one round trip (one
+        statement on PostgreSQL): what a busy worker does per batch. A job that
+        an outcome of ``items`` puts back to PENDING is not claimed by this call."""
+        params = self._finish_params(worker_id, items, now)
+        params |= self._claim_params(queue, worker_id, limit, now, lease_seconds)
+        async with self.db.transaction(atomic=self._atomic) as conn:
+            if self._s.finish_and_claim is None:  # claim first, as PostgreSQL's snapshot does
+                claimed = await self._write(conn, self._s.claim, params)
+                done = await self._write(conn, self._s.finish, params)
+                statuses = {r.id: JobStatus(r.status) for r in done}
+            else:
+                rows = await self._write(conn, self._s.finish_and_claim, params)
+                claimed = [r for r in rows if r.finished is None]
+                (pairs,) = [r.finished for r in rows if r.finished is not None]
+                statuses = {job_id: JobStatus(status) for job_id, status in pairs}
+        claimed.sort(key=_claim_order)
+        return statuses, claimed
+
+    def _finish_params(
+        self, worker_id: str, items: Sequence[tuple[Claim, Outcome]], now: datetime
+    ) -> dict[str, Any]:
+        batch = [self._finish_row(claim, outcome, now) for claim, outcome in items]
+        return _params(worker_id=worker_id, now=now, batch=self._d.encode_batch(batch))
 
     @staticmethod
     def _finish_row(claim: Claim, outcome: Outcome, now: datetime) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from taskdb import (
     JobQueueClient,
     JobQueueServer,
     JobStatus,
+    NullLimiter,
     PermanentJobError,
     RateLimiter,
     RetryableJobError,
@@ -228,6 +229,47 @@ async def test_graceful_stop_releases_unfinished_jobs(
 
     await serve(quick)
     assert await handle.wait(timeout=10) == "done elsewhere"
+
+
+class _GatedLimiter(NullLimiter):
+    """Grants every claim; once ``gate`` is set, the next claim waits for it."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+        self.waiting = asyncio.Event()
+
+    async def reserve(self, want: int, now: datetime) -> int:
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.waiting.set()
+            await gate.wait()
+        return want
+
+
+async def test_a_claim_that_lands_while_stopping_is_given_back(
+    db: taskdb.Database, client: JobQueueClient
+) -> None:
+    """The flush that writes an outcome also claims for the slot it frees; when the
+    server is stopping by the time that claim returns, the job goes back."""
+    limiter = _GatedLimiter()
+    gate = asyncio.Event()
+
+    async def gating(value: Any, ctx: JobContext) -> Any:
+        limiter.gate = gate  # this job's outcome flush will claim the next job
+        return value
+
+    server = JobQueueServer(db, "q", gating, limiter=limiter, **{**FAST, "workers": 1})
+    second, third = await client.submit_batch([2, 3])
+    await server.start()
+    await asyncio.wait_for(limiter.waiting.wait(), 10)
+    stopping = asyncio.ensure_future(server.stop(timeout=5))
+    await asyncio.sleep(0)  # stop() is now stopping: it claims nothing more itself
+    gate.set()
+    await stopping
+    assert await second.wait(timeout=1) == 2
+    job = await third.get()
+    assert (job.status, job.attempts, job.worker_id) == (JobStatus.PENDING, 0, None)
+    assert server.stats().released == 1
 
 
 async def test_graceful_stop_lets_running_jobs_finish(

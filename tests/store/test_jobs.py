@@ -149,6 +149,38 @@ async def test_finish_batch_mixes_outcomes(store: JobStore) -> None:
     assert [j.id for j in await store.claim(Q, "w", 5, at(100), 30)] == [ids[2]]
 
 
+async def test_finish_and_claim_writes_outcomes_then_takes_new_jobs(store: JobStore) -> None:
+    ids = await submit(store, Q, [new({"i": i}) for i in range(5)], T0)
+    a, b = await store.claim(Q, "w", 2, T0, 30)
+    stale = Claim(ids[4], 1)  # never claimed by w: fenced off
+    outs = [
+        (Claim(a.id, 1), Complete("done")),
+        (Claim(b.id, 1), Retry(T0, "again", "RetryableJobError")),  # runnable at once
+        (stale, Complete("not mine")),
+    ]
+    statuses, claimed = await store.finish_and_claim(
+        "w", outs, at(1), queue=Q, limit=2, lease_seconds=30
+    )
+    assert statuses == {a.id: JobStatus.COMPLETED, b.id: JobStatus.PENDING}
+    # the next two in order; b, retried by this very call, is not taken back by it
+    assert [j.id for j in claimed] == ids[2:4]
+    assert [(j.status, j.worker_id, j.attempts) for j in claimed] == [("PROCESSING", "w", 1)] * 2
+    kinds = [(c.job_id, c.kind) for c in await store.changes(0) if c.kind != "submitted"]
+    assert sorted(kinds[2:]) == sorted(
+        [(a.id, "completed"), (b.id, "retried"), (ids[2], "claimed"), (ids[3], "claimed")]
+    )
+    # nothing to write, or nothing left to claim: either half alone
+    statuses, claimed = await store.finish_and_claim(
+        "w", [], at(2), queue=Q, limit=5, lease_seconds=30
+    )
+    assert statuses == {} and {j.id for j in claimed} == {b.id, ids[4]}
+    done = [(Claim(j.id, j.attempts), Complete(None)) for j in claimed]
+    statuses, claimed = await store.finish_and_claim(
+        "w", done, at(3), queue=Q, limit=5, lease_seconds=30
+    )
+    assert set(statuses) == {b.id, ids[4]} and claimed == []
+
+
 async def test_lease_expiry_requeues_then_fails_when_out_of_retries(store: JobStore) -> None:
     (job_id,) = await submit(store, Q, [new(max_retries=1)], T0)
     await store.claim(Q, "w", 1, T0, 10)
