@@ -37,15 +37,22 @@ class JobContext:
     a handler that ignores it is cancelled after the server's grace period.
     """
 
-    __slots__ = ("_emit", "_job", "_row", "_write_progress", "abort_signal")
+    __slots__ = ("_abort", "_emit", "_job", "_row", "_write_progress")
 
     def __init__(self, row: Any, write_progress: ProgressWriter, emit: StreamEmitter) -> None:
         """``row`` is the claimed row (a named tuple: ``_asdict()`` maps it)."""
         self._row = row
         self._job: Job | None = None
-        self.abort_signal = asyncio.Event()
+        self._abort: asyncio.Event | None = None
         self._write_progress = write_progress
         self._emit = emit
+
+    @property
+    def abort_signal(self) -> asyncio.Event:
+        """Set when the job is being aborted (made on first use: most handlers never ask)."""
+        if self._abort is None:
+            self._abort = asyncio.Event()
+        return self._abort
 
     @property
     def job(self) -> Job:
@@ -56,7 +63,7 @@ class JobContext:
 
     @property
     def aborting(self) -> bool:
-        return self.abort_signal.is_set()
+        return self._abort is not None and self._abort.is_set()
 
     async def update_progress(
         self, progress: float, message: str | None = None, details: Any = None

@@ -50,7 +50,7 @@ from taskdb.queue.models import (
     JobChange,
     JobStatus,
 )
-from taskdb.queue.retry import Complete, Fail, Outcome, Retry
+from taskdb.queue.retry import Complete, Outcome, Retry
 from taskdb.store import feed, postgres, sqlite
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
@@ -901,14 +901,14 @@ class JobStore:
 
     @staticmethod
     def _finish_row(claim: Claim, outcome: Outcome, now: datetime) -> dict[str, Any]:
-        row: dict[str, Any] = dict.fromkeys(_FINISH_COLUMNS)
-        row.update(id=claim.job_id, attempts=claim.attempts)
+        """One row of the outcome batch (a column left out reads as NULL)."""
+        row: dict[str, Any] = {"id": claim.job_id, "attempts": claim.attempts}
         if isinstance(outcome, Complete):
             row.update(status="COMPLETED", output=outcome.output, completed_at=now)
         elif isinstance(outcome, Retry):
             row.update(status="PENDING", error=outcome.error, error_code=outcome.error_code)
             row.update(run_after=outcome.run_after)
-        elif isinstance(outcome, Fail):
+        else:
             row.update(status="FAILED", error=outcome.error, error_code=outcome.error_code)
             row.update(completed_at=now)
         return row
