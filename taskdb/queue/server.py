@@ -2,7 +2,8 @@
 
 Each claimed job holds a lease renewed by heartbeat; every write a worker
 makes is fenced by (job id, attempt, worker id), so a worker that lost its
-lease cannot complete the job. Outcomes are group-committed.
+lease cannot complete the job. Outcomes are group-committed, and the
+statement that writes a batch of them also claims jobs for the freed slots.
 """
 
 from __future__ import annotations
