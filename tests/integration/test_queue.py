@@ -272,6 +272,37 @@ async def test_a_claim_that_lands_while_stopping_is_given_back(
     assert server.stats().released == 1
 
 
+class _FailingLimiter(NullLimiter):
+    """A limiter whose storage is away after the first claim."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def reserve(self, want: int, now: datetime) -> int:
+        self.calls += 1
+        if self.calls > 1:
+            raise taskdb.StorageError("limiter table unavailable")
+        return want
+
+
+async def test_a_failing_limiter_never_holds_back_outcomes(
+    db: taskdb.Database, client: JobQueueClient
+) -> None:
+    limiter = _FailingLimiter()
+    server = JobQueueServer(db, "q", _echo_value, limiter=limiter, **{**FAST, "workers": 1})
+    handle = await client.submit(7)
+    await server.start()
+    try:
+        assert await handle.wait(timeout=10) == 7  # its flush's claim failed, not its write
+    finally:
+        await server.stop(timeout=5)
+    assert limiter.calls >= 2
+
+
+async def _echo_value(value: Any, ctx: JobContext) -> Any:
+    return value
+
+
 async def test_graceful_stop_lets_running_jobs_finish(
     db: taskdb.Database, client: JobQueueClient
 ) -> None:
