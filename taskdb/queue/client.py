@@ -261,12 +261,9 @@ class JobQueueClient:
             durable_stream=bool(durable_stream),
         )
         if fingerprints is None:
-            new = [NewJob(value, input_digest(value)) for value in inputs]
+            new = [NewJob.of(value) for value in inputs]
         else:
-            new = [
-                NewJob(value, input_digest(value), fp)
-                for value, fp in zip(inputs, fingerprints, strict=True)
-            ]
+            new = [NewJob.of(value, fp) for value, fp in zip(inputs, fingerprints, strict=True)]
         ids = await self._store.submit(self.queue, options, new, now)
         hub_for(self.db).queue_has_work(self.queue)
         return [JobHandle(self, job_id) for job_id in ids]

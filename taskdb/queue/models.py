@@ -125,7 +125,12 @@ def canonical_json(value: Any) -> str:
 
 def input_digest(value: Any) -> str:
     """The digest ``output_for_input`` looks jobs up by."""
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+    return json_digest(canonical_json(value))
+
+
+def json_digest(text: str) -> str:
+    """The digest of a :func:`canonical_json` text."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def require_aware(name: str, value: datetime | None) -> datetime | None:

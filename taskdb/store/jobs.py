@@ -49,6 +49,8 @@ from taskdb.queue.models import (
     Job,
     JobChange,
     JobStatus,
+    canonical_json,
+    json_digest,
 )
 from taskdb.queue.retry import Complete, Outcome, Retry
 from taskdb.store import feed, postgres, sqlite
@@ -107,11 +109,18 @@ class JobOptions:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """One job to insert: its input, the input's digest, an optional dedupe key."""
+    """One job to insert: its input as canonical JSON text, that text's digest, an
+    optional dedupe key. :meth:`of` makes one from a value (encoded once)."""
 
-    input: Any
+    input_json: str
     input_digest: str
     fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, value: Any, fingerprint: str | None = None) -> NewJob:
+        """Raises InvalidJobInput if ``value`` is not JSON."""
+        text = canonical_json(value)
+        return cls(text, json_digest(text), fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,11 +600,7 @@ class JobStore:
         async with self.db.transaction(atomic=atomic) as conn:
             if plain:
                 items = [new[i] for i in plain] if keyed else new
-                rows = [
-                    {"ord": o, "input": n.input, "input_digest": n.input_digest}
-                    for o, n in enumerate(items)
-                ]
-                params = _params(batch=self._d.encode_batch(rows), **shared)
+                params = _params(batch=self._submit_batch(items), **shared)
                 written = await self._write(conn, self._s.insert_many, params)
                 # ids come from the sequence in insertion order: the ORDER BY's.
                 for i, job_id in zip(plain, sorted(r.id for r in written), strict=True):
@@ -611,6 +616,19 @@ class JobStore:
             await self._record(conn, inserted, now, ChangeKind.SUBMITTED)
         return ids
 
+    def _submit_batch(self, items: Sequence[NewJob]) -> str:
+        """The batch of :attr:`_Statements.insert_many` as JSON text, built around each
+        input's JSON text (no input is encoded twice)."""
+        embed = self._d.embed_json
+        return (
+            "["
+            + ",".join(
+                f'{{"ord":{o},"input":{embed(n.input_json)},"input_digest":"{n.input_digest}"}}'
+                for o, n in enumerate(items)
+            )
+            + "]"
+        )
+
     async def _insert_deduped(
         self, conn: AsyncConnection, queue: str, options: JobOptions, new: NewJob, now: datetime
     ) -> int | None:
@@ -619,7 +637,7 @@ class JobStore:
             .values(
                 queue=queue,
                 status=JobStatus.PENDING.value,
-                input=new.input,
+                input=self._d.json_param("input_json"),
                 input_digest=new.input_digest,
                 max_retries=options.max_retries,
                 priority=options.priority,
@@ -639,7 +657,7 @@ class JobStore:
             )
             .returning(jobs.c.id)
         )
-        found = await conn.scalar(stmt)
+        found = await conn.scalar(stmt, {"input_json": new.input_json})
         return None if found is None else int(found)
 
     async def _active_by_fingerprint(

@@ -14,12 +14,15 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    cast,
     column,
     func,
     literal_column,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as insert
+
+from taskdb.store.database import dumps
 
 # Changed rows and their change records can be written in one statement.
 DML_CTES = True
@@ -39,19 +42,24 @@ _TYPES: dict[str, Any] = {
 }
 
 
+def json_param(name: str) -> ColumnElement[Any]:
+    """A bind parameter that takes JSON *text* (already encoded), read as jsonb."""
+    return cast(bindparam(name, type_=Text()), JSONB)
+
+
 def batch_source(names: Sequence[str], param: str = "batch") -> FromClause:
     """A derived table ``v`` with columns ``names``, read from one JSON array bound
     as ``param`` (see :func:`encode_batch`): a whole batch in one parameter."""
     cols = [column(name, _TYPES.get(name, Text())) for name in names]
     return (
-        func.jsonb_to_recordset(bindparam(param, type_=JSONB))
+        func.jsonb_to_recordset(json_param(param))
         .table_valued(*cols)
         .render_derived(name="v", with_types=True)
     )
 
 
-def encode_batch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts (datetimes as ISO text; a batch shares most of them)."""
+def encode_batch(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as one JSON array (datetimes as ISO text; a batch shares most of them)."""
     iso: dict[datetime, str] = {}
 
     def encode(value: Any) -> Any:
@@ -62,7 +70,12 @@ def encode_batch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             return text
         return value
 
-    return [{k: encode(v) for k, v in row.items()} for row in rows]
+    return dumps([{k: encode(v) for k, v in row.items()} for row in rows])
+
+
+def embed_json(text: str) -> str:
+    """A JSON value's text as it is written into a batch: as is (read as jsonb)."""
+    return text
 
 
 def id_in(col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
@@ -83,8 +96,10 @@ __all__ = [
     "JSON_NULL",
     "advisory_lock_sql",
     "batch_source",
+    "embed_json",
     "encode_batch",
     "encode_ids",
     "id_in",
     "insert",
+    "json_param",
 ]

@@ -26,7 +26,7 @@ def store(db: taskdb.Database) -> JobStore:
 
 
 async def _submit(store: JobStore, n: int, queue: str = "q") -> list[int]:
-    return await store.submit(queue, OPTIONS, [NewJob({"n": i}, str(i)) for i in range(n)], NOW)
+    return await store.submit(queue, OPTIONS, [NewJob.of({"n": i}) for i in range(n)], NOW)
 
 
 async def _read_all(store: JobStore, after: str | int, limit: int = 1000) -> list[JobChange]:

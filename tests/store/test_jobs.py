@@ -29,7 +29,7 @@ def new(value: Any = None, *, fingerprint: str | None = None, **options: Any) ->
     value = {"v": 1} if value is None else value
     options.setdefault("run_after", T0)
     options.setdefault("max_retries", 3)
-    return NewJob(value, input_digest(value), fingerprint), JobOptions(**options)
+    return NewJob.of(value, fingerprint), JobOptions(**options)
 
 
 async def submit(store: JobStore, queue: str, items: list[Item], now: datetime) -> list[int]:
@@ -350,7 +350,7 @@ async def test_unknown_job_raises(store: JobStore) -> None:
 async def test_none_and_other_json_scalars_are_valid_inputs(store: JobStore) -> None:
     values: list[Any] = [None, 0, "", [], False]
     options = JobOptions(run_after=T0, max_retries=0)
-    ids = await store.submit(Q, options, [NewJob(v, input_digest(v)) for v in values], T0)
+    ids = await store.submit(Q, options, [NewJob.of(v) for v in values], T0)
     assert [(await store.get(i)).input for i in ids] == values
     claimed = await store.claim(Q, "w", 10, T0, 30)
     assert [j.input for j in claimed] == values

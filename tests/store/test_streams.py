@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import taskdb
-from taskdb.queue.models import input_digest
 from taskdb.store.jobs import JobOptions, JobStore, NewJob
 from taskdb.store.streams import StreamStore
 from taskdb.streams import BinaryDelta, Finish, StreamError, TextDelta
@@ -15,7 +14,7 @@ async def test_only_the_running_attempt_of_its_worker_can_append(db: taskdb.Data
     jobs, streams = JobStore(db), StreamStore(db)
     now = datetime.now(UTC)
     options = JobOptions(run_after=now, max_retries=1, durable_stream=True)
-    (job_id,) = await jobs.submit("q", options, [NewJob({}, input_digest({}))], now)
+    (job_id,) = await jobs.submit("q", options, [NewJob.of({})], now)
     assert not await streams.append(job_id, 1, "w1", 0, [TextDelta("t", "pending")])
     (claimed,) = await jobs.claim("q", "w1", 1, now, 30.0)
     assert await streams.append(job_id, claimed.attempts, "w1", 0, [TextDelta("t", "a")])
