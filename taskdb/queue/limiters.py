@@ -151,14 +151,19 @@ class CompositeLimiter(Limiter):
     async def reserve(self, want: int, now: datetime) -> int:
         granted: list[tuple[Limiter, int]] = []
         grant = want
-        for limiter in self.limiters:
-            got = await limiter.reserve(grant, now)
-            granted.append((limiter, got))
-            grant = min(grant, got)
-            if grant == 0:
-                break
-        for limiter, got in granted:
-            await limiter.unreserve(got - grant, now)
+        try:
+            for limiter in self.limiters:
+                if grant == 0:
+                    break
+                got = await limiter.reserve(grant, now)
+                granted.append((limiter, got))
+                grant = min(grant, got)
+        except BaseException:
+            grant = 0  # one limiter failed: the others give back all they granted
+            raise
+        finally:
+            for limiter, got in granted:
+                await limiter.unreserve(got - grant, now)
         return grant
 
     async def unreserve(self, count: int, now: datetime) -> None:

@@ -165,16 +165,21 @@ class JobQueueServer:
         ]
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop gracefully: claim nothing more, let running jobs finish for up to
-        ``timeout`` seconds (default ``stop_timeout``), then cancel the rest and
-        release them back to PENDING for another worker."""
+        """Stop gracefully: claim nothing more (jobs a claim in flight returns go
+        back to PENDING at once), let running jobs finish for up to ``timeout``
+        seconds (default ``stop_timeout``), then cancel the rest and release them
+        back to PENDING for another worker."""
         if not self._tasks:
             return
         self._stopping = True
+        self._wake.set()
         fetch, maintain = self._tasks
-        fetch.cancel()
-        await asyncio.gather(fetch, return_exceptions=True)
         wait = self.stop_timeout if timeout is None else timeout
+        # A claim in flight may commit: let it return so its jobs are given back
+        # at once (a cancelled one would hold them until their lease expires).
+        if not (await asyncio.wait([fetch], timeout=wait))[0]:
+            fetch.cancel()
+            await asyncio.gather(fetch, return_exceptions=True)
         runs = [r.task for r in self._running.values() if r.task is not None]
         if runs:
             _done, pending = await asyncio.wait(runs, timeout=wait)
@@ -250,6 +255,9 @@ class JobQueueServer:
                     jobs = await self._store.claim_rows(
                         self.queue, self.worker_id, grant, now, self.lease_seconds
                     )
+                except BaseException:  # a failed or cancelled claim starts nothing
+                    await self._unreserve(grant, now)
+                    raise
                 finally:
                     self._claiming -= grant
                 await self._took(jobs, grant, now)
@@ -267,12 +275,26 @@ class JobQueueServer:
                 await self._sleep(self.poll_interval)
 
     async def _took(self, jobs: Sequence[Any], grant: int, now: datetime) -> None:
-        """Start the jobs a claim of ``grant`` returned."""
-        if len(jobs) < grant:
-            await self.limiter.unreserve(grant - len(jobs), now)
+        """Start the jobs a claim of ``grant`` returned; while stopping, give them
+        back instead (stop() no longer waits for new runs)."""
+        if self._stopping and jobs:
+            await self._release([Claim(job.id, job.attempts) for job in jobs])
+            jobs = []
+        await self._unreserve(grant - len(jobs), now)
         self._stats.claimed += len(jobs)
         for job in jobs:
             self._launch(job)
+
+    async def _unreserve(self, count: int, now: datetime) -> None:
+        """Give back limiter starts no job will use. Also after a failed claim, so an
+        outage cannot shrink a ConcurrencyLimiter for good; a RateLimiter whose table
+        is away keeps its slots (they leave the window with time)."""
+        if count <= 0:
+            return
+        try:
+            await self.limiter.unreserve(count, now)
+        except TaskdbError as exc:
+            log.warning("limiter: %d unused starts not given back (%s)", count, exc)
 
     def _listen_for_work(self, idle: bool) -> bool:
         """Watch for work notifications while idle only (a busy server's LISTEN would
@@ -479,13 +501,13 @@ class JobQueueServer:
                 lease_seconds=self.lease_seconds,
             )
         except InvalidJobInput:  # nothing was written: outcomes alone, claims later
-            await self.limiter.unreserve(grant, now)
+            await self._unreserve(grant, now)
             return await self._finish(items)
+        except TaskdbError:
+            await self._unreserve(grant, now)
+            raise
         finally:
             self._claiming -= grant
-        if self._stopping and jobs:  # stop() no longer waits for new runs: give them back
-            await self._release([Claim(job.id, job.attempts) for job in jobs])
-            jobs = []
         await self._took(jobs, grant, now)
         return statuses
 

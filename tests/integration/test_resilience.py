@@ -13,12 +13,19 @@ import pytest
 from sqlalchemy import make_url, text
 
 import taskdb
-from taskdb import JobContext, JobQueueClient, JobQueueServer
+from taskdb import (
+    ConcurrencyLimiter,
+    JobContext,
+    JobQueueClient,
+    JobQueueServer,
+    NullLimiter,
+)
 from taskdb.queue.models import JobStatus
 from taskdb.queue.retry import Complete
 from taskdb.store.jobs import Claim, JobStore
 from tests.conftest import pg_database_url
 from tests.helpers import eventually
+from tests.integration.conftest import FAST
 
 PG_ADMIN_URL = pg_database_url("postgres").replace("+psycopg", "")
 
@@ -145,6 +152,86 @@ async def test_sqlite_writer_lock_never_reaches_callers(fresh_sqlite_url: str) -
         release.set()
         await server.stop(timeout=5)
         await db.aclose()
+
+
+async def test_failed_claims_give_their_limiter_slots_back(
+    db: taskdb.Database, client: JobQueueClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the jobs table is away every claim fails; what each reserved from the
+    ConcurrencyLimiter comes back, so jobs run again once the table is back."""
+    limiter = ConcurrencyLimiter(2)
+
+    async def rename(old: str, new: str) -> None:
+        async with db.transaction() as conn:
+            await conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    async def echo(value: Any, ctx: JobContext) -> Any:
+        return value
+
+    await rename("taskdb_jobs", "taskdb_jobs_away")
+    server = JobQueueServer(db, "q", echo, limiter=limiter, **{**FAST, "workers": 2})
+    await server.start()
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, caplog.text), lambda t: t.count("claim failed") >= 2
+        )
+        await rename("taskdb_jobs_away", "taskdb_jobs")
+        handles = await client.submit_batch([1, 2, 3])
+        assert [await h.wait(timeout=10) for h in handles] == [1, 2, 3]
+    finally:
+        await server.stop(timeout=5)
+    assert limiter.active == 0
+
+
+class _Announcing(NullLimiter):
+    """Grants every claim and says when the first one is about to run."""
+
+    def __init__(self) -> None:
+        self.reserved = asyncio.Event()
+
+    async def reserve(self, want: int, now: datetime) -> int:
+        self.reserved.set()
+        return want
+
+
+def _lock_jobs_table(db: taskdb.Database, url: str) -> sqlite3.Connection | psycopg.Connection[Any]:
+    """Block every write to ``taskdb_jobs`` from another connection until it commits."""
+    if db.dialect == "sqlite":
+        path = make_url(url).database
+        assert path
+        lite = sqlite3.connect(path, isolation_level=None)
+        lite.execute("BEGIN EXCLUSIVE")
+        return lite
+    pg = psycopg.connect(url.replace("+psycopg", ""))
+    pg.execute("LOCK TABLE taskdb_jobs IN EXCLUSIVE MODE")
+    return pg
+
+
+async def test_stop_while_a_claim_waits_gives_its_jobs_back(
+    db: taskdb.Database, db_url: str, client: JobQueueClient
+) -> None:
+    """stop() lets a claim in flight return rather than cancel it (a cancelled
+    claim may still commit and hold its jobs until the lease expires)."""
+    handle = await client.submit(1)
+    locker = _lock_jobs_table(db, db_url)
+    limiter = _Announcing()
+
+    async def never(value: Any, ctx: JobContext) -> Any:
+        raise AssertionError("a stopping server started a job")
+
+    server = JobQueueServer(db, "q", never, limiter=limiter, **{**FAST, "workers": 1})
+    try:
+        await server.start()
+        await asyncio.wait_for(limiter.reserved.wait(), 10)
+        stopping = asyncio.ensure_future(server.stop(timeout=10))
+        await asyncio.sleep(0)  # stop() has begun: the claim's jobs are not to run
+    finally:
+        locker.commit()
+        locker.close()
+    await stopping
+    job = await handle.get()
+    assert (job.status, job.attempts, job.worker_id) == (JobStatus.PENDING, 0, None)
+    assert server.stats().released == 1
 
 
 async def test_malformed_row_is_a_clear_error(db: taskdb.Database) -> None:

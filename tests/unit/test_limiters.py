@@ -14,6 +14,7 @@ from taskdb import (
     EvenlySpacedRateLimiter,
     NullLimiter,
     RateLimiter,
+    StorageError,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -64,6 +65,20 @@ async def test_composite_grants_the_minimum_and_returns_the_rest() -> None:
     assert lim.next_time(T0) == at(1)
     lim.on_finish()
     assert conc.active == 0
+
+
+class _Away(NullLimiter):
+    async def reserve(self, want: int, now: datetime) -> int:
+        raise StorageError("limiter table unavailable")
+
+
+async def test_composite_gives_everything_back_when_one_limiter_fails() -> None:
+    conc, delay = ConcurrencyLimiter(5), DelayLimiter(10)
+    lim = CompositeLimiter(conc, delay, _Away())
+    with pytest.raises(StorageError, match="unavailable"):
+        await lim.reserve(4, T0)
+    assert conc.active == 0
+    assert await delay.reserve(1, T0) == 1  # its start was given back too
 
 
 async def test_unbound_rate_limiter_says_so() -> None:
