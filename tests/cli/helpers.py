@@ -65,6 +65,15 @@ def taskdb_process(*args: str, db_url: str, cwd: Path | None = None) -> subproce
     )
 
 
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs, wait for it, and close its stderr (its stdout
+    belongs to the :class:`Lines` reading it)."""
+    proc.kill()
+    proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
 class Lines:
     """The stdout lines of a child process, read by a thread as they come."""
 
@@ -76,8 +85,9 @@ class Lines:
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
     def _read(self, stream: Any) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
+        with stream:  # closed here at EOF: this thread owns it
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
     def wait_for(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> str:

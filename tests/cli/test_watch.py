@@ -10,7 +10,7 @@ from typing import Any
 
 import taskdb
 from taskdb.streams import TextDelta
-from tests.cli.helpers import Lines, invoke, invoke_failing, run_job, taskdb_process
+from tests.cli.helpers import Lines, invoke, invoke_failing, reap, run_job, taskdb_process
 
 
 def kinds(stdout: str) -> list[tuple[int, str]]:
@@ -91,7 +91,7 @@ def test_watch_process_prints_transitions_live_and_stops_on_sigterm(db_url: str)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
-        proc.kill()
+        reap(proc)
 
 
 def test_watch_follow_stream_process_prints_text_as_it_is_produced(db_url: str) -> None:
@@ -120,7 +120,7 @@ def test_watch_follow_stream_process_prints_text_as_it_is_produced(db_url: str) 
                 assert f"job {handle.id} completed" in proc.stderr.read()
                 return code
             finally:
-                proc.kill()
+                reap(proc)
 
     assert asyncio.run(main()) == 0
 

@@ -424,7 +424,7 @@ async def test_delay_limiter_spaces_starts(db: taskdb.Database, serve: Any) -> N
     assert ran == ["a", "b"]
 
 
-async def test_rate_limiter_window_holds_across_servers(db_url: str, serve: Any) -> None:
+async def test_rate_limiter_window_holds_across_servers(db_url: str) -> None:
     clock = FakeClock()
     db_a, db_b = taskdb.connect(db_url), taskdb.connect(db_url)  # as two processes would
     client = JobQueueClient(db_a, "q", poll_interval=0.02, clock=clock)
@@ -433,19 +433,22 @@ async def test_rate_limiter_window_holds_across_servers(db_url: str, serve: Any)
     async def record(value: Any, ctx: JobContext) -> Any:
         ran.append(value)
 
+    def server(db: taskdb.Database) -> JobQueueServer:
+        limiter = RateLimiter(3, 60)
+        return JobQueueServer(db, "q", record, workers=4, limiter=limiter, clock=clock, **FAST)
+
     handles = await client.submit_batch(list(range(8)))
-    await serve(record, db=db_a, workers=4, limiter=RateLimiter(3, 60), clock=clock)
-    await serve(record, db=db_b, workers=4, limiter=RateLimiter(3, 60), clock=clock)
-    await eventually(lambda: asyncio.sleep(0, len(ran)), lambda n: n >= 3)
-    await asyncio.sleep(0.2)
-    assert len(ran) == 3
-    clock.advance(61)
-    await eventually(lambda: asyncio.sleep(0, len(ran)), lambda n: n >= 6)
-    await asyncio.sleep(0.2)
-    assert len(ran) == 6
-    clock.advance(61)
-    for h in handles:
-        await h.wait(timeout=10)
+    async with server(db_a), server(db_b):
+        await eventually(lambda: asyncio.sleep(0, len(ran)), lambda n: n >= 3)
+        await asyncio.sleep(0.2)
+        assert len(ran) == 3
+        clock.advance(61)
+        await eventually(lambda: asyncio.sleep(0, len(ran)), lambda n: n >= 6)
+        await asyncio.sleep(0.2)
+        assert len(ran) == 6
+        clock.advance(61)
+        for h in handles:
+            await h.wait(timeout=10)
     await db_a.aclose()
     await db_b.aclose()
 
