@@ -43,6 +43,10 @@ def pg_database_url(name: str) -> str:
     return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
 
 
+PG_ADMIN_URL = pg_database_url("postgres").replace("+psycopg", "")
+"""A plain psycopg URL of the server's ``postgres`` database (admin statements)."""
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """Name of a migrated template database (skips or fails when PostgreSQL is down)."""

@@ -1,12 +1,17 @@
-"""Shared test helpers: a controllable clock and polling with a deadline."""
+"""Shared test helpers: a controllable clock, polling with a deadline, and a
+connection of the test database outside taskdb."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import make_url
 
 T = TypeVar("T")
 
@@ -39,3 +44,16 @@ async def eventually(
         if time.monotonic() > give_up:
             raise AssertionError(f"condition not reached within {timeout}s; last value: {value!r}")
         await asyncio.sleep(interval)
+
+
+def outside_writer(url: str) -> sqlite3.Connection | psycopg.Connection[Any]:
+    """A driver connection to the test database at ``url`` (as another process would
+    hold), inside a write transaction that ``commit()`` ends. On SQLite it already
+    holds the write lock, so every taskdb write waits for it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database
+        lite = sqlite3.connect(parsed.database, isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
+        return lite
+    return psycopg.connect(url.replace("+psycopg", ""))

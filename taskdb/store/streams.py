@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, select
+from sqlalchemy import and_, func, insert, select
 
 from taskdb.store.database import Database
 from taskdb.store.schema import job_streams, jobs
@@ -68,14 +68,20 @@ class StreamStore:
     ) -> bool:
         """Store ``events`` at ``offset``, ``offset + 1``, ...; False (nothing
         stored) when this worker no longer runs this attempt of the job."""
-        owned = exists().where(
-            jobs.c.id == job_id,
-            jobs.c.attempts == attempt,
-            jobs.c.worker_id == worker_id,
-            jobs.c.status.in_(RUNNING),
+        # FOR SHARE (PostgreSQL; SQLite has one writer): a reclaim of the job waits
+        # for this insert, or this check waits for the reclaim and sees it.
+        owned = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.attempts == attempt,
+                jobs.c.worker_id == worker_id,
+                jobs.c.status.in_(RUNNING),
+            )
+            .with_for_update(read=True)
         )
         async with self.db.transaction() as conn:
-            if not await conn.scalar(select(owned)):
+            if await conn.scalar(owned) is None:
                 return False
             await conn.execute(insert(job_streams), self._rows(job_id, attempt, offset, events))
         return True

@@ -23,7 +23,7 @@ from sqlalchemy import make_url
 
 import taskdb
 from taskdb import JobContext, JobQueueClient, JobQueueServer, RetryableJobError, RetryPolicy
-from tests.conftest import pg_database_url
+from tests.conftest import PG_ADMIN_URL
 from tests.helpers import eventually
 from tests.integration.procs import QUEUE, Procs, Worker
 
@@ -32,7 +32,6 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals"),
 ]
 
-PG_ADMIN_URL = pg_database_url("postgres").replace("+psycopg", "")
 SLOW_POLL = 30.0  # a waiter polling this slowly can only be woken in time by NOTIFY
 PROMPTLY = 10.0  # seconds: the deadline for what NOTIFY should deliver
 

@@ -23,11 +23,9 @@ from taskdb import (
 from taskdb.queue.models import JobStatus
 from taskdb.queue.retry import Complete
 from taskdb.store.jobs import Claim, JobStore
-from tests.conftest import pg_database_url
-from tests.helpers import eventually
+from tests.conftest import PG_ADMIN_URL
+from tests.helpers import eventually, outside_writer
 from tests.integration.conftest import FAST
-
-PG_ADMIN_URL = pg_database_url("postgres").replace("+psycopg", "")
 
 
 async def test_postgres_connections_killed_mid_run(fresh_pg_url: str) -> None:
@@ -194,26 +192,15 @@ class _Announcing(NullLimiter):
         return want
 
 
-def _lock_jobs_table(db: taskdb.Database, url: str) -> sqlite3.Connection | psycopg.Connection[Any]:
-    """Block every write to ``taskdb_jobs`` from another connection until it commits."""
-    if db.dialect == "sqlite":
-        path = make_url(url).database
-        assert path
-        lite = sqlite3.connect(path, isolation_level=None)
-        lite.execute("BEGIN EXCLUSIVE")
-        return lite
-    pg = psycopg.connect(url.replace("+psycopg", ""))
-    pg.execute("LOCK TABLE taskdb_jobs IN EXCLUSIVE MODE")
-    return pg
-
-
 async def test_stop_while_a_claim_waits_gives_its_jobs_back(
     db: taskdb.Database, db_url: str, client: JobQueueClient
 ) -> None:
     """stop() lets a claim in flight return rather than cancel it (a cancelled
     claim may still commit and hold its jobs until the lease expires)."""
     handle = await client.submit(1)
-    locker = _lock_jobs_table(db, db_url)
+    locker = outside_writer(db_url)  # SQLite: holds the write lock
+    if db.dialect == "postgresql":
+        locker.execute("LOCK TABLE taskdb_jobs IN EXCLUSIVE MODE")
     limiter = _Announcing()
 
     async def never(value: Any, ctx: JobContext) -> Any:
