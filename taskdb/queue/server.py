@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from taskdb import settings
 from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
@@ -47,6 +47,7 @@ from taskdb.store.streams import StreamStore
 from taskdb.streams.events import EVENT_TYPES, Phase
 
 log = logging.getLogger("taskdb.server")
+T = TypeVar("T")
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]
 _EVENT_CLASSES = tuple(EVENT_TYPES.values())  # what a durable stream takes
@@ -175,6 +176,7 @@ class JobQueueServer:
         self._wake.set()
         fetch, maintain = self._tasks
         wait = self.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         # A claim in flight may commit: let it return so its jobs are given back
         # at once (a cancelled one would hold them until their lease expires).
         if not (await asyncio.wait([fetch], timeout=wait))[0]:
@@ -182,7 +184,8 @@ class JobQueueServer:
             await asyncio.gather(fetch, return_exceptions=True)
         runs = [r.task for r in self._running.values() if r.task is not None]
         if runs:
-            _done, pending = await asyncio.wait(runs, timeout=wait)
+            left = max(0.0, deadline - time.monotonic())
+            _done, pending = await asyncio.wait(runs, timeout=left)
             leftovers = [r for r in self._running.values() if r.task in pending]
             for run in leftovers:
                 if not run.recording:  # still in its handler: give it back
@@ -250,16 +253,13 @@ class JobQueueServer:
                 if grant == 0:
                     await self._sleep(self._until(self.limiter.next_time(now)))
                     continue
-                self._claiming += grant
-                try:
-                    jobs = await self._store.claim_rows(
+                jobs = await self._claiming_for(
+                    grant,
+                    now,
+                    self._store.claim_rows(
                         self.queue, self.worker_id, grant, now, self.lease_seconds
-                    )
-                except BaseException:  # a failed or cancelled claim starts nothing
-                    await self._unreserve(grant, now)
-                    raise
-                finally:
-                    self._claiming -= grant
+                    ),
+                )
                 await self._took(jobs, grant, now)
                 failures = 0
             except TaskdbError as exc:
@@ -273,6 +273,18 @@ class JobQueueServer:
                 continue
             if len(jobs) < want:
                 await self._sleep(self.poll_interval)
+
+    async def _claiming_for(self, grant: int, now: datetime, claim: Awaitable[T]) -> T:
+        """Await ``claim``, a claim of up to ``grant`` jobs reserved from the limiter;
+        if it fails or is cancelled, it started nothing: the reservation goes back."""
+        self._claiming += grant
+        try:
+            return await claim
+        except BaseException:
+            await self._unreserve(grant, now)
+            raise
+        finally:
+            self._claiming -= grant
 
     async def _took(self, jobs: Sequence[Any], grant: int, now: datetime) -> None:
         """Start the jobs a claim of ``grant`` returned; while stopping, give them
@@ -490,24 +502,18 @@ class JobQueueServer:
             grant = 0
         if grant == 0:
             return await self._finish(items)
-        self._claiming += grant
+        write = self._store.finish_and_claim(
+            self.worker_id,
+            items,
+            now,
+            queue=self.queue,
+            limit=grant,
+            lease_seconds=self.lease_seconds,
+        )
         try:
-            statuses, jobs = await self._store.finish_and_claim(
-                self.worker_id,
-                items,
-                now,
-                queue=self.queue,
-                limit=grant,
-                lease_seconds=self.lease_seconds,
-            )
+            statuses, jobs = await self._claiming_for(grant, now, write)
         except InvalidJobInput:  # nothing was written: outcomes alone, claims later
-            await self._unreserve(grant, now)
             return await self._finish(items)
-        except TaskdbError:
-            await self._unreserve(grant, now)
-            raise
-        finally:
-            self._claiming -= grant
         await self._took(jobs, grant, now)
         return statuses
 

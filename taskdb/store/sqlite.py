@@ -25,15 +25,13 @@ from taskdb.store.schema import SQLITE_TIME_FORMAT
 DML_CTES = False
 JSON_NULL: ColumnElement[Any] = literal_column("'null'")
 
-_JSON_COLUMNS = frozenset({"input", "output"})
-
 
 def _encode(name: str, value: Any) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
-    if name in _JSON_COLUMNS and value is not None:
+    if name == "output" and value is not None:
         # json_extract returns nested JSON as text but a JSON string unquoted:
-        # pre-encoding keeps every value stored as its JSON text.
+        # pre-encoding keeps every value stored as its JSON text (as embed_json).
         return dumps(value)
     return value
 

@@ -299,6 +299,33 @@ async def test_a_failing_limiter_never_holds_back_outcomes(
     assert limiter.calls >= 2
 
 
+class _NoGiveBack(NullLimiter):
+    """A limiter whose table is away whenever unused starts are given back."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    async def unreserve(self, count: int, now: datetime) -> None:
+        self.refused += 1
+        raise taskdb.StorageError("limiter table unavailable")
+
+
+async def test_a_limiter_that_cannot_take_starts_back_still_runs_the_claimed_jobs(
+    db: taskdb.Database, client: JobQueueClient
+) -> None:
+    """Four slots, one job: the claim's three unused starts cannot be given back;
+    the claimed job must still run (not wait in PROCESSING for its lease)."""
+    limiter = _NoGiveBack()
+    server = JobQueueServer(db, "q", _echo_value, limiter=limiter, **{**FAST, "workers": 4})
+    handle = await client.submit(5)
+    await server.start()
+    try:
+        assert await handle.wait(timeout=10) == 5
+    finally:
+        await server.stop(timeout=5)
+    assert limiter.refused >= 1
+
+
 async def _echo_value(value: Any, ctx: JobContext) -> Any:
     return value
 
