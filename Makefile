@@ -18,6 +18,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check taskdb tests benchmarks examples migrations
 	$(BIN)/ruff format --check taskdb tests benchmarks examples migrations
+	$(BIN)/lint-imports
 
 types: $(STAMP)
 	$(BIN)/mypy taskdb

@@ -15,6 +15,8 @@ from taskdb.cache import (
     resolve_job_output,
     resolve_output,
 )
+from taskdb.core.jobs import ChangeKind, Job, JobChange, JobStatus
+from taskdb.core.retry import RetryPolicy
 from taskdb.errors import (
     AbortedJobError,
     ConfigurationError,
@@ -37,8 +39,9 @@ from taskdb.errors import (
     TaskInputError,
     WaitTimeout,
 )
+from taskdb.graph.dataflow import Dataflow
 from taskdb.graph.jobs import GraphJobHandler, submit_graph
-from taskdb.graph.model import Dataflow, TaskGraph
+from taskdb.graph.model import TaskGraph
 from taskdb.graph.pump import StreamPump
 from taskdb.graph.registry import register_task
 from taskdb.graph.runner import GraphResult, GraphRunner, RunConfig
@@ -54,8 +57,6 @@ from taskdb.queue.limiters import (
     NullLimiter,
     RateLimiter,
 )
-from taskdb.queue.models import ChangeKind, Job, JobChange, JobStatus
-from taskdb.queue.retry import RetryPolicy
 from taskdb.queue.server import JobQueueServer, ServerStats
 from taskdb.store.database import Database, connect
 from taskdb.streams.blob import Blob

@@ -12,6 +12,9 @@ URL_ENV = "TASKDB_URL"
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_MAX_RETRIES = 3
+DEFAULT_REFERENCE_THRESHOLD = 65_536
+"""Binary outputs of at least this many bytes are stored as blobs behind a ``CacheRef``;
+smaller ones are inlined in the row."""
 SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 
 LISTEN_ENV = "TASKDB_LISTEN"

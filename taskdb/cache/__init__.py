@@ -1,6 +1,13 @@
 """The output cache: ``CacheRef`` and its walkers, repositories, blob-backed storage."""
 
-from taskdb.cache.refs import (
+from taskdb.cache.repository import (
+    MemoryTaskOutputRepository,
+    RunPrivateCacheRepo,
+    TaskOutputRepository,
+    inputs_fingerprint,
+)
+from taskdb.cache.sql import SqlTaskOutputRepository, collect_garbage
+from taskdb.core.refs import (
     CACHE_REF_KIND,
     CacheRef,
     CacheRefResolver,
@@ -10,13 +17,6 @@ from taskdb.cache.refs import (
     resolve_job_output,
     resolve_output,
 )
-from taskdb.cache.repository import (
-    MemoryTaskOutputRepository,
-    RunPrivateCacheRepo,
-    TaskOutputRepository,
-    inputs_fingerprint,
-)
-from taskdb.cache.sql import SqlTaskOutputRepository, collect_garbage
 from taskdb.store.blobs import BlobInfo, BlobStore, GcReport
 
 __all__ = [

@@ -14,12 +14,12 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskdb.cache.refs import CacheRef, is_cache_ref
 from taskdb.cache.repository import TaskOutputRepository
+from taskdb.core.refs import CacheRef, is_cache_ref
+from taskdb.settings import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.streams.channel import Channel
 from taskdb.streams.ports import get_binary_port_format, get_port_media_type, get_streaming_ports
 
-DEFAULT_REFERENCE_THRESHOLD = 65_536
 SINK_BUFFER_CHUNKS = 8
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from taskdb.cache.refs import CacheRef, iter_cache_refs, make_cache_ref, ref_key
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.refs import CacheRef, iter_cache_refs, make_cache_ref, new_blob_key, ref_key
 from taskdb.errors import ConfigurationError, InvalidJobInput
-from taskdb.store.blobs import Clock, check_chunk, new_blob_key, utcnow
-from taskdb.streams.blob import Blob, BlobWriter
+from taskdb.streams.blob import Blob, BlobWriter, check_chunk
 
 Inputs = Mapping[str, object]
 Output = Mapping[str, object]
@@ -69,7 +69,7 @@ def _hashable_form(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-# The options of taskdb.queue.models.canonical_json (a JSON input has the same digest
+# The options of taskdb.core.jobs.canonical_json (a JSON input has the same digest
 # as its job input), plus bytes and Blobs, which count by their content's digest.
 _FINGERPRINT = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), allow_nan=False, default=_hashable_form

@@ -1,23 +1,17 @@
 """``SqlTaskOutputRepository``: the output cache in the taskdb database.
 
 Entries are rows of ``taskdb_task_outputs`` keyed by ``(namespace, task_type,
-inputs_fingerprint(inputs))``; blobs go through :class:`~taskdb.store.blobs.BlobStore`.
-An entry links the blobs its output refers to (holder ``'cache:<row id>'``), in
-the transaction that writes it, so a blob lives as long as some entry (or job)
-refers to it; replacing or removing entries frees the blobs left unreferenced.
+inputs_fingerprint(inputs))`` (:class:`~taskdb.store.outputs.OutputStore`);
+blobs go through :class:`~taskdb.store.blobs.BlobStore`, and an entry links
+the blobs its output refers to, so a blob lives as long as something refers
+to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
-from functools import cache
-from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, func, select
-
-from taskdb.cache.inline import decode_binary_values, encode_binary_values
-from taskdb.cache.refs import CacheRef, iter_cache_refs, make_cache_ref, ref_key
 from taskdb.cache.repository import (
     Inputs,
     Output,
@@ -28,58 +22,14 @@ from taskdb.cache.repository import (
     child_namespace,
     inputs_fingerprint,
 )
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.inline import decode_binary_values, encode_binary_values
+from taskdb.core.refs import CacheRef, iter_cache_refs, make_cache_ref, ref_key
 from taskdb.errors import StorageError
-from taskdb.store import postgres, sqlite
-from taskdb.store.blobs import BlobStore, Clock, GcReport, utcnow
+from taskdb.store.blobs import BlobStore, GcReport
 from taskdb.store.database import Database
-from taskdb.store.schema import UtcDateTime, task_outputs
+from taskdb.store.outputs import OutputStore
 from taskdb.streams.blob import Blob
-
-_DELETE_BATCH = 500  # entries removed per transaction by clear / clear_older_than
-
-
-def _p(name: str, type_: Any = None) -> Any:
-    return bindparam(f"p_{name}", type_=type_)
-
-
-def holder(row_id: int) -> str:
-    """The blob-link holder name of a cache entry."""
-    return f"cache:{row_id}"
-
-
-class _Statements:
-    def __init__(self, dialect: str) -> None:
-        t = task_outputs.c
-        insert = postgres.insert if dialect == "postgresql" else sqlite.insert
-        key = (t.namespace == _p("ns"), t.task_type == _p("type"), t.fingerprint == _p("fp"))
-        stmt = insert(task_outputs).values(
-            namespace=_p("ns"),
-            task_type=_p("type"),
-            fingerprint=_p("fp"),
-            output=_p("output", t.output.type),
-            created_at=_p("now", UtcDateTime()),
-        )
-        self.upsert = stmt.on_conflict_do_update(
-            index_elements=[t.namespace, t.task_type, t.fingerprint],
-            set_={"output": stmt.excluded.output, "created_at": stmt.excluded.created_at},
-        ).returning(t.id)
-        self.get = select(t.output).where(*key)
-        self.size = select(func.count()).where(t.namespace == _p("ns"))
-        mine = t.namespace == _p("ns")
-        older = t.created_at < _p("cutoff", UtcDateTime())
-        self.remove = {
-            name: delete(task_outputs)
-            .where(
-                t.id.in_(select(t.id).where(*where).order_by(t.id).limit(_p("limit", Integer())))
-            )
-            .returning(t.id)
-            for name, where in (("all", (mine,)), ("older", (mine, older)))
-        }
-
-
-@cache
-def _statements(dialect: str) -> _Statements:
-    return _Statements(dialect)
 
 
 class SqlTaskOutputRepository(TaskOutputRepository):
@@ -103,7 +53,7 @@ class SqlTaskOutputRepository(TaskOutputRepository):
         self.namespace = child_namespace("", namespace) if namespace else ""
         self.blobs = blob_store or BlobStore(db, clock=clock)
         self._clock = clock
-        self._s = _statements(db.dialect)
+        self._entries = OutputStore(db, self.blobs)
 
     def __repr__(self) -> str:
         return f"SqlTaskOutputRepository({self.db!r}, namespace={self.namespace!r})"
@@ -116,30 +66,21 @@ class SqlTaskOutputRepository(TaskOutputRepository):
             blob_store=self.blobs,
         )
 
-    def _key(self, task_type: str, inputs: Inputs) -> dict[str, str]:
-        return {
-            "p_ns": self.namespace,
-            "p_type": check_task_type(task_type),
-            "p_fp": inputs_fingerprint(inputs),
-        }
-
     async def save_output(self, task_type: str, inputs: Inputs, output: Output) -> None:
         """Upsert the entry and make its blob links the refs ``output`` holds (blobs
         only the replaced output referred to are freed). ``output`` must be JSON,
         except for binary values (``bytes``, ``Blob``), which are inlined losslessly."""
         value = encode_binary_values(check_output(output))
-        keys = [ref_key(r) for r in iter_cache_refs(value)]
-        params = {**self._key(task_type, inputs), "p_output": value, "p_now": self._clock()}
-        async with self.db.transaction() as conn:
-            row_id = await conn.scalar(self._s.upsert, params)
-            if row_id is None:
-                raise StorageError("the cache upsert returned no row")
-            await self.blobs.relink(conn, holder(row_id), keys)
+        refs = [ref_key(r) for r in iter_cache_refs(value)]
+        fingerprint = inputs_fingerprint(inputs)
+        await self._entries.save(
+            self.namespace, check_task_type(task_type), fingerprint, value, refs, self._clock()
+        )
 
     async def get_output(self, task_type: str, inputs: Inputs) -> dict[str, object] | None:
-        params = self._key(task_type, inputs)
-        async with self.db.transaction(write=False, atomic=False) as conn:
-            found = await conn.scalar(self._s.get, params)
+        found = await self._entries.get(
+            self.namespace, check_task_type(task_type), inputs_fingerprint(inputs)
+        )
         if found is None:
             return None
         if not isinstance(found, dict):
@@ -148,27 +89,14 @@ class SqlTaskOutputRepository(TaskOutputRepository):
         return decoded
 
     async def size(self) -> int:
-        async with self.db.transaction(write=False, atomic=False) as conn:
-            return int(await conn.scalar(self._s.size, {"p_ns": self.namespace}) or 0)
+        return await self._entries.size(self.namespace)
 
     async def clear(self) -> int:
-        return await self._remove("all", {})
+        return await self._entries.remove(self.namespace)
 
     async def clear_older_than(self, seconds: float) -> int:
-        return await self._remove("older", {"p_cutoff": self._clock() - check_age(seconds)})
-
-    async def _remove(self, which: str, cutoff: dict[str, datetime]) -> int:
-        """Delete entries in batches, each with its blob links in one short transaction."""
-        stmt = self._s.remove[which]
-        params = {**cutoff, "p_ns": self.namespace, "p_limit": _DELETE_BATCH}
-        removed = 0
-        while True:
-            async with self.db.transaction() as conn:
-                ids: list[int] = list(await conn.scalars(stmt, params))
-                await self.blobs.release_holders(conn, [holder(i) for i in ids])
-            removed += len(ids)
-            if len(ids) < _DELETE_BATCH:
-                return removed
+        cutoff: datetime = self._clock() - check_age(seconds)
+        return await self._entries.remove(self.namespace, cutoff)
 
     # -- streaming -------------------------------------------------------------
 

@@ -25,9 +25,8 @@ from taskdb.cli.jobs import job, jobs, submit
 from taskdb.cli.stats import stats
 from taskdb.cli.watch import watch
 from taskdb.errors import ConfigurationError, TaskdbError
-from taskdb.queue.server import JobQueueServer
-from taskdb.store.database import connect
-from taskdb.store.migrate import head_revision
+from taskdb.queue import JobQueueServer
+from taskdb.store import connect, head_revision
 
 
 class _UsageError(click.ClickException):

@@ -12,16 +12,13 @@ import click
 from rich.box import SIMPLE
 from rich.table import Table
 
-from taskdb.cache.inline import decode_inline
-from taskdb.cache.refs import ref_key
-from taskdb.cache.sql import collect_garbage
+from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
 from taskdb.cli.durations import parse_duration
 from taskdb.cli.format import binary_values, human_age, human_size
+from taskdb.core import decode_binary_values, ref_key
 from taskdb.errors import InvalidCacheRef
-from taskdb.store.blobs import BlobInfo, BlobStore, GcReport
-from taskdb.store.database import Database
-from taskdb.store.jobs import JobStore
+from taskdb.store import BlobInfo, Database, GcReport
 
 _KEY_LENGTH = 32  # blob keys are 32 hex digits; a shorter decimal is a job id
 
@@ -43,7 +40,7 @@ def blob_ls(db_url: str, as_json: bool, state: Any, limit: int) -> None:
 
     @with_db
     async def body(db: Database) -> list[BlobInfo]:
-        return await BlobStore(db).list_blobs(state=state, limit=limit)
+        return await Admin(db).list_blobs(state=state, limit=limit)
 
     found = body(db_url)
     if as_json:
@@ -80,10 +77,10 @@ def _pick(output: Any, job_id: int, port: str | None) -> dict[str, Any]:
 async def _source(db: Database, target: str, port: str | None) -> AsyncIterator[bytes] | bytes:
     """What ``blob cat TARGET`` writes: a blob's chunks, or inline bytes."""
     if target.isascii() and target.isdigit() and len(target) < _KEY_LENGTH:
-        job = await JobStore(db).get(int(target))
+        job = await Admin(db).get_job(int(target))
         value = _pick(job.output, job.id, port)
-        if "$ref" not in value:
-            return bytes(decode_inline(value))  # small: inlined below the ref threshold
+        if "$ref" not in value:  # small: inlined below the ref threshold
+            return bytes(decode_binary_values(value))
         key = value["$ref"]
     elif target.lstrip().startswith("{"):
         try:
@@ -92,7 +89,7 @@ async def _source(db: Database, target: str, port: str | None) -> AsyncIterator[
             raise InvalidCacheRef(f"not a CacheRef: invalid JSON ({exc})") from None
     else:
         key = target
-    stream = await BlobStore(db).open_stream(key)
+    stream = await Admin(db).open_blob(key)
     if stream is None:
         raise InvalidCacheRef(f"no committed blob {key!r} in this database")
     return stream
@@ -151,8 +148,8 @@ def gc(db_url: str, as_json: bool, dry_run: bool, grace: str, stale: str) -> Non
 
     @with_db
     async def body(db: Database) -> GcReport:
-        return await collect_garbage(
-            db, dry_run=dry_run, grace_seconds=grace_seconds, stale_seconds=stale_seconds
+        return await Admin(db).gc(
+            dry_run=dry_run, grace_seconds=grace_seconds, stale_seconds=stale_seconds
         )
 
     report = body(db_url)

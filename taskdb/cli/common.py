@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 
 from taskdb import settings
-from taskdb.store.database import connect
+from taskdb.store import connect
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

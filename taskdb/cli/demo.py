@@ -38,18 +38,14 @@ from rich.table import Table
 from rich.text import Text
 
 from taskdb import settings
+from taskdb.admin import Admin
 from taskdb.cli.format import human_size
+from taskdb.core import Job, JobStatus
 from taskdb.errors import AbortedJobError, RetryableJobError
-from taskdb.graph.jobs import submit_graph
-from taskdb.graph.model import TaskGraph
-from taskdb.graph.registry import register_task
-from taskdb.graph.task import Task, TaskContext
-from taskdb.queue.client import JobQueueClient
-from taskdb.queue.context import JobContext
-from taskdb.queue.models import Job, JobStatus
-from taskdb.store.database import Database, connect
-from taskdb.store.jobs import JobStore
-from taskdb.streams.events import BinaryDelta, Finish, Phase, StreamEvent
+from taskdb.graph import Task, TaskContext, TaskGraph, register_task, submit_graph
+from taskdb.queue import JobContext, JobQueueClient
+from taskdb.store import Database, connect
+from taskdb.streams import BinaryDelta, Finish, Phase, StreamEvent
 
 QUEUE = "demo"
 GRAPH_QUEUE = "demo-graphs"
@@ -159,7 +155,7 @@ async def _track(
 ) -> dict[int, Job]:
     """Live progress bars for ``jobs`` and the watcher's latest lines, until every job
     ended; aborts ``abort_id`` from this process once it is under way."""
-    store = JobStore(db)
+    admin = Admin(db)
     progress = Progress(
         TextColumn("{task.description:<26}"),
         BarColumn(),
@@ -172,7 +168,7 @@ async def _track(
     aborted = False
     with Live(Group(progress, _watch_panel(watcher)), console=console) as live:
         while True:
-            rows = {job_id: await store.get(job_id) for job_id, _ in jobs}
+            rows = {job_id: await admin.get_job(job_id) for job_id, _ in jobs}
             for job_id, bar in bars.items():
                 row = rows[job_id]
                 progress.update(bar, completed=row.progress, state=_describe(row))
@@ -244,7 +240,7 @@ async def run_demo(db_url: str, count: int, worker_count: int, mib: int) -> None
     if sum(earlier):
         console.print(f"cleared the {sum(earlier)} jobs of an earlier run, and their blobs")
     env = {**os.environ, settings.URL_ENV: db_url}  # URLs never go on a command line
-    head = await JobStore(db).changes_head()
+    head = await Admin(db).feed_head()
     procs = [
         _Proc("watch", ["watch", "--after", head, "--poll", "0.05"], env, keep=12),
         *(

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from taskdb.cache.inline import is_inline_bytes
-from taskdb.cache.refs import is_cache_ref
+from taskdb.core import is_cache_ref, is_inline_bytes
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
 

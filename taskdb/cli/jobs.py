@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import click
 from rich.table import Table
 
+from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
 from taskdb.cli.durations import parse_duration, parse_when
 from taskdb.cli.format import binary_values, human_age, render
-from taskdb.queue.client import JobQueueClient
-from taskdb.queue.models import TERMINAL_STATUSES, Job, JobStatus
-from taskdb.store.database import Database
-from taskdb.store.jobs import JobStore
+from taskdb.core import Job, JobStatus
+from taskdb.queue import JobQueueClient
+from taskdb.store import Database
 
 STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
 
@@ -83,9 +83,7 @@ def jobs(
 
     @with_db
     async def body(db: Database) -> list[Job]:
-        return await JobStore(db).list_jobs(
-            queue=queue, status=[s.upper() for s in status], limit=limit
-        )
+        return await Admin(db).list_jobs(queue=queue, status=status, limit=limit)
 
     rows = body(db_url)
     if as_json:
@@ -149,7 +147,7 @@ def job_show(job_id: int, db_url: str, as_json: bool) -> None:
 
     @with_db
     async def body(db: Database) -> Job:
-        return await JobStore(db).get(job_id)
+        return await Admin(db).get_job(job_id)
 
     row = body(db_url)
     if as_json:
@@ -169,7 +167,7 @@ def job_retry(job_id: int, db_url: str) -> None:
 
     @with_db
     async def body(db: Database) -> bool:
-        return await JobStore(db).retry_now(job_id, datetime.now(UTC))
+        return await Admin(db).retry_job(job_id)
 
     if not body(db_url):
         raise click.ClickException(f"job {job_id} is not FAILED; nothing to retry")
@@ -183,8 +181,8 @@ def job_abort(job_id: int, db_url: str) -> None:
     """Abort a job (a running one is cancelled by its worker)."""
 
     @with_db
-    async def body(db: Database) -> int:
-        return await JobStore(db).abort(datetime.now(UTC), job_id=job_id)
+    async def body(db: Database) -> bool:
+        return await Admin(db).abort_job(job_id)
 
     changed = body(db_url)
     click.echo(f"job {job_id} aborted" if changed else f"job {job_id} had already ended")
@@ -197,13 +195,12 @@ def job_abort(job_id: int, db_url: str) -> None:
 @click.option("--queue", "-q", help="Only this queue.")
 def job_purge(db_url: str, older_than: str, status: tuple[str, ...], queue: str | None) -> None:
     """Delete ended jobs older than an age (their blobs go when nothing else uses them)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(older_than))
-    statuses = [s.upper() for s in status] or list(TERMINAL_STATUSES)
-    if bad := [s for s in statuses if s not in TERMINAL_STATUSES]:
-        raise click.ClickException(f"only ended jobs can be purged, not {', '.join(bad)}")
+    age = timedelta(seconds=parse_duration(older_than))
 
     @with_db
     async def body(db: Database) -> int:
-        return await JobStore(db).purge(cutoff, datetime.now(UTC), queue=queue, statuses=statuses)
+        if status:
+            return await Admin(db).purge_jobs(age, queue=queue, status=status)
+        return await Admin(db).purge_jobs(age, queue=queue)
 
     click.echo(f"purged {body(db_url)} job(s)")

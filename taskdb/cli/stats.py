@@ -6,11 +6,11 @@ import click
 from rich.box import SIMPLE
 from rich.table import Table
 
+from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
 from taskdb.cli.format import human_seconds, human_size
-from taskdb.queue.models import JobStatus
-from taskdb.store.database import Database
-from taskdb.store.stats import DatabaseStats, collect_stats
+from taskdb.core import JobStatus
+from taskdb.store import Database, DatabaseStats
 
 _ALWAYS = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
 
@@ -24,7 +24,7 @@ def stats(db_url: str, as_json: bool) -> None:
 
     @with_db
     async def body(db: Database) -> DatabaseStats:
-        return await collect_stats(db)
+        return await Admin(db).stats()
 
     found = body(db_url)
     if as_json:

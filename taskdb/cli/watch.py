@@ -1,32 +1,30 @@
 """``taskdb watch``: follow jobs live from another process.
 
-Transitions and progress come from the change feed (``JobStore.changes_page``,
-read like ``subscribe_to_changes`` does, filtered by queue or job, woken by
-NOTIFY on PostgreSQL when the queue is known); ``--follow-stream`` prints one
-job's durable text stream (``JobQueueClient.follow``).
+Transitions and progress come from the change feed (:meth:`taskdb.Admin.watch`,
+filtered by queue or job, woken by NOTIFY on PostgreSQL when the queue is
+known); ``--follow-stream`` prints one job's durable text stream
+(``JobQueueClient.follow``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Literal
 
 import click
 
+from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_line, json_option, stop_on_signals, with_db
 from taskdb.cli.durations import parse_duration
-from taskdb.errors import JobNotFound, TaskdbError
-from taskdb.queue.client import JobQueueClient
-from taskdb.queue.local import sleep_until
-from taskdb.queue.models import ChangeKind, Job, JobChange, JobStatus
-from taskdb.store.database import Database
-from taskdb.store.jobs import JobStore
-from taskdb.streams.events import Finish, Phase, StreamError, TextDelta, event_to_json
+from taskdb.core import ChangeKind, Job, JobChange, JobStatus
+from taskdb.errors import JobNotFound
+from taskdb.queue import JobQueueClient
+from taskdb.store import Database
+from taskdb.streams import Finish, Phase, StreamError, TextDelta, event_to_json
 
 Outcome = Literal["done", "signal", "timeout"]
-OnChange = Callable[[JobChange], Awaitable[None]]
 
 _COLORS = {"completed": "green", "failed": "red", "aborted": "red", "retried": "yellow"}
 
@@ -34,8 +32,8 @@ _COLORS = {"completed": "green", "failed": "red", "aborted": "red", "retried": "
 class _Printer:
     """Prints changes: JSON lines, or one human line each (a job's failure with its error)."""
 
-    def __init__(self, store: JobStore, as_json: bool) -> None:
-        self.store = store
+    def __init__(self, admin: Admin, as_json: bool) -> None:
+        self.admin = admin
         self.as_json = as_json
 
     async def __call__(self, change: JobChange) -> None:
@@ -49,7 +47,7 @@ class _Printer:
             detail = f"{change.progress:.0f}%"
         elif change.status is JobStatus.FAILED:  # the row keeps a final error
             try:
-                row = await self.store.get(change.job_id)
+                row = await self.admin.get_job(change.job_id)
             except JobNotFound:  # purged meanwhile
                 row = None
             if row is not None and row.error:
@@ -59,58 +57,6 @@ class _Printer:
             f"{change.at:%H:%M:%S}.{change.at.microsecond // 1000:03d}  {change.queue}  "
             f"job {change.job_id:<5} {kind}  {change.status.value:<10} {detail}".rstrip()
         )
-
-
-async def _follow_feed(
-    db: Database,
-    callback: OnChange,
-    *,
-    after: str | None,
-    poll: float,
-    queue: str | None,
-    job_id: int | None,
-) -> Callable[[], Awaitable[None]]:
-    """Deliver each change (of ``queue``, of job ``job_id``) after the cursor ``after``,
-    else from now on, until the returned function is awaited. Reads the feed every
-    ``poll`` seconds, and at once when PostgreSQL notifies a change of ``queue``;
-    rides out database outages."""
-    store = JobStore(db)
-    cursor = await store.changes_head() if after is None else after
-    store.check_cursor(cursor)
-    woken = asyncio.Event()
-    listener = db.listener() if queue is not None else None
-    if listener is not None and queue is not None:
-        listener.watch(queue, woken)
-
-    stopping = False
-
-    async def run() -> None:
-        nonlocal cursor
-        while not stopping:  # a cancel can be lost in wait_for (Python 3.11)
-            woken.clear()
-            try:
-                page = await store.changes_page(cursor, queue=queue, job_id=job_id)
-            except TaskdbError as exc:
-                click.echo(f"change feed: {exc}; retrying", err=True)
-                await asyncio.sleep(poll)
-                continue
-            for change in page.changes:
-                await callback(change)
-            cursor = page.cursor
-            if not page.full:
-                await sleep_until(woken, poll)
-
-    task = asyncio.ensure_future(run())
-
-    async def stop() -> None:
-        nonlocal stopping
-        stopping = True
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if listener is not None and queue is not None:
-            listener.unwatch(queue, woken)
-
-    return stop
 
 
 async def _watch_changes(
@@ -123,8 +69,8 @@ async def _watch_changes(
     as_json: bool,
 ) -> None:
     """Print changes until ``job`` ended or ``max_events`` were printed (or forever)."""
-    store = JobStore(db)
-    printer = _Printer(store, as_json)
+    admin = Admin(db)
+    printer = _Printer(admin, as_json)
     finished = asyncio.Event()
     printed = 0
 
@@ -138,11 +84,10 @@ async def _watch_changes(
         if ended or (max_events is not None and printed >= max_events):
             finished.set()
 
-    stop = await _follow_feed(
-        db,
+    stop = await admin.watch(
         on_change,
         after=after,
-        poll=poll,
+        poll_interval=poll,
         queue=queue,
         job_id=None if job is None else job.id,
     )
@@ -151,7 +96,7 @@ async def _watch_changes(
     click.echo(f"watching {scope if job is None else f'job {job.id}'} of {db.safe_url}", err=True)
     try:
         if job is not None and after is None:
-            now = await store.get(job.id)  # read after subscribing: no end is missed
+            now = await admin.get_job(job.id)  # read after subscribing: no end is missed
             if now.status.terminal:
                 click.echo(f"job {job.id} has already ended: {now.status.value}", err=True)
                 return
@@ -241,7 +186,7 @@ def watch(
 
     @with_db
     async def body(db: Database) -> Outcome:
-        job = None if job_id is None else await JobStore(db).get(job_id)
+        job = None if job_id is None else await Admin(db).get_job(job_id)
         if job is not None and queue is not None and job.queue != queue:
             raise click.ClickException(f"job {job.id} is on queue {job.queue!r}, not {queue!r}")
         if follow_stream and job is not None:

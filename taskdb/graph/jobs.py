@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any, cast
 
-from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.cache.repository import RunPrivateCacheRepo
 from taskdb.cache.sql import SqlTaskOutputRepository
 from taskdb.errors import InvalidJobInput
@@ -24,6 +23,7 @@ from taskdb.graph.runner import RunConfig
 from taskdb.queue.client import JobHandle, JobQueueClient
 from taskdb.queue.context import JobContext
 from taskdb.queue.outputs import store_output
+from taskdb.settings import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.streams.events import (

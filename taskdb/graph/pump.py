@@ -12,9 +12,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 
 from taskdb.cache.coordinator import BinaryRefSink
-from taskdb.cache.refs import CacheRef
 from taskdb.cache.repository import TaskOutputRepository
-from taskdb.graph.model import TaskGraph
+from taskdb.core.refs import CacheRef
+from taskdb.graph.dataflow import DataflowGraph
 from taskdb.graph.task import Task
 from taskdb.streams.events import BinaryDelta, StreamEvent
 from taskdb.streams.ports import edge_needs_accumulation, get_streaming_ports
@@ -24,7 +24,7 @@ class StreamPump:
     """Static decisions and plumbing; holds no state."""
 
     @staticmethod
-    def any_consumer_needs_materialized(graph: TaskGraph, task: Task) -> bool:
+    def any_consumer_needs_materialized(graph: DataflowGraph, task: Task) -> bool:
         """Whether a consumer of one of ``task``'s binary ports needs the whole
         value rather than the deltas (its port does not stream binary, or it
         must wait for ``task`` to finish anyway)."""
@@ -42,7 +42,7 @@ class StreamPump:
 
     @staticmethod
     def can_stream_binary_to_cache(
-        graph: TaskGraph, task: Task, cache: TaskOutputRepository | None
+        graph: DataflowGraph, task: Task, cache: TaskOutputRepository | None
     ) -> bool:
         """True only when ``cache`` streams, every streaming port of ``task`` is
         binary, and no consumer needs the materialized bytes."""

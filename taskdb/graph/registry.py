@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from taskdb.errors import GraphDefinitionError
+from taskdb.graph.dataflow import DataflowGraph
 from taskdb.graph.model import TaskGraph
 from taskdb.graph.task import Task
 
@@ -40,7 +41,7 @@ def task_type(name: str) -> type[Task]:
         ) from None
 
 
-def graph_to_json(graph: TaskGraph) -> dict[str, Any]:
+def graph_to_json(graph: DataflowGraph) -> dict[str, Any]:
     """The graph as JSON: its tasks (id, type, defaults) and dataflows."""
     for task in graph.tasks.values():
         task_type(task.type)  # fail now, not on the worker

@@ -22,16 +22,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskdb.cache.coordinator import (
-    DEFAULT_REFERENCE_THRESHOLD,
-    CacheCoordinator,
-)
-from taskdb.cache.inline import iter_binary_chunks
-from taskdb.cache.refs import is_cache_ref
+from taskdb.cache.coordinator import CacheCoordinator
 from taskdb.cache.repository import TaskOutputRepository
+from taskdb.core.inline import iter_binary_chunks
+from taskdb.core.refs import is_cache_ref
 from taskdb.errors import AbortedJobError, GraphError, GraphTimeout, TaskFailed
-from taskdb.graph.model import ALL_PORTS, TaskGraph
+from taskdb.graph.dataflow import ALL_PORTS, DataflowGraph
 from taskdb.graph.task import ProgressCallback, Task, TaskContext, TaskStatus
+from taskdb.settings import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.streams.blob import Blob
 from taskdb.streams.channel import Channel
 from taskdb.streams.events import (
@@ -107,7 +105,7 @@ class _Link:
 class GraphRunner:
     """Runs ``graph`` once per :meth:`run`; :meth:`abort` stops a run in progress."""
 
-    def __init__(self, graph: TaskGraph, config: RunConfig | None = None) -> None:
+    def __init__(self, graph: DataflowGraph, config: RunConfig | None = None) -> None:
         self.graph = graph
         self.config = config or RunConfig()
         self.statuses: dict[str, TaskStatus] = {}

@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from taskdb import settings
-from taskdb.cache.inline import decode_binary_values
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.inline import decode_binary_values
+from taskdb.core.jobs import (
+    TERMINAL_STATUSES,
+    ChangeCursor,
+    Job,
+    JobOptions,
+    JobStatus,
+    NewJob,
+    input_digest,
+    require_aware,
+)
 from taskdb.errors import (
     ConfigurationError,
     InvalidJobInput,
@@ -20,55 +31,23 @@ from taskdb.errors import (
     WaitTimeout,
     job_error_from_row,
 )
+from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
 from taskdb.queue.durable import closing_event
-from taskdb.queue.local import hub_for, sleep_until
-from taskdb.queue.models import (
-    TERMINAL_STATUSES,
-    Job,
-    JobChange,
-    JobStatus,
-    input_digest,
-    require_aware,
-)
+from taskdb.queue.local import StreamCallback, StreamSource, Unsubscribe, hub_for, sleep_until
 from taskdb.store.database import Database
-from taskdb.store.feed import ChangeCursor
-from taskdb.store.jobs import JobOptions, JobStore, NewJob
+from taskdb.store.jobs import JobStore
 from taskdb.store.streams import StreamStore
 from taskdb.streams.events import Finish, StreamError, StreamEvent
 
-if TYPE_CHECKING:
-    from taskdb.queue.server import JobQueueServer
-
 log = logging.getLogger("taskdb.client")
 
-Clock = Callable[[], datetime]
 ProgressCallback = Callable[[float, str | None, Any], object]
-StreamCallback = Callable[[object], object]
-ChangeCallback = Callable[[JobChange], object]
-Unsubscribe = Callable[[], None]
 
 _INT32 = 2**31 - 1
 _RECHECK_GAP = 0.02  # seconds: the least time between two notified reads of a job
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 _FOLLOW_BATCH = 16
-
-
-def _settled(task: asyncio.Future[None]) -> asyncio.Future[None]:
-    """A future done once ``task`` has finished, whatever its outcome (it never
-    raises, and leaving it unawaited is fine)."""
-    settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def done(_: object) -> None:
-        if not settled.done():
-            settled.set_result(None)
-
-    task.add_done_callback(done)
-    return settled
 
 
 def job_result(job: Job) -> Any:
@@ -79,12 +58,6 @@ def job_result(job: Job) -> Any:
     if job.status is JobStatus.DISABLED:
         raise JobError(f"job {job.id} is disabled", error_code="Disabled")
     raise job_error_from_row(job.error_code, job.error)
-
-
-async def _call(callback: Callable[..., object], *args: Any) -> None:
-    result = callback(*args)
-    if inspect.isawaitable(result):
-        await result
 
 
 class JobHandle:
@@ -191,12 +164,13 @@ class JobQueueClient:
         self.queue = queue
         self.poll_interval = poll_interval
         self.default_max_retries = max_retries
-        self.server: JobQueueServer | None = None
+        self.server: StreamSource | None = None
         self._clock = clock
         self._store = JobStore(db)
 
-    def attach(self, server: JobQueueServer) -> None:
-        """Attach to a same-process server: handles then offer ``on_stream``."""
+    def attach(self, server: StreamSource) -> None:
+        """Attach to a same-process server (a :class:`~taskdb.JobQueueServer`): handles
+        then offer ``on_stream``."""
         self.server = server
 
     async def submit(
@@ -395,7 +369,7 @@ class JobQueueClient:
         *,
         poll_interval: float | None = None,
         after: ChangeCursor | int | None = None,
-    ) -> Callable[[], Awaitable[None]]:
+    ) -> StopFollowing:
         """Call ``callback`` (plain or async) with each :class:`JobChange` of this queue,
         in feed order, each once; returns a function that stops it (no callback runs
         after it was called; await its result to know the subscription has let go
@@ -407,45 +381,6 @@ class JobQueueClient:
         notified (PostgreSQL) and every ``poll_interval``, riding out database outages.
         """
         interval = self.poll_interval if poll_interval is None else poll_interval
-        cursor = await self._store.changes_head() if after is None else after
-        self._store.check_cursor(cursor)  # a bad cursor fails here, not in the task
-        woken = asyncio.Event()
-        listener = self.db.listener()
-        if listener is not None:
-            listener.watch(self.queue, woken)
-
-        stopped = False
-
-        async def run() -> None:
-            nonlocal cursor
-            while not stopped:
-                woken.clear()
-                try:
-                    page = await self._store.changes_page(cursor, queue=self.queue)
-                except TaskdbError as exc:  # the database is away: keep the cursor, retry
-                    log.warning("change feed of queue %r: %s; retrying", self.queue, exc)
-                    await asyncio.sleep(interval)
-                    continue
-                for change in page.changes:
-                    if stopped:
-                        return
-                    cursor = change.cursor
-                    try:
-                        await _call(callback, change)
-                    except Exception:
-                        log.exception("change callback raised")
-                cursor = page.cursor
-                if not page.full:
-                    await sleep_until(woken, interval)
-
-        task = asyncio.ensure_future(run())
-
-        def unsubscribe() -> Awaitable[None]:
-            nonlocal stopped
-            stopped = True
-            task.cancel()
-            if listener is not None:
-                listener.unwatch(self.queue, woken)
-            return _settled(task)
-
-        return unsubscribe
+        return await follow_changes(
+            self.db, callback, queue=self.queue, after=after, poll_interval=interval
+        )

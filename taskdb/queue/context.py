@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
+from taskdb.core.jobs import Job
 from taskdb.errors import InvalidJobInput
-from taskdb.queue.models import Job
 
 ProgressWriter = Callable[[float, str | None, Any], Awaitable[None]]
 StreamEmitter = Callable[[object], "asyncio.Event | None"]

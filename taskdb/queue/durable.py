@@ -14,8 +14,8 @@ import contextlib
 import itertools
 from collections import deque
 
+from taskdb.core.jobs import Job, JobStatus
 from taskdb.errors import LeaseLost, job_error_from_row
-from taskdb.queue.models import Job, JobStatus
 from taskdb.store.streams import StreamStore
 from taskdb.streams.events import BinaryDelta, Finish, StreamError, StreamEvent
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from taskdb.errors import ConfigurationError
 from taskdb.store.database import Database
-from taskdb.store.jobs import JobStore
+from taskdb.store.rates import RateWindow
 
 
 class Limiter(ABC):
@@ -112,27 +112,27 @@ class RateLimiter(Limiter):
         _positive("window_seconds", window_seconds)
         self.max_executions = max_executions
         self.window_seconds = window_seconds
-        self._store: JobStore | None = None
+        self._window: RateWindow | None = None
         self._queue = ""
         self._taken: list[int] = []
         self._next: datetime | None = None
 
     def bind(self, db: Database, queue: str) -> None:
-        self._store, self._queue = JobStore(db), queue
+        self._window, self._queue = RateWindow(db), queue
 
     async def reserve(self, want: int, now: datetime) -> int:
-        if self._store is None:
+        if self._window is None:
             raise ConfigurationError("RateLimiter is not bound: pass it to a JobQueueServer")
-        ids, self._next = await self._store.take_rate_slots(
+        ids, self._next = await self._window.take(
             self._queue, want, self.max_executions, self.window_seconds, now
         )
         self._taken = ids
         return len(ids)
 
     async def unreserve(self, count: int, now: datetime) -> None:
-        if count and self._store is not None:
+        if count and self._window is not None:
             unused, self._taken = self._taken[-count:], self._taken[:-count]
-            await self._store.return_rate_slots(unused)
+            await self._window.give_back(unused)
 
     def next_time(self, now: datetime) -> datetime | None:
         return self._next

@@ -14,11 +14,22 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from taskdb.store.database import Database
 
 ProgressListener = Callable[[datetime, float, str | None, Any], None]
+StreamCallback = Callable[[object], object]
+"""Receives each event a job's handler emits (``JobHandle.on_stream``)."""
+Unsubscribe = Callable[[], None]
+
+
+class StreamSource(Protocol):
+    """Where a job's same-process stream events come from: a server a client is attached to."""
+
+    def add_stream_listener(self, job_id: int, callback: StreamCallback) -> Unsubscribe:
+        """Call ``callback`` with each event job ``job_id`` emits, until unsubscribed."""
+        ...
 
 
 class LocalHub:

@@ -5,7 +5,7 @@ A handler may return, at any depth of dicts, lists and tuples, ``bytes``
 of byte chunks. :func:`store_output` turns them into JSON: values at or above
 the threshold are streamed into the blob store (never held whole: an async
 iterator is written as it produces) and replaced by a ``CacheRef``; smaller
-ones are inlined losslessly (``taskdb.cache.inline``). Every blob the output
+ones are inlined losslessly (``taskdb.core.inline``). Every blob the output
 refers to, including refs the handler returned itself, is linked to the job,
 so purging the job releases it and ``gc`` never takes it while the row lives.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from taskdb.cache.inline import encode_inline, is_binary, iter_binary_chunks
-from taskdb.cache.refs import is_cache_ref, iter_cache_refs, make_cache_ref, ref_key
+from taskdb.core.inline import encode_inline, is_binary, iter_binary_chunks
+from taskdb.core.refs import is_cache_ref, iter_cache_refs, make_cache_ref, ref_key
 from taskdb.store.blobs import BlobStore
 from taskdb.store.schema import job_holder
 from taskdb.streams.blob import Blob

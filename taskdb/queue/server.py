@@ -21,7 +21,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from taskdb import settings
-from taskdb.cache.coordinator import DEFAULT_REFERENCE_THRESHOLD
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.jobs import Claim, JobStatus
+from taskdb.core.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
 from taskdb.errors import (
     AbortedJobError,
     ConfigurationError,
@@ -31,17 +33,15 @@ from taskdb.errors import (
     TaskdbError,
 )
 from taskdb.queue.batcher import Batcher
-from taskdb.queue.client import Clock, StreamCallback, Unsubscribe, utcnow
 from taskdb.queue.context import JobContext
 from taskdb.queue.durable import DurableStreamWriter, closing_event
 from taskdb.queue.limiters import Limiter, NullLimiter
-from taskdb.queue.local import hub_for, sleep_until
-from taskdb.queue.models import JobStatus
+from taskdb.queue.local import StreamCallback, Unsubscribe, hub_for, sleep_until
 from taskdb.queue.outputs import needs_storing, store_output
-from taskdb.queue.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
+from taskdb.settings import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
-from taskdb.store.jobs import Claim, JobStore
+from taskdb.store.jobs import JobStore
 from taskdb.store.notify import Listener
 from taskdb.store.streams import StreamStore
 from taskdb.streams.events import EVENT_TYPES, Phase

@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Callable,
     Coroutine,
     Iterable,
     Iterator,
@@ -47,8 +45,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import cache
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -63,16 +60,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.refs import new_blob_key
 from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
-from taskdb.store import postgres, sqlite
-from taskdb.store.blob_io import BlobIO, batches, bind, bind_list, for_dialect
 from taskdb.store.database import Database
+from taskdb.store.dialect import BlobIO, Dialect
+from taskdb.store.errors import reconnecting
+from taskdb.store.params import batches, bind, bind_list
 from taskdb.store.schema import UtcDateTime, blob_links, blobs
-from taskdb.streams.blob import DEFAULT_CHUNK_BYTES, Blob, BlobWriter
+from taskdb.streams.blob import DEFAULT_CHUNK_BYTES, Blob, BlobWriter, check_chunk
 
 log = logging.getLogger("taskdb.blobs")
 
-Clock = Callable[[], datetime]
 BlobState = Literal["writing", "committed"]
 WRITING: BlobState = "writing"
 COMMITTED: BlobState = "committed"
@@ -84,21 +83,6 @@ TOUCH_INTERVAL = 60.0
 GC_BATCH = 100  # blobs deleted per gc transaction
 
 _background: set[asyncio.Task[None]] = set()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_blob_key() -> str:
-    """A fresh public blob name (128 random bits, hex)."""
-    return secrets.token_hex(16)
-
-
-def check_chunk(chunk: object) -> None:
-    """A stream's chunks are bytes-like; anything else is an :class:`InvalidJobInput`."""
-    if not isinstance(chunk, bytes | bytearray | memoryview):
-        raise InvalidJobInput(f"blob chunks must be bytes, got {type(chunk).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +193,16 @@ class _Statements:
         }
 
 
-@cache
-def _dialect(name: str) -> tuple[_Statements, BlobIO, Any]:
-    io = for_dialect(name)
-    insert = postgres.insert if name == "postgresql" else sqlite.insert
-    return _Statements(io.oid_on_insert), io, insert(blob_links).on_conflict_do_nothing()
+_BUILT: dict[str, tuple[_Statements, Any]] = {}
+
+
+def _statements(d: Dialect) -> tuple[_Statements, Any]:
+    """The blob statements of dialect ``d`` and its link upsert, built on first use."""
+    built = _BUILT.get(d.name)
+    if built is None:
+        link = d.insert(blob_links).on_conflict_do_nothing()
+        built = _BUILT[d.name] = (_Statements(d.blobs.oid_on_insert), link)
+    return built
 
 
 @dataclass(slots=True)
@@ -317,7 +306,8 @@ class BlobStore:
         self.piece_bytes = piece_bytes
         self.commit_bytes = commit_bytes
         self.touch_interval = touch_interval
-        self._s, self._io, self._link = _dialect(db.dialect)
+        self._s, self._link = _statements(db.backend)
+        self._io: BlobIO = db.backend.blobs
 
     def __repr__(self) -> str:
         return f"BlobStore({self.db!r})"
@@ -337,10 +327,7 @@ class BlobStore:
         """
         created = self._clock()
         key = new_blob_key()
-        async with self.db.transaction() as conn:
-            params = {"p_key": key, "p_mime": mime, "p_now": created}
-            row = (await conn.execute(self._s.insert, params)).one()
-        blob = _Writing(row.id, row.oid, key, touched=time.monotonic())
+        blob = await self._create(key, mime, created)
         pieces = _Pieces(self.piece_bytes, self.commit_bytes)
         commit: asyncio.Future[datetime] | None = None  # the one commit in flight
         try:
@@ -362,6 +349,14 @@ class BlobStore:
             raise
         return BlobInfo(key, COMMITTED, blob.size, mime, created, committed, committed)
 
+    @reconnecting
+    async def _create(self, key: str, mime: str | None, created: datetime) -> _Writing:
+        async with self.db.transaction() as conn:
+            values = {"p_key": key, "p_mime": mime, "p_now": created}
+            row = (await conn.execute(self._s.insert, values)).one()
+        return _Writing(row.id, row.oid, key, touched=time.monotonic())
+
+    @reconnecting
     async def _commit(self, blob: _Writing, pieces: list[bytes], *, final: bool) -> datetime:
         now = self._clock()
         size = blob.size + sum(len(p) for p in pieces)
@@ -399,22 +394,31 @@ class BlobStore:
             if time.monotonic() - blob.touched < interval:
                 continue  # a commit touched it meanwhile
             try:
-                async with self.db.transaction() as conn:
-                    await conn.execute(self._s.touch, {"p_id": blob.id, "p_now": self._clock()})
+                await self._touch(blob)
             except TaskdbError as exc:
                 log.warning("could not touch blob %s being written: %s", blob.key, exc)
             blob.touched = time.monotonic()
 
+    @reconnecting
+    async def _touch(self, blob: _Writing) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(self._s.touch, {"p_id": blob.id, "p_now": self._clock()})
+
+    @reconnecting
+    async def _drop(self, blob: _Writing) -> None:
+        async with self.db.transaction() as conn:
+            rows = (await conn.execute(self._s.discard, {"p_id": blob.id})).all()
+            await self._io.drop(conn, rows)
+
     async def _discard(self, blob: _Writing) -> None:
         try:
-            async with self.db.transaction() as conn:
-                rows = (await conn.execute(self._s.discard, {"p_id": blob.id})).all()
-                await self._io.drop(conn, rows)
+            await self._drop(blob)
         except Exception as exc:  # best effort: gc reclaims the row once it is stale
             log.warning("could not delete unfinished blob %s: %s", blob.key, exc)
 
     # -- reading ------------------------------------------------------------------
 
+    @reconnecting
     async def _row(self, key: str) -> Row[Any] | None:
         if not isinstance(key, str):
             raise InvalidJobInput(f"a blob key is a string, got {type(key).__name__}")
@@ -426,6 +430,7 @@ class BlobStore:
         row = await self._row(key)
         return None if row is None else _info(row)
 
+    @reconnecting
     async def list_blobs(
         self, *, state: BlobState | None = None, limit: int = 100
     ) -> list[BlobInfo]:
@@ -546,9 +551,7 @@ class BlobStore:
         for kind, cutoff in cutoffs.items():
             lock, remove, count = self._s.sweeps[kind]
             if dry_run:
-                async with self.db.transaction(write=False) as conn:
-                    row = (await conn.execute(count, {"p_cutoff": cutoff})).one()
-                found[kind] = (int(row[0]), int(row[1]))
+                found[kind] = await self._count(count, cutoff)
             else:
                 found[kind] = await self._sweep(lock, remove, cutoff)
         return GcReport(
@@ -558,15 +561,30 @@ class BlobStore:
             bytes_freed=found["orphans"][1] + found["stale"][1],
         )
 
+    @reconnecting
+    async def _count(self, count: Any, cutoff: datetime) -> tuple[int, int]:
+        async with self.db.transaction(write=False) as conn:
+            row = (await conn.execute(count, {"p_cutoff": cutoff})).one()
+        return int(row[0]), int(row[1])
+
     async def _sweep(self, lock: Any, remove: Any, cutoff: datetime) -> tuple[int, int]:
         removed = freed = 0
         while True:
-            async with self.db.transaction() as conn:
-                params = {"p_cutoff": cutoff, "p_limit": GC_BATCH}
-                ids = list(await conn.scalars(lock, params))
-                rows = (await conn.execute(remove, {**params, "p_ids": ids})).all() if ids else []
-                await self._io.drop(conn, rows)
+            locked, rows = await self._sweep_batch(lock, remove, cutoff)
             removed += len(rows)
             freed += sum(int(r.size) for r in rows)
-            if len(ids) < GC_BATCH:
+            if locked < GC_BATCH:
                 return removed, freed
+
+    @reconnecting
+    async def _sweep_batch(
+        self, lock: Any, remove: Any, cutoff: datetime
+    ) -> tuple[int, Sequence[Row[Any]]]:
+        """Delete up to ``GC_BATCH`` blobs past ``cutoff`` in one transaction; returns
+        how many were locked and the rows deleted."""
+        async with self.db.transaction() as conn:
+            values = {"p_cutoff": cutoff, "p_limit": GC_BATCH}
+            ids = list(await conn.scalars(lock, values))
+            rows = (await conn.execute(remove, {**values, "p_ids": ids})).all() if ids else []
+            await self._io.drop(conn, rows)
+        return len(ids), rows

@@ -1,66 +1,40 @@
-"""The database handle: URL handling, engines, transactions and the error boundary.
+"""The database handle: URL handling, engines, transactions and migrations.
 
-Every statement taskdb runs goes through :meth:`Database.transaction`, which
-is the one place where driver exceptions become :class:`TaskdbError`\\ s.
-PostgreSQL pools do not ping on checkout (a round trip per transaction): a
-connection found dead is reported as a retryable :class:`StorageError` and
-the pool is invalidated, and :mod:`taskdb.store.jobs` retries once.
+Every statement taskdb runs goes through :meth:`Database.transaction`, the
+one place where driver exceptions become :class:`TaskdbError`\\ s
+(:mod:`taskdb.store.errors`). What PostgreSQL and SQLite do differently is
+``db.backend``, a :class:`~taskdb.store.dialect.Dialect`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import TupleRow
-from sqlalchemy import URL, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import (
-    ArgumentError,
-    DBAPIError,
-    NoSuchModuleError,
-    SQLAlchemyError,
-    StatementError,
-)
+from sqlalchemy import URL, create_engine, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from taskdb import settings
-from taskdb.errors import (
-    ConfigurationError,
-    InvalidJobInput,
-    SchemaOutOfDate,
-    StorageError,
-    TaskdbError,
-)
+from taskdb.errors import ConfigurationError, SchemaOutOfDate, TaskdbError
 from taskdb.store import migrate as _migrate
+from taskdb.store import postgres, sqlite
+from taskdb.store.dialect import ConnectOptions, Dialect, DialectName
+from taskdb.store.errors import DRIVER_ERRORS, is_missing_table, translate_error
 from taskdb.store.notify import Listener
+from taskdb.store.params import dumps
 from taskdb.store.schema import VERSION_TABLE
 
-Dialect = Literal["postgresql", "sqlite"]
-
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    SQLAlchemyError,
-    sqlite3.Error,
-    psycopg.Error,
-    OSError,
-)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-
-
-def dumps(value: Any) -> str:
-    """The JSON encoding used for every JSON column (strict: no NaN, no infinities)."""
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobInput(f"value is not JSON: {exc}") from exc
+_DIALECTS: dict[str, Dialect] = {
+    "postgresql": postgres.DIALECT,
+    "postgres": postgres.DIALECT,
+    "sqlite": sqlite.DIALECT,
+}
 
 
 def _parse_url(raw: str) -> tuple[URL, Dialect]:
@@ -68,56 +42,13 @@ def _parse_url(raw: str) -> tuple[URL, Dialect]:
         url = make_url(raw)
     except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(f"invalid database URL {raw!r}: {exc}") from exc
-    backend = url.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        return url.set(drivername="postgresql+psycopg"), "postgresql"
-    if backend == "sqlite":
-        if url.database in (None, "", ":memory:"):
-            raise ConfigurationError(
-                "taskdb needs an SQLite file (several processes share it), not an in-memory "
-                "database: use sqlite:///path/to/file.sqlite3"
-            )
-        return url.set(drivername="sqlite+aiosqlite"), "sqlite"
-    raise ConfigurationError(
-        f"unsupported database {backend!r} in URL: use postgresql://... or sqlite:///file"
-    )
-
-
-def connection_lost(orig: BaseException, where: str, *, retryable: bool = True) -> StorageError:
-    """The error for a connection that died (before COMMIT: ``retryable``)."""
-    err = StorageError(f"database {where} connection lost: {str(orig).strip()}")
-    err.retryable = retryable
-    return err
-
-
-def translate_error(exc: BaseException, where: str, *, retryable: bool = True) -> TaskdbError:
-    """Map a driver exception to the taskdb error tree.
-
-    A lost connection before COMMIT means the transaction was rolled back: the
-    resulting :class:`StorageError` is marked ``retryable``.
-    """
-    if isinstance(exc, TaskdbError):
-        return exc
-    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
-        # raised while encoding a parameter (``dumps`` says which value is not JSON)
-        if isinstance(exc.orig, TaskdbError):
-            return exc.orig
-        if isinstance(exc.orig, TypeError | ValueError):
-            return InvalidJobInput(f"value is not JSON: {exc.orig}")
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return connection_lost(exc.orig or exc, where, retryable=retryable)
-    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    lowered = detail.lower()
-    if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
-        return SchemaOutOfDate(
-            f"database {where} has no up-to-date taskdb schema ({detail}): run `taskdb migrate`"
+    backend = _DIALECTS.get(url.get_backend_name())
+    if backend is None:
+        raise ConfigurationError(
+            f"unsupported database {url.get_backend_name()!r} in URL: use postgresql://... "
+            "or sqlite:///file"
         )
-    if isinstance(orig, psycopg.errors.DataError | sqlite3.DataError):
-        return InvalidJobInput(f"value rejected by the database: {detail}")
-    if isinstance(orig, psycopg.OperationalError | OSError | sqlite3.OperationalError):
-        return StorageError(f"database {where} unavailable: {detail}")
-    return StorageError(f"database error on {where}: {detail}")
+    return backend.async_url(url), backend
 
 
 class Database:
@@ -138,19 +69,18 @@ class Database:
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         listen: bool | None = None,
     ) -> None:
-        self._url, self.dialect = _parse_url(settings.resolve_url(url))
+        self._url, self.backend = _parse_url(settings.resolve_url(url))
+        self.dialect: DialectName = self.backend.name
+        """``"postgresql"`` or ``"sqlite"``."""
         self.safe_url = self._url.render_as_string(hide_password=True)
-        self._pool_size = pool_size
-        self._echo = echo
-        self._busy_ms = int(sqlite_busy_timeout * 1000)
         if sqlite_synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError("sqlite_synchronous must be 'NORMAL' or 'FULL'")
-        self._synchronous = sqlite_synchronous
-        # One engine per (event loop, autocommit); PostgreSQL single-statement work
-        # uses a pool whose connections are born in autocommit mode.
+        self._options = ConnectOptions(pool_size, echo, sqlite_busy_timeout, sqlite_synchronous)
+        # One engine per (event loop, autocommit): statements that stand alone use a
+        # pool whose connections are born in autocommit mode (PostgreSQL).
         self._engines: dict[tuple[asyncio.AbstractEventLoop, bool], AsyncEngine] = {}
         self._schema_ok = False
-        self.listen = self.dialect == "postgresql" and settings.resolve_listen(listen)
+        self.listen = self.backend.listens and settings.resolve_listen(listen)
         """Whether waits wake on PostgreSQL NOTIFY (else they only poll)."""
         self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
 
@@ -159,43 +89,17 @@ class Database:
 
     # -- engines ----------------------------------------------------------------
 
-    def _configure_sqlite(self, engine: Engine) -> None:
-        busy_ms, synchronous = self._busy_ms, self._synchronous
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # taskdb emits BEGIN itself (below) so that writers take the lock up front.
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            # BEGIN IMMEDIATE waits on the busy timeout; a deferred transaction that
-            # later upgrades to a writer fails with "database is locked" instead.
-            write = conn.get_execution_options().get("taskdb_write", True)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
     def _engine(self, autocommit: bool = False) -> AsyncEngine:
         loop = asyncio.get_running_loop()
         engine = self._engines.get((loop, autocommit))
         if engine is None:
             for key in [k for k in self._engines if k[0].is_closed()]:
                 self._engines.pop(key).sync_engine.dispose(close=False)
-            options: dict[str, Any] = {"echo": self._echo, "json_serializer": dumps}
-            if self.dialect == "postgresql":
-                options.update(pool_size=self._pool_size, max_overflow=self._pool_size * 2)
-                options.update(pool_pre_ping=False, pool_reset_on_return=None)
-                if autocommit:
-                    options.update(isolation_level="AUTOCOMMIT")
-            else:
-                options.update(connect_args={"timeout": self._busy_ms / 1000})
-            engine = create_async_engine(self._url, **options)
-            if self.dialect == "sqlite":
-                self._configure_sqlite(engine.sync_engine)
+            options = self.backend.engine_options(self._options, autocommit=autocommit)
+            engine = create_async_engine(
+                self._url, echo=self._options.echo, json_serializer=dumps, **options
+            )
+            self.backend.configure_engine(engine.sync_engine, self._options)
             self._engines[loop, autocommit] = engine
         return engine
 
@@ -215,11 +119,7 @@ class Database:
         return listener
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[TupleRow]:
-        """A new connection outside the pools, for LISTEN."""
-        _args, params = self._engine().dialect.create_connect_args(self._url)
-        params.setdefault("application_name", f"taskdb-listen:{os.getpid()}")
-        params.setdefault("connect_timeout", 10)
-        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        return await self.backend.listen_connection(self._engine().sync_engine, self._url)
 
     @asynccontextmanager
     async def transaction(
@@ -235,7 +135,7 @@ class Database:
         try:
             if not self._schema_ok:
                 await self._check_schema()
-            if not atomic and self.dialect == "postgresql":
+            if not atomic and self.backend.standalone_statements:
                 async with self._engine(autocommit=True).connect() as conn:
                     yield conn
                 return
@@ -246,15 +146,15 @@ class Database:
                 try:
                     yield conn
                 except BaseException:
-                    with contextlib.suppress(*_DRIVER_ERRORS):
+                    with contextlib.suppress(*DRIVER_ERRORS):
                         await transaction.rollback()
                     raise
                 try:
                     await transaction.commit()
-                except _DRIVER_ERRORS as exc:
+                except DRIVER_ERRORS as exc:
                     # The commit may or may not have happened: never retried.
                     raise translate_error(exc, self.safe_url, retryable=False) from exc
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_error(exc, self.safe_url) from exc
 
     async def _check_schema(self) -> None:
@@ -266,7 +166,7 @@ class Database:
                         await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
                     ).scalar()
             except DBAPIError as exc:
-                if "no such table" in str(exc) or "does not exist" in str(exc):
+                if is_missing_table(exc):
                     found = None
                 else:
                     raise
@@ -283,20 +183,15 @@ class Database:
 
     @contextmanager
     def _sync_connection(self) -> Iterator[Any]:
-        url = self._url.set(
-            drivername="sqlite" if self.dialect == "sqlite" else self._url.drivername
-        )
         try:
-            engine = create_engine(url)
+            engine = create_engine(self.backend.sync_url(self._url))
         except NoSuchModuleError as exc:  # pragma: no cover - broken install
             raise ConfigurationError(str(exc)) from exc
         try:
             with engine.begin() as conn:
-                if self.dialect == "postgresql":
-                    # Serialize concurrent `migrate` runs (several workers starting at once).
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7340017)"))
+                self.backend.lock_migrations(conn)
                 yield conn
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_error(exc, self.safe_url) from exc
         finally:
             engine.dispose()

@@ -22,7 +22,7 @@ from sqlalchemy import CompoundSelect, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskdb.store.database import connection_lost
+from taskdb.store.errors import connection_lost
 
 Processor = Callable[[Any], Any]
 
@@ -73,7 +73,7 @@ class DriverStatement:
 
         A connection found broken is invalidated in the pool and reported as a
         retryable :class:`StorageError`; other driver errors propagate for
-        :func:`taskdb.store.database.translate_error`.
+        :func:`taskdb.store.errors.translate_error`.
         """
         named = self.fixed | values
         for name, process in self.binds:

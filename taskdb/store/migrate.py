@@ -1,14 +1,19 @@
-"""Run the packaged Alembic migrations programmatically."""
+"""Run the packaged Alembic migrations programmatically.
+
+Alembic is imported on first use (``migrate``, or the first transaction's schema
+check): ``import taskdb`` does not pay for it.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def migrations_dir() -> Path:
@@ -22,6 +27,8 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config for taskdb's migrations; ``connection`` is used by env.py if given."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -32,14 +39,20 @@ def alembic_config(connection: Connection | None = None) -> Config:
 @cache
 def head_revision() -> str:
     """The revision the code expects the database to be at."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def upgrade(connection: Connection, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(connection), revision)

@@ -1,33 +1,80 @@
-"""What PostgreSQL does differently: its INSERT construct, row sources, locks."""
+"""PostgreSQL's side of :class:`taskdb.store.dialect.Dialect`.
+
+Connections: psycopg 3; statements that stand alone run in autocommit (no
+BEGIN/COMMIT round trips); a process's waits wake on LISTEN/NOTIFY through one
+dedicated connection. Writes record their changes in the same statement (a
+data-modifying CTE) run on the driver (:mod:`taskdb.store.driver`). The change
+feed is read in snapshot batches; blob bytes live in large objects.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy import (
+    URL,
     BigInteger,
+    Boolean,
     ColumnElement,
+    Connection,
+    Engine,
     FromClause,
     Integer,
+    LargeBinary,
+    Row,
+    Select,
+    Table,
     Text,
     any_,
     bindparam,
     cast,
     column,
+    false,
     func,
     literal_column,
+    not_,
+    null,
+    select,
+    table,
+    text,
+    true,
+    union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
-from sqlalchemy.dialects.postgresql import insert as insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, OID, TIMESTAMP
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import UserDefinedType
 
-from taskdb.store.database import dumps
+from taskdb.core.jobs import ChangeCursor
+from taskdb.errors import ConfigurationError, StorageError
+from taskdb.store import changes
+from taskdb.store.dialect import (
+    BlobIO,
+    ChangeRows,
+    ConnectOptions,
+    Dialect,
+    DialectName,
+    FeedCursors,
+    Recorded,
+    Transactions,
+)
+from taskdb.store.driver import DriverStatement
+from taskdb.store.errors import reconnecting
+from taskdb.store.params import batches, bind, bind_list, dumps
+from taskdb.store.schema import job_changes as c
 
-# Changed rows and their change records can be written in one statement.
-DML_CTES = True
-JSON_NULL: ColumnElement[Any] = literal_column("'null'::jsonb")
+MiB = 1024 * 1024
+READ_BATCH_BYTES = 4 * MiB  # blob bytes read per transaction
+_MIGRATION_LOCK = 7340017  # pg_advisory_xact_lock key serializing `taskdb migrate`
 
+# Batch columns read from JSON with their SQL types (others are text).
 _TYPES: dict[str, Any] = {
     "id": BigInteger(),
     "attempts": Integer(),
@@ -42,64 +89,324 @@ _TYPES: dict[str, Any] = {
 }
 
 
-def json_param(name: str) -> ColumnElement[Any]:
-    """A bind parameter that takes JSON *text* (already encoded), read as jsonb."""
-    return cast(bindparam(name, type_=Text()), JSONB)
+# -- the change feed ---------------------------------------------------------------------
+
+_NOTHING = "1:1:"  # a snapshot in which no transaction is visible: the start of the feed
+_SNAPSHOT = re.compile(r"\d+:\d+:(\d+(,\d+)*)?")
 
 
-def batch_source(names: Sequence[str], param: str = "batch") -> FromClause:
-    """A derived table ``v`` with columns ``names``, read from one JSON array bound
-    as ``param`` (see :func:`encode_batch`): a whole batch in one parameter."""
-    cols = [column(name, _TYPES.get(name, Text())) for name in names]
-    return (
-        func.jsonb_to_recordset(json_param(param))
-        .table_valued(*cols)
-        .render_derived(name="v", with_types=True)
-    )
+class _Snapshot(UserDefinedType[str]):
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "pg_snapshot"
 
 
-def encode_batch(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows as one JSON array (datetimes as ISO text; a batch shares most of them)."""
-    iso: dict[datetime, str] = {}
+@dataclass(frozen=True, slots=True)
+class PgCursor:
+    """Changes visible in snapshot ``prev`` were delivered, and those of the batch up to
+    ``target`` (``None``: the next read's own snapshot) up to ``seq``."""
 
-    def encode(value: Any) -> Any:
-        if isinstance(value, datetime):
-            text = iso.get(value)
-            if text is None:
-                text = iso[value] = value.isoformat()
-            return text
-        return value
+    prev: str
+    target: str | None
+    seq: int
 
-    return dumps([{k: encode(v) for k, v in row.items()} for row in rows])
+    def encode(self) -> ChangeCursor:
+        return f"{self.prev}/{self.target or ''}/{self.seq}"
 
 
-def embed_json(text: str) -> str:
-    """A JSON value's text as it is written into a batch: as is (read as jsonb)."""
-    return text
+class _Feed:
+    """Snapshot batches, as PgQ reads its queues.
+
+    ``seq`` values are handed out in one order and committed in another (A takes
+    10, B takes 11 and commits first: a reader that moved past 11 never sees 10).
+    Each change row also holds its transaction id (``xid``), and a reader takes
+    the feed in batches: what committed between two snapshots of the reader
+    (visible in the newer, not in the older), delivered in ``seq`` order. Every
+    change falls in exactly one batch. Changes of one job stay ordered: the
+    later one was written after the earlier one committed (the job's row lock),
+    so it lies in the same batch or a later one, and has the larger ``seq``.
+
+    A cursor is ``prev/target/seq``: everything visible in snapshot ``prev`` was
+    delivered, and of the batch up to snapshot ``target``, the changes up to
+    ``seq``. No transaction holds the feed back, but while one stays open each
+    read scans the changes committed since it began (rows with ``xid >= xmin``
+    of ``prev``). An ``int`` cursor means "the changes after that ``seq`` visible
+    now, then everything later" (``0``, the whole feed, is exact).
+    """
+
+    def __init__(self) -> None:
+        self._pages: dict[tuple[bool, bool, bool], Select[Any]] = {}
+
+    def parse(self, after: ChangeCursor | int) -> PgCursor:
+        if isinstance(after, int) and not isinstance(after, bool) and after >= 0:
+            return PgCursor(_NOTHING, None, after)
+        if isinstance(after, str) and after.isascii() and after.isdigit():
+            return PgCursor(_NOTHING, None, int(after))
+        parts = after.split("/") if isinstance(after, str) else []
+        if len(parts) == 3:
+            prev, target, seq_text = parts
+            if (
+                _SNAPSHOT.fullmatch(prev)
+                and (target == "" or _SNAPSHOT.fullmatch(target))
+                and seq_text.isascii()
+                and seq_text.isdigit()
+            ):
+                return PgCursor(prev, target or None, int(seq_text))
+        raise ConfigurationError(
+            f"not a change-feed cursor of this postgresql database: {after!r} "
+            "(pass a JobChange.cursor, or a seq)"
+        )
+
+    def head(self) -> Select[Any]:
+        return select(cast(func.pg_current_snapshot(), Text))
+
+    def head_cursor(self, value: Any) -> ChangeCursor:
+        return PgCursor(str(value), None, 0).encode()
+
+    def page(
+        self, position: PgCursor, queue: str | None, job_id: int | None, limit: int
+    ) -> tuple[Select[Any], dict[str, Any]]:
+        values = {"feed_prev": position.prev, "feed_seq": position.seq}
+        if position.target is not None:
+            values["feed_target"] = position.target
+        key = (position.target is not None, queue is not None, job_id is not None)
+        stmt = self._pages.get(key)
+        if stmt is None:
+            stmt = self._pages[key] = self._page(*key)
+        return stmt, changes.page_values(queue, job_id, limit, **values)
+
+    @staticmethod
+    def _page(targeted: bool, by_queue: bool, by_job: bool) -> Select[Any]:
+        prev = cast(bindparam("feed_prev", type_=Text), _Snapshot())
+        target = cast(bindparam("feed_target", type_=Text), _Snapshot())
+
+        def visible(snapshot: Any) -> ColumnElement[bool]:
+            return func.pg_visible_in_snapshot(c.c.xid, snapshot, type_=Boolean)
+
+        def after_snapshot(snapshot: Any) -> list[ColumnElement[bool]]:
+            # The index range first: nothing below a snapshot's xmin is new to it.
+            return [c.c.xid >= func.pg_snapshot_xmin(snapshot), not_(visible(snapshot))]
+
+        def filtered(query: Select[Any]) -> Select[Any]:
+            return changes.filtered(query, by_queue, by_job)
+
+        # The rest of the batch being delivered ...
+        rest = select(*changes.FIELDS, true().label("old")).where(
+            *after_snapshot(prev), changes.SEQ_AFTER
+        )
+        if not targeted:  # ... which ends at this read's own snapshot
+            rows = filtered(rest).subquery("c")
+        else:  # ... then the batch that committed since its target
+            rest = filtered(rest.where(visible(target)))
+            new = filtered(
+                select(*changes.FIELDS, false().label("old")).where(*after_snapshot(target))
+            )
+            rows = union_all(rest, new).subquery("c")
+        return changes.page_of(cast(func.pg_current_snapshot(), Text), rows)
+
+    def cursors(
+        self, position: PgCursor, rows: Sequence[Any], limit: int
+    ) -> tuple[list[tuple[Any, ChangeCursor]], ChangeCursor]:
+        if not rows:  # the page statement always returns its head row
+            raise StorageError("a change-feed page returned no row")
+        found = [r for r in rows if r.seq is not None]
+        now = str(rows[0].head)
+        target = position.target or now
+        each = [
+            (r, PgCursor(position.prev, target, r.seq).encode())
+            if r.old
+            else (r, PgCursor(target, now, r.seq).encode())
+            for r in found
+        ]
+        if len(found) < limit:  # everything visible in this read's snapshot was read
+            return each, PgCursor(now, None, 0).encode()
+        return each, each[-1][1]
 
 
-def id_in(col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
-    """``col`` is one of the ids bound as ``param`` (one array, whatever the count)."""
-    return col == any_(bindparam(param, type_=ARRAY(BigInteger)))
+# -- blob bytes ------------------------------------------------------------------------
 
 
-def encode_ids(ids: Sequence[int]) -> list[int]:
-    return list(ids)
+class _LargeObjects:
+    """One large object per blob, written and read with the server-side functions
+    ``lo_put`` / ``lo_get`` (no client-side lo API, so it works through any pool)
+    and unlinked with ``lo_unlink`` (large objects never cascade)."""
+
+    oid_on_insert = cast(func.lo_create(0), BigInteger)
+
+    def __init__(self) -> None:
+        oid = cast(bind("oid"), OID)
+        offset = bind("offset", BigInteger())
+        self._put = select(func.lo_put(oid, offset, bind("data", LargeBinary())))
+        self._get = select(func.lo_get(oid, offset, bind("length", Integer()), type_=LargeBinary))
+        # Only oids of rows being deleted; one already gone (vacuumlo) is skipped.
+        lo = table("pg_largeobject_metadata", column("oid", OID))
+        self._unlink = select(func.lo_unlink(lo.c.oid)).where(lo.c.oid.in_(bind_list("oids")))
+        # A stream's intermediate commits need not wait for the WAL flush: its final
+        # commit flushes everything written before it, and a crash in between leaves
+        # a 'writing' blob that gc reclaims anyway.
+        self._relax = text("SET LOCAL synchronous_commit TO OFF")
+
+    async def put(
+        self, conn: AsyncConnection, row: Any, offset: int, seq: int, pieces: Sequence[bytes]
+    ) -> None:
+        for piece in pieces:
+            await conn.execute(self._put, {"p_oid": row.oid, "p_offset": offset, "p_data": piece})
+            offset += len(piece)
+
+    async def relax_commit(self, conn: AsyncConnection) -> None:
+        await conn.execute(self._relax)
+
+    async def read(self, db: Transactions, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
+        offset, size = 0, int(row.size)
+        batch = max(1, READ_BATCH_BYTES // chunk_size) * chunk_size
+        while offset < size:
+            end = min(size, offset + batch)
+            for part in await self._read_range(db, row, offset, end, chunk_size):
+                yield part
+            offset = end
+
+    @reconnecting
+    async def _read_range(
+        self, db: Transactions, row: Row[Any], offset: int, end: int, chunk_size: int
+    ) -> list[bytes]:
+        """Bytes ``offset`` to ``end`` of the blob in chunks, in one transaction."""
+        parts: list[bytes] = []
+        async with db.transaction(write=False, atomic=False) as conn:
+            while offset < end:
+                length = min(chunk_size, end - offset)
+                values = {"p_oid": row.oid, "p_offset": offset, "p_length": length}
+                data = await conn.scalar(self._get, values)
+                if data is None or len(data) != length:
+                    raise StorageError(f"blob {row.key} is shorter than its recorded size")
+                parts.append(data)
+                offset += length
+        return parts
+
+    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
+        oids = [r.oid for r in rows if r.oid is not None]
+        for batch in batches(oids):
+            await conn.execute(self._unlink, {"p_oids": batch})
 
 
-def advisory_lock_sql() -> str:
-    return "SELECT pg_advisory_xact_lock(hashtext(:key))"
+# -- the dialect -----------------------------------------------------------------------
 
 
-__all__ = [
-    "DML_CTES",
-    "JSON_NULL",
-    "advisory_lock_sql",
-    "batch_source",
-    "embed_json",
-    "encode_batch",
-    "encode_ids",
-    "id_in",
-    "insert",
-    "json_param",
-]
+class PostgresDialect:
+    """PostgreSQL (psycopg 3). See the module docstring."""
+
+    name: DialectName = "postgresql"
+    listens = True
+    standalone_statements = True
+    records_in_one_statement = True
+    json_null: ColumnElement[Any] = literal_column("'null'::jsonb")
+
+    def __init__(self) -> None:
+        self.feed: FeedCursors = _Feed()
+        self.blobs: BlobIO = _LargeObjects()
+        # recorded writes compiled for the driver on first use, by id() (statements
+        # are built once per process, so their ids are stable)
+        self._driver: dict[int, DriverStatement] = {}
+
+    # -- connections -----------------------------------------------------------------
+
+    def async_url(self, url: URL) -> URL:
+        return url.set(drivername="postgresql+psycopg")
+
+    def sync_url(self, url: URL) -> URL:
+        return self.async_url(url)
+
+    def engine_options(self, options: ConnectOptions, *, autocommit: bool) -> dict[str, Any]:
+        # No ping on checkout (a round trip per transaction): a connection found dead
+        # is reported as a retryable StorageError and the stores run it once more.
+        engine: dict[str, Any] = {
+            "pool_size": options.pool_size,
+            "max_overflow": options.pool_size * 2,
+            "pool_pre_ping": False,
+            "pool_reset_on_return": None,
+        }
+        if autocommit:
+            engine["isolation_level"] = "AUTOCOMMIT"
+        return engine
+
+    def configure_engine(self, engine: Engine, options: ConnectOptions) -> None:
+        """Nothing to hook: psycopg's defaults suit taskdb."""
+
+    def lock_migrations(self, conn: Connection) -> None:
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+
+    async def listen_connection(
+        self, engine: Engine, url: URL
+    ) -> psycopg.AsyncConnection[TupleRow]:
+        _args, params = engine.dialect.create_connect_args(url)
+        params.setdefault("application_name", f"taskdb-listen:{os.getpid()}")
+        params.setdefault("connect_timeout", 10)
+        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+
+    # -- statements ------------------------------------------------------------------
+
+    def insert(self, table: Table) -> Any:
+        return pg_insert(table)
+
+    def json_param(self, name: str) -> ColumnElement[Any]:
+        return cast(bind(name, Text()), JSONB)
+
+    def batch_source(self, names: Sequence[str], param: str = "batch") -> FromClause:
+        cols = [column(name, _TYPES.get(name, Text())) for name in names]
+        return (
+            func.jsonb_to_recordset(self.json_param(param))
+            .table_valued(*cols)
+            .render_derived(name="v", with_types=True)
+        )
+
+    def encode_batch(self, rows: Sequence[dict[str, Any]]) -> str:
+        """Datetimes as ISO text (a batch shares most of them: each is encoded once)."""
+        iso: dict[datetime, str] = {}
+
+        def encode(value: Any) -> Any:
+            if isinstance(value, datetime):
+                found = iso.get(value)
+                if found is None:
+                    found = iso[value] = value.isoformat()
+                return found
+            return value
+
+        return dumps([{k: encode(v) for k, v in row.items()} for row in rows])
+
+    def embed_json(self, text: str) -> str:
+        """As is: the batch is read as jsonb."""
+        return text
+
+    def id_in(self, col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
+        return col == any_(bind(param, ARRAY(BigInteger)))
+
+    async def lock(self, conn: AsyncConnection, key: str) -> None:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+    def recorded(self, dml: Any, changes: ChangeRows) -> Recorded:
+        changed = dml.cte("changed")
+        recorded = changes(changed.c, None).cte("recorded")
+        return Recorded(select(changed).add_cte(recorded), None)
+
+    def finish_and_claim(
+        self, finished: Any, claimed: Any, record: Callable[[Any, Any], Any]
+    ) -> Recorded:
+        # The two updates touch disjoint rows (running ones, pending ones) and see one
+        # snapshot, so a job an outcome puts back to PENDING is not claimed back here.
+        done, took = finished.cte("finished"), claimed.cte("claimed")
+        recorded = record(done.c, took.c).cte("recorded")
+        pairs = func.json_agg(func.json_build_array(done.c.id, done.c.status))
+        outcomes = select(func.coalesce(pairs, text("'[]'::json")), *(null() for _ in took.c))
+        both: Any = union_all(select(null().label("finished"), *took.c), outcomes)
+        return Recorded(both.add_cte(recorded), None)
+
+    async def run_recorded(
+        self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
+    ) -> list[Any]:
+        compiled = self._driver.get(id(stmt))
+        if compiled is None:
+            compiled = self._driver[id(stmt)] = DriverStatement.compile(stmt.main, conn.dialect)
+        return await compiled.execute(conn, values, where)
+
+
+DIALECT: Dialect = PostgresDialect()

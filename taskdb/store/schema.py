@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names as pg_ischema_names
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 
+from taskdb.core.jobs import ACTIVE_STATUSES, RUNNING_STATUSES
 from taskdb.errors import InvalidJobInput
 
 metadata = MetaData(
@@ -43,17 +44,14 @@ metadata = MetaData(
     }
 )
 
-ACTIVE_STATUSES = ("PENDING", "PROCESSING", "ABORTING")
-"""Statuses of a job that has not ended (a fingerprint dedupes against these)."""
-
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on both dialects.
 
-    Naive datetimes are rejected. SQLite stores naive UTC text in one fixed
-    format, so text comparison orders like time.
+    Naive datetimes are rejected. SQLite stores the UTC time as text in one fixed
+    format (the offset left out), so text comparison orders like time.
     """
 
     impl = DateTime(timezone=True)
@@ -64,8 +62,7 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise InvalidJobInput(f"naive datetime {value!r}: pass a timezone-aware datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None or value.tzinfo is UTC:
@@ -148,7 +145,7 @@ jobs = Table(
 
 _pending = jobs.c.status == "PENDING"
 _active = jobs.c.status.in_(ACTIVE_STATUSES)
-_running = jobs.c.status.in_(("PROCESSING", "ABORTING"))
+_running = jobs.c.status.in_(RUNNING_STATUSES)
 
 Index(
     "ix_taskdb_jobs_claim",

@@ -1,32 +1,265 @@
-"""What SQLite does differently: its INSERT construct, row sources, locks."""
+"""SQLite's side of :class:`taskdb.store.dialect.Dialect`.
+
+Connections: aiosqlite on one database file (never in memory: several
+processes share it) in WAL mode with a busy timeout; writers begin with
+``BEGIN IMMEDIATE`` so they queue for the one write lock instead of failing
+with "database is locked". There is one writer at a time, so ``seq`` order is
+commit order and a feed cursor is the ``seq``. A write and its change records
+are two statements of one transaction (SQLite has no data-modifying CTEs).
+Blob bytes are chunk rows, read by a thread of their own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy import (
     JSON,
+    URL,
     ColumnElement,
+    Connection,
+    Engine,
     FromClause,
+    Row,
+    Select,
+    Table,
     Text,
-    bindparam,
+    delete,
+    event,
     func,
     literal_column,
+    make_url,
+    null,
     select,
+    true,
 )
-from sqlalchemy.dialects.sqlite import insert as insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskdb.store.database import dumps
-from taskdb.store.schema import SQLITE_TIME_FORMAT
+from taskdb import settings
+from taskdb.core.jobs import ChangeCursor
+from taskdb.errors import ConfigurationError, StorageError
+from taskdb.store import changes
+from taskdb.store.dialect import (
+    BlobIO,
+    ChangeRows,
+    ConnectOptions,
+    Dialect,
+    DialectName,
+    FeedCursors,
+    Recorded,
+    Transactions,
+)
+from taskdb.store.errors import translate_error
+from taskdb.store.params import batches, bind, bind_list, dumps
+from taskdb.store.schema import SQLITE_TIME_FORMAT, blob_chunks, jobs
+from taskdb.store.schema import job_changes as c
 
-# SQLite has no data-modifying CTEs: a change record is a second statement.
-DML_CTES = False
-JSON_NULL: ColumnElement[Any] = literal_column("'null'")
+_READ_AHEAD = 2  # blob chunks out (read, and not yet done with by the consumer)
+_ROWS_PER_STATEMENT = 4  # chunk rows per read transaction (4 MiB of default pieces)
+
+
+# -- the change feed ---------------------------------------------------------------------
+
+
+class _Feed:
+    """One writer at a time: ``seq`` order is commit order, and a cursor is the ``seq``."""
+
+    def __init__(self) -> None:
+        self._pages: dict[tuple[bool, bool], Select[Any]] = {}
+
+    def parse(self, after: ChangeCursor | int) -> int:
+        if isinstance(after, int) and not isinstance(after, bool) and after >= 0:
+            return after
+        if isinstance(after, str) and after.isascii() and after.isdigit():
+            return int(after)
+        raise ConfigurationError(
+            f"not a change-feed cursor of this sqlite database: {after!r} "
+            "(pass a JobChange.cursor, or a seq)"
+        )
+
+    def head(self) -> Select[Any]:
+        return select(func.coalesce(func.max(c.c.seq), 0))
+
+    def head_cursor(self, value: Any) -> ChangeCursor:
+        return str(value)
+
+    def page(
+        self, position: int, queue: str | None, job_id: int | None, limit: int
+    ) -> tuple[Select[Any], dict[str, Any]]:
+        key = (queue is not None, job_id is not None)
+        stmt = self._pages.get(key)
+        if stmt is None:
+            rows = changes.filtered(
+                select(*changes.FIELDS, true().label("old")).where(changes.SEQ_AFTER), *key
+            ).subquery("c")
+            stmt = self._pages[key] = changes.page_of(func.coalesce(func.max(c.c.seq), 0), rows)
+        return stmt, changes.page_values(queue, job_id, limit, feed_seq=position)
+
+    def cursors(
+        self, position: int, rows: Sequence[Any], limit: int
+    ) -> tuple[list[tuple[Any, ChangeCursor]], ChangeCursor]:
+        each = [(r, str(r.seq)) for r in rows if r.seq is not None]
+        if len(each) < limit:
+            head = rows[0].head if rows else 0
+            return each, str(max(position, int(head or 0)))
+        return each, each[-1][1]
+
+
+# -- blob bytes ------------------------------------------------------------------------
+
+
+class _ChunkRows:
+    """Chunk rows in ``taskdb_blob_chunks`` numbered from 0, read by a thread of
+    their own (see :class:`_RowReader`)."""
+
+    oid_on_insert = null()
+
+    def __init__(self) -> None:
+        self._put = blob_chunks.insert()
+        self._drop = delete(blob_chunks).where(blob_chunks.c.blob_id.in_(bind_list("ids")))
+
+    async def put(
+        self, conn: AsyncConnection, row: Any, offset: int, seq: int, pieces: Sequence[bytes]
+    ) -> None:
+        rows = [{"blob_id": row.id, "seq": seq + i, "data": p} for i, p in enumerate(pieces)]
+        await conn.execute(self._put, rows)
+
+    async def relax_commit(self, conn: AsyncConnection) -> None:
+        """Nothing to do: in WAL mode with synchronous=NORMAL a commit does not sync."""
+
+    async def read(self, db: Transactions, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
+        reader = _RowReader(db, row, chunk_size)
+        try:
+            async for data in reader:
+                yield data
+        finally:
+            reader.stop()
+
+    async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
+        for batch in batches([r.id for r in rows]):
+            await conn.execute(self._drop, {"p_ids": batch})
+
+
+_END = object()
+_ROWIDS_SQL = (
+    "SELECT rowid, seq FROM taskdb_blob_chunks WHERE blob_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+)
+
+
+class _RowReader:
+    """A blob's chunk rows, read by a thread of its own through a sqlite3 connection
+    of its own, in chunks of at most ``chunk_size`` handed over as they come.
+
+    Why not the Database's pool: through aiosqlite a transaction costs about
+    1 ms (some nine thread hops). Each transaction covers at most
+    ``_ROWS_PER_STATEMENT`` rows; their bytes are read through incremental
+    blob I/O (``Connection.blobopen``), which copies once, straight into the
+    ``bytes`` handed over, without holding the GIL (a ``SELECT data`` copies
+    twice, the second time under the GIL). A chunk is read only when there is
+    room for it: at most ``_READ_AHEAD`` chunks are out, the one the consumer
+    holds included. Keeping that few MiB in flight is what lets the allocator
+    reuse the same memory; with more, it trims and faults pages in again for
+    every chunk, which costs more than the thread hops saved by batching.
+    """
+
+    def __init__(self, db: Transactions, row: Row[Any], chunk_size: int) -> None:
+        self._where = db.safe_url
+        self._path = str(make_url(db.safe_url).database)
+        self._row = row
+        self._chunk_size = chunk_size
+        self._loop = asyncio.get_running_loop()
+        self._items: asyncio.Queue[object] = asyncio.Queue()
+        self._room = threading.Semaphore(_READ_AHEAD)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="taskdb-blob-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Let the thread end (it closes its connection) without reading further."""
+        self._stopped = True
+        self._room.release()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            item = await self._items.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+            self._room.release()  # the consumer is done with it
+
+    def _reserve(self) -> bool:
+        """Wait for room for one more chunk; False when stopped."""
+        self._room.acquire()
+        return not self._stopped
+
+    def _put(self, item: object) -> bool:
+        try:
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is reading
+            return False
+        return True
+
+    def _run(self) -> None:
+        try:
+            done = self._read()
+        except sqlite3.Error as exc:
+            self._put(translate_error(exc, self._where))
+        except Exception as exc:
+            self._put(exc)
+        else:
+            if done:
+                self._put(_END)
+
+    def _read(self) -> bool:
+        """Hand every chunk over; False when stopped first."""
+        row, chunk_size = self._row, self._chunk_size
+        timeout = settings.SQLITE_BUSY_TIMEOUT_SECONDS
+        conn = sqlite3.connect(self._path, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            seq = done = 0
+            while done < row.size:
+                conn.execute("BEGIN")  # one short read transaction per few rows
+                try:
+                    found = conn.execute(_ROWIDS_SQL, (row.id, seq, _ROWS_PER_STATEMENT)).fetchall()
+                    for rowid, at in found:
+                        if at != seq:
+                            raise StorageError(f"blob {row.key} misses chunk {seq}")
+                        with conn.blobopen(
+                            "taskdb_blob_chunks", "data", rowid, readonly=True
+                        ) as blob:
+                            size = len(blob)
+                            for _ in range(0, size, chunk_size):
+                                if not (self._reserve() and self._put(blob.read(chunk_size))):
+                                    return False
+                        seq, done = seq + 1, done + size
+                finally:
+                    with contextlib.suppress(sqlite3.Error):  # it only read: nothing to undo
+                        conn.execute("ROLLBACK")
+                if not found:
+                    raise StorageError(f"blob {row.key} is shorter than its recorded size")
+            return True
+        finally:
+            conn.close()
+
+
+# -- the dialect -----------------------------------------------------------------------
 
 
 def _encode(name: str, value: Any) -> Any:
+    """A value of a batch row as SQLite stores it."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
     if name == "output" and value is not None:
@@ -36,54 +269,109 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
-def json_param(name: str) -> ColumnElement[Any]:
-    """A bind parameter that takes JSON *text* (already encoded), stored as is."""
-    return bindparam(name, type_=Text())
+class SqliteDialect:
+    """SQLite (aiosqlite, WAL). See the module docstring."""
+
+    name: DialectName = "sqlite"
+    listens = False
+    standalone_statements = False
+    records_in_one_statement = False
+    json_null: ColumnElement[Any] = literal_column("'null'")
+
+    def __init__(self) -> None:
+        self.feed: FeedCursors = _Feed()
+        self.blobs: BlobIO = _ChunkRows()
+
+    # -- connections -----------------------------------------------------------------
+
+    def async_url(self, url: URL) -> URL:
+        if url.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "taskdb needs an SQLite file (several processes share it), not an in-memory "
+                "database: use sqlite:///path/to/file.sqlite3"
+            )
+        return url.set(drivername="sqlite+aiosqlite")
+
+    def sync_url(self, url: URL) -> URL:
+        return url.set(drivername="sqlite")
+
+    def engine_options(self, options: ConnectOptions, *, autocommit: bool) -> dict[str, Any]:
+        return {"connect_args": {"timeout": options.busy_timeout}}
+
+    def configure_engine(self, engine: Engine, options: ConnectOptions) -> None:
+        busy_ms, synchronous = int(options.busy_timeout * 1000), options.synchronous
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # taskdb emits BEGIN itself (below) so that writers take the lock up front.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # BEGIN IMMEDIATE waits on the busy timeout; a deferred transaction that
+            # later upgrades to a writer fails with "database is locked" instead.
+            write = conn.get_execution_options().get("taskdb_write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def lock_migrations(self, conn: Connection) -> None:
+        """Nothing beyond the write lock every migration takes."""
+
+    async def listen_connection(
+        self, engine: Engine, url: URL
+    ) -> psycopg.AsyncConnection[TupleRow]:
+        raise ConfigurationError("SQLite has no LISTEN: waits poll")
+
+    # -- statements ------------------------------------------------------------------
+
+    def insert(self, table: Table) -> Any:
+        return sqlite_insert(table)
+
+    def json_param(self, name: str) -> ColumnElement[Any]:
+        """Stored as is (the text is the stored JSON)."""
+        return bind(name, Text())
+
+    def batch_source(self, names: Sequence[str], param: str = "batch") -> FromClause:
+        each = func.json_each(self.json_param(param)).table_valued("value")
+        return select(
+            *(func.json_extract(each.c.value, f"$.{name}").label(name) for name in names)
+        ).subquery("v")
+
+    def encode_batch(self, rows: Sequence[dict[str, Any]]) -> str:
+        return dumps([{k: _encode(k, v) for k, v in row.items()} for row in rows])
+
+    def embed_json(self, text: str) -> str:
+        """As a JSON string, which ``json_extract`` gives back as the text itself."""
+        return dumps(text)
+
+    def id_in(self, col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
+        each = func.json_each(bind(param, JSON)).table_valued("value")
+        return col.in_(select(each.c.value))
+
+    async def lock(self, conn: AsyncConnection, key: str) -> None:
+        """Nothing beyond BEGIN IMMEDIATE: one writer at a time."""
+
+    def recorded(self, dml: Any, changes: ChangeRows) -> Recorded:
+        return Recorded(dml, changes(jobs.c, self.id_in(jobs.c.id)))
+
+    def finish_and_claim(
+        self, finished: Any, claimed: Any, record: Callable[[Any, Any], Any]
+    ) -> None:
+        """No data-modifying CTEs: the store runs the claim, then the outcomes."""
+        return None
+
+    async def run_recorded(
+        self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
+    ) -> list[Any]:
+        rows = list((await conn.execute(stmt.main, values)).all())
+        if rows and stmt.record is not None:
+            record = {"p_now": values["p_now"], "p_ids": [r.id for r in rows]}
+            await conn.execute(stmt.record, record)
+        return rows
 
 
-def batch_source(names: Sequence[str], param: str = "batch") -> FromClause:
-    """A derived table ``v`` with columns ``names``, read from one JSON array bound
-    as ``param`` (see :func:`encode_batch`): a whole batch in one parameter."""
-    each = func.json_each(json_param(param)).table_valued("value")
-    return select(
-        *(func.json_extract(each.c.value, f"$.{name}").label(name) for name in names)
-    ).subquery("v")
-
-
-def encode_batch(rows: Sequence[dict[str, Any]]) -> str:
-    return dumps([{k: _encode(k, v) for k, v in row.items()} for row in rows])
-
-
-def embed_json(text: str) -> str:
-    """A JSON value's text as it is written into a batch: as a JSON string, which
-    ``json_extract`` gives back as the text itself (see :func:`_encode`)."""
-    return dumps(text)
-
-
-def id_in(col: ColumnElement[Any], param: str = "ids") -> ColumnElement[bool]:
-    """``col`` is one of the ids bound as ``param`` (one JSON array, whatever the count)."""
-    each = func.json_each(bindparam(param, type_=JSON)).table_valued("value")
-    return col.in_(select(each.c.value))
-
-
-def encode_ids(ids: Sequence[int]) -> list[int]:
-    return list(ids)
-
-
-def advisory_lock_sql() -> None:
-    """SQLite needs no lock beyond BEGIN IMMEDIATE: one writer at a time."""
-    return None
-
-
-__all__ = [
-    "DML_CTES",
-    "JSON_NULL",
-    "advisory_lock_sql",
-    "batch_source",
-    "embed_json",
-    "encode_batch",
-    "encode_ids",
-    "id_in",
-    "insert",
-    "json_param",
-]
+DIALECT: Dialect = SqliteDialect()

@@ -11,8 +11,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
-from taskdb.queue.models import JobStatus
+from taskdb.core.jobs import JobStatus
 from taskdb.store.database import Database
+from taskdb.store.errors import reconnecting
 from taskdb.store.schema import blobs, jobs
 
 THROUGHPUT_WINDOW_SECONDS = 60.0
@@ -51,6 +52,7 @@ class DatabaseStats(BaseModel):
     blobs: BlobTotals
 
 
+@reconnecting
 async def collect_stats(db: Database, now: datetime | None = None) -> DatabaseStats:
     """Per-queue counts, lag and throughput, and blob totals, as of ``now``."""
     now = datetime.now(UTC) if now is None else now

@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, select
 
+from taskdb.core.jobs import RUNNING_STATUSES
 from taskdb.store.database import Database
+from taskdb.store.errors import reconnecting
 from taskdb.store.schema import job_streams, jobs
 from taskdb.streams.events import BinaryDelta, StreamEvent, event_from_json, event_to_json
 
-RUNNING = ("PROCESSING", "ABORTING")
 TERMINAL_TYPES = frozenset({"finish", "error"})
 
 
@@ -46,11 +47,12 @@ def decode_event(data: dict[str, Any], chunk: bytes | None) -> StreamEvent:
 
 
 class StreamStore:
-    """Appends to and reads durable job streams."""
+    """Appends to and reads the durable job streams of one :class:`Database`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @reconnecting
     async def next_offset(self, job_id: int) -> int:
         async with self.db.transaction(write=False, atomic=False) as conn:
             last = await conn.scalar(
@@ -58,6 +60,7 @@ class StreamStore:
             )
         return 0 if last is None else int(last) + 1
 
+    @reconnecting
     async def append(
         self,
         job_id: int,
@@ -76,7 +79,7 @@ class StreamStore:
                 jobs.c.id == job_id,
                 jobs.c.attempts == attempt,
                 jobs.c.worker_id == worker_id,
-                jobs.c.status.in_(RUNNING),
+                jobs.c.status.in_(RUNNING_STATUSES),
             )
             .with_for_update(read=True)
         )
@@ -86,6 +89,7 @@ class StreamStore:
             await conn.execute(insert(job_streams), self._rows(job_id, attempt, offset, events))
         return True
 
+    @reconnecting
     async def append_terminal(self, job_id: int, attempt: int, event: StreamEvent) -> None:
         """Close the stream of an ended job with ``event`` (a Finish or an error),
         unless it is already closed."""
@@ -103,6 +107,7 @@ class StreamStore:
             offset = 0 if last is None else last.offset + 1
             await conn.execute(insert(job_streams), self._rows(job_id, attempt, offset, [event]))
 
+    @reconnecting
     async def read(self, job_id: int, from_offset: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events from ``from_offset`` on, in order."""
         stmt = (

@@ -14,8 +14,16 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import IO
 
+from taskdb.errors import InvalidJobInput
+
 DEFAULT_SPILL_BYTES = 8 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+
+
+def check_chunk(chunk: object) -> None:
+    """A stream's chunks are bytes-like; anything else is an :class:`InvalidJobInput`."""
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        raise InvalidJobInput(f"blob chunks must be bytes, got {type(chunk).__name__}")
 
 
 class Blob:

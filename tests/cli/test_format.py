@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from taskdb.cache.inline import encode_inline
-from taskdb.cache.refs import make_cache_ref
 from taskdb.cli.format import binary_values, human_size, inline_size, render, summarize_binary
+from taskdb.core.inline import encode_inline
+from taskdb.core.refs import make_cache_ref
 from taskdb.streams.blob import Blob
 
 

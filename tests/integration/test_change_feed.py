@@ -23,6 +23,7 @@ from sqlalchemy import make_url
 
 import taskdb
 from taskdb import JobContext, JobQueueClient, JobQueueServer, RetryableJobError, RetryPolicy
+from taskdb.store.feed import ChangeFeed
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import eventually
 from tests.integration.procs import QUEUE, Procs, Worker
@@ -131,7 +132,7 @@ async def test_a_follower_resumes_from_its_last_cursor(db: taskdb.Database, proc
         late = await client.submit({"n": 3})
         await late.wait(timeout=15)
         await asyncio.gather(*(h.wait(timeout=15) for h in early))
-    missed = await client._store.changes(seen_first[-1]["cursor"])
+    missed = await ChangeFeed(client.db).changes(seen_first[-1]["cursor"])
     second = procs.start_follower("second", after=seen_first[-1]["cursor"])
     await procs.wait_until(
         lambda: len(_changes(second)) >= len(missed), "the second follower to catch up"

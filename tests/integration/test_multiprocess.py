@@ -30,8 +30,10 @@ from taskdb import (
     JobStatus,
     PermanentJobError,
 )
-from taskdb.queue.retry import Complete
-from taskdb.store.jobs import Claim, JobStore
+from taskdb.core.jobs import Claim
+from taskdb.core.retry import Complete
+from taskdb.store.feed import ChangeFeed
+from taskdb.store.jobs import JobStore
 from tests.integration.procs import QUEUE, Procs
 
 pytestmark = [
@@ -172,7 +174,7 @@ async def test_sigkill_mid_job_is_recovered_by_another_worker(
     assert output == {"pid": b.pid, "echo": {"n": "killed"}}
     job = await client.get(handle.id)
     assert (job.status, job.attempts, job.worker_id) == (JobStatus.COMPLETED, 2, None)
-    kinds = [c.kind for c in await JobStore(db).changes(0, job_id=handle.id)]
+    kinds = [c.kind for c in await ChangeFeed(db).changes(0, job_id=handle.id)]
     assert kinds == [
         ChangeKind.SUBMITTED,
         ChangeKind.CLAIMED,
@@ -208,7 +210,7 @@ async def test_stale_worker_cannot_overwrite_the_new_owner(
     done = await client.get(handle.id)
     assert (done.status, done.attempts, done.worker_id) == (JobStatus.COMPLETED, 2, None)
     store = JobStore(db)
-    changes = await store.changes(0, job_id=handle.id)
+    changes = await ChangeFeed(store.db).changes(0, job_id=handle.id)
 
     # Resume A only once its handler's sleep is over, so that on waking it returns
     # and A tries to record its outcome (rather than its heartbeat cancelling it).
@@ -227,7 +229,7 @@ async def test_stale_worker_cannot_overwrite_the_new_owner(
     await procs.wait_until(a_recorded_or_refused, "A to try to record its outcome")
     assert await client.get(handle.id) == done, "the stale worker overwrote the job"
     assert refused in a.stderr(), a.describe()
-    assert await store.changes(0, job_id=handle.id) == changes
+    assert await ChangeFeed(store.db).changes(0, job_id=handle.id) == changes
 
     # The same refusal at the store level: a stale claim, and the right attempt
     # under the wrong worker, write nothing.
@@ -236,7 +238,7 @@ async def test_stale_worker_cannot_overwrite_the_new_owner(
     assert await store.finish(a.worker_id, stale, now) == {}
     assert await store.finish(a.worker_id, [(Claim(handle.id, 2), Complete("x"))], now) == {}
     assert await client.get(handle.id) == done
-    assert await store.changes(0, job_id=handle.id) == changes
+    assert await ChangeFeed(store.db).changes(0, job_id=handle.id) == changes
 
     stats_a, stats_b = await procs.terminate(a, b)
     assert (stats_a["completed"], stats_a["lost"]) == (0, 1)

@@ -20,9 +20,9 @@ from taskdb import (
     JobQueueServer,
     NullLimiter,
 )
-from taskdb.queue.models import JobStatus
-from taskdb.queue.retry import Complete
-from taskdb.store.jobs import Claim, JobStore
+from taskdb.core.jobs import Claim, JobStatus
+from taskdb.core.retry import Complete
+from taskdb.store.jobs import JobStore
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import eventually, outside_writer
 from tests.integration.conftest import FAST

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 import taskdb
+from taskdb.core.jobs import ChangeKind, Claim, JobOptions, JobStatus, NewJob, input_digest
+from taskdb.core.retry import Complete, Fail, Retry
 from taskdb.errors import JobNotFound, LeaseLost
-from taskdb.queue.models import ChangeKind, JobStatus, input_digest
-from taskdb.queue.retry import Complete, Fail, Retry
-from taskdb.store.jobs import Claim, JobOptions, JobStore, NewJob
+from taskdb.store.feed import ChangeFeed
+from taskdb.store.jobs import JobStore
+from taskdb.store.rates import RateWindow
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 Q = "q"
@@ -49,7 +51,7 @@ async def test_submit_returns_ids_in_order_and_records_changes(store: JobStore) 
     jobs = {j.id: j for j in await store.list_jobs(queue=Q)}
     assert [jobs[i].input for i in ids] == [{"i": i} for i in range(5)]
     assert all(j.status is JobStatus.PENDING and j.attempts == 0 for j in jobs.values())
-    changes = await store.changes(0)
+    changes = await ChangeFeed(store.db).changes(0)
     assert [(c.job_id, c.kind) for c in changes] == [(i, ChangeKind.SUBMITTED) for i in ids]
 
 
@@ -142,7 +144,11 @@ async def test_finish_batch_mixes_outcomes(store: JobStore) -> None:
     assert rows[ids[1]].output == "plain string"
     assert rows[ids[2]].run_after == at(100) and rows[ids[2]].error == "flaky"
     assert rows[ids[3]].error_code == "PermanentJobError" and rows[ids[3]].completed_at == at(1)
-    kinds = [c.kind for c in await store.changes(0) if c.kind not in ("submitted", "claimed")]
+    kinds = [
+        c.kind
+        for c in await ChangeFeed(store.db).changes(0)
+        if c.kind not in ("submitted", "claimed")
+    ]
     assert sorted(kinds) == ["completed", "completed", "failed", "retried"]
     # the retried job is claimable again only at its run_after
     assert await store.claim(Q, "w", 5, at(99), 30) == []
@@ -165,7 +171,9 @@ async def test_finish_and_claim_writes_outcomes_then_takes_new_jobs(store: JobSt
     # the next two in order; b, retried by this very call, is not taken back by it
     assert [j.id for j in claimed] == ids[2:4]
     assert [(j.status, j.worker_id, j.attempts) for j in claimed] == [("PROCESSING", "w", 1)] * 2
-    kinds = [(c.job_id, c.kind) for c in await store.changes(0) if c.kind != "submitted"]
+    kinds = [
+        (c.job_id, c.kind) for c in await ChangeFeed(store.db).changes(0) if c.kind != "submitted"
+    ]
     assert sorted(kinds[2:]) == sorted(
         [(a.id, "completed"), (b.id, "retried"), (ids[2], "claimed"), (ids[3], "claimed")]
     )
@@ -193,7 +201,7 @@ async def test_lease_expiry_requeues_then_fails_when_out_of_retries(store: JobSt
     row = await store.get(job_id)
     assert row.status is JobStatus.FAILED and row.attempts == 2
     assert row.error_code == "LeaseExpired"
-    kinds = [c.kind for c in await store.changes(0, job_id=job_id)]
+    kinds = [c.kind for c in await ChangeFeed(store.db).changes(0, job_id=job_id)]
     assert kinds == ["submitted", "claimed", "requeued", "claimed", "failed"]
 
 
@@ -290,7 +298,9 @@ async def test_progress_is_stored_and_recorded(store: JobStore) -> None:
         "halfway",
         {"step": 3},
     )
-    changes = [c for c in await store.changes(0, job_id=job_id) if c.kind == "progress"]
+    changes = [
+        c for c in await ChangeFeed(store.db).changes(0, job_id=job_id) if c.kind == "progress"
+    ]
     assert [c.progress for c in changes] == [42.5]
 
 
@@ -303,7 +313,7 @@ async def test_purge_deletes_old_terminal_jobs_only(store: JobStore) -> None:
     assert await store.purge(at(50), at(200)) == 1
     remaining = {j.id for j in await store.list_jobs(queue=Q)}
     assert remaining == {recent, running}
-    assert [c.kind for c in await store.changes(0, job_id=old)][-1] == "purged"
+    assert [c.kind for c in await ChangeFeed(store.db).changes(0, job_id=old)][-1] == "purged"
     assert await store.purge(at(1000), at(1000), statuses=["COMPLETED"]) == 0
     assert await store.purge(at(1000), at(1000), statuses=["FAILED"]) == 1
 
@@ -330,15 +340,16 @@ async def test_output_for_input_matches_equal_input(store: JobStore) -> None:
     assert await store.output_for_input("other", same) == (False, None)
 
 
-async def test_rate_slots_hold_a_sliding_window(store: JobStore) -> None:
-    ids, nxt = await store.take_rate_slots(Q, 5, 3, 10, T0)
+async def test_rate_slots_hold_a_sliding_window(db: taskdb.Database) -> None:
+    window = RateWindow(db)
+    ids, nxt = await window.take(Q, 5, 3, 10, T0)
     assert len(ids) == 3 and nxt == at(10)
-    ids2, nxt2 = await store.take_rate_slots(Q, 1, 3, 10, at(5))
+    ids2, nxt2 = await window.take(Q, 1, 3, 10, at(5))
     assert ids2 == [] and nxt2 == at(10)
-    await store.return_rate_slots(ids[:1])
-    ids3, _ = await store.take_rate_slots(Q, 2, 3, 10, at(5))
+    await window.give_back(ids[:1])
+    ids3, _ = await window.take(Q, 2, 3, 10, at(5))
     assert len(ids3) == 1
-    ids4, _ = await store.take_rate_slots(Q, 3, 3, 10, at(10.5))
+    ids4, _ = await window.take(Q, 3, 3, 10, at(10.5))
     assert len(ids4) == 2  # the hits at T0 aged out, the one at 5 still counts
 
 

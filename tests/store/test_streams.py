@@ -9,7 +9,8 @@ import psycopg
 from sqlalchemy import make_url
 
 import taskdb
-from taskdb.store.jobs import JobOptions, JobStore, NewJob
+from taskdb.core.jobs import JobOptions, NewJob
+from taskdb.store.jobs import JobStore
 from taskdb.store.streams import StreamStore
 from taskdb.streams import BinaryDelta, Finish, StreamError, TextDelta
 from tests.conftest import PG_ADMIN_URL

@@ -23,9 +23,9 @@ from taskdb.cache import (
     resolve_job_output,
     resolve_output,
 )
-from taskdb.cache.refs import ref_key
+from taskdb.core.jobs import input_digest
+from taskdb.core.refs import ref_key
 from taskdb.errors import InvalidCacheRef
-from taskdb.queue.models import input_digest
 
 
 def ref(key: str, **hints: Any) -> CacheRef:

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from taskdb.core.retry import Fail, Retry, RetryPolicy, decide_failure
 from taskdb.errors import AbortedJobError, PermanentJobError, RetryableJobError
-from taskdb.queue.retry import Fail, Retry, RetryPolicy, decide_failure
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,6 +9,7 @@ import pytest
 
 import taskdb
 from taskdb.cli.durations import parse_duration
+from taskdb.core.jobs import JobStatus, canonical_json, input_digest
 from taskdb.errors import (
     AbortedJobError,
     JobError,
@@ -17,7 +18,6 @@ from taskdb.errors import (
     job_error_from_row,
 )
 from taskdb.queue.batcher import Batcher
-from taskdb.queue.models import JobStatus, canonical_json, input_digest
 
 
 def test_all_is_sorted_and_importable() -> None:

@@ -1,9 +1,10 @@
-"""Job rows, statuses and change-feed items (pure data, no I/O)."""
+"""Job rows, statuses, change-feed items and what a submit or a claim carries (pure data)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -27,6 +28,14 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
+ACTIVE_STATUSES = ("PENDING", "PROCESSING", "ABORTING")
+"""Statuses of a job that has not ended (a fingerprint dedupes against these)."""
+RUNNING_STATUSES = ("PROCESSING", "ABORTING")
+"""Statuses of a job a worker holds."""
+
+
+ChangeCursor = str
+"""Where a reader of the change feed stands: opaque text (see :mod:`taskdb.store.feed`)."""
 
 
 class ChangeKind(StrEnum):
@@ -137,3 +146,39 @@ def require_aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and (value.tzinfo is None or value.utcoffset() is None):
         raise InvalidJobInput(f"{name} must be a timezone-aware datetime, got {value!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """What the jobs of one submit share (validated by the client)."""
+
+    run_after: datetime
+    max_retries: int
+    priority: int = 0
+    deadline: datetime | None = None
+    job_run_id: str | None = None
+    durable_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job to insert: its input as canonical JSON text, that text's digest, an
+    optional dedupe key. :meth:`of` makes one from a value (encoded once)."""
+
+    input_json: str
+    input_digest: str
+    fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, value: Any, fingerprint: str | None = None) -> NewJob:
+        """Raises InvalidJobInput if ``value`` is not JSON."""
+        text = canonical_json(value)
+        return cls(text, json_digest(text), fingerprint)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What fences a worker's writes to a job: the job id and the attempt it claimed."""
+
+    job_id: int
+    attempts: int

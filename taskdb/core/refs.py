@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import inspect
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import date, time, timedelta
 from decimal import Decimal
@@ -25,7 +26,7 @@ from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Literal, NotRequired, Protocol, TypedDict, TypeGuard, TypeVar
 from uuid import UUID
 
-from taskdb.cache.inline import decode_binary_values
+from taskdb.core.inline import decode_binary_values
 from taskdb.errors import ConfigurationError, InvalidCacheRef
 from taskdb.streams.blob import Blob
 
@@ -77,6 +78,11 @@ def make_cache_ref(
     if port is not None:
         ref["port"] = port
     return ref
+
+
+def new_blob_key() -> str:
+    """A fresh public blob name, the ``$ref`` of a new ref (128 random bits, hex)."""
+    return secrets.token_hex(16)
 
 
 def is_cache_ref(value: object) -> TypeGuard[CacheRef]:

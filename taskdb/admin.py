@@ -1,0 +1,184 @@
+"""``Admin``: what an operator does to a taskdb database, as library calls.
+
+Every ``taskdb`` command that inspects or repairs jobs and blobs is a thin
+shell over one of these methods, and so is the dashboard: list and show jobs,
+retry, abort and purge them, per-queue statistics, list and read blobs,
+collect garbage, and watch the change feed. Every method checks its
+arguments (a bad one raises :class:`~taskdb.ConfigurationError` or
+:class:`~taskdb.InvalidJobInput`) and raises :class:`~taskdb.JobNotFound`
+for an unknown job id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.jobs import TERMINAL_STATUSES, ChangeCursor, Job, JobStatus
+from taskdb.errors import ConfigurationError, JobNotFound
+from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
+from taskdb.store.blobs import BlobInfo, BlobState, BlobStore, GcReport
+from taskdb.store.database import Database
+from taskdb.store.feed import ChangeFeed
+from taskdb.store.jobs import JobStore
+from taskdb.store.stats import DatabaseStats, collect_stats
+
+_MAX_ID = 2**63 - 1  # job ids are BIGINT
+
+
+def check_job_id(job_id: int) -> int:
+    """``job_id`` if it can name a job; :class:`JobNotFound` for an id no job can have."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise ConfigurationError(f"a job id is an int, got {job_id!r}")
+    if not 0 < job_id <= _MAX_ID:
+        raise JobNotFound(job_id)
+    return job_id
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"limit must be an int >= 1, got {limit!r}")
+    return limit
+
+
+def check_statuses(statuses: Sequence[JobStatus | str]) -> list[str]:
+    """The statuses as stored (``JobStatus`` values, any case accepted)."""
+    try:
+        return [JobStatus(s.upper() if isinstance(s, str) else s).value for s in statuses]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+class Admin:
+    """Operator actions over one :class:`~taskdb.Database` (see the module docstring).
+
+    ``clock`` stamps what the actions write (tests inject one).
+    """
+
+    def __init__(self, db: Database, *, clock: Clock = utcnow) -> None:
+        self.db = db
+        self._clock = clock
+        self._jobs = JobStore(db)
+        self._blobs = BlobStore(db)
+
+    def __repr__(self) -> str:
+        return f"Admin({self.db!r})"
+
+    # -- jobs --------------------------------------------------------------------------
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: Sequence[JobStatus | str] = (),
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[Job]:
+        """Jobs newest first: of ``queue`` and ``status`` (any of them) when given, at
+        most ``limit``, with ids below ``before`` (pass the last id of a page to
+        read the next one: a page stays correct while jobs arrive)."""
+        if before is not None:
+            check_job_id(before)
+        return await self._jobs.list_jobs(
+            queue=queue,
+            status=check_statuses(status),
+            limit=check_limit(limit),
+            before=before,
+        )
+
+    async def get_job(self, job_id: int) -> Job:
+        """The job row; :class:`JobNotFound` for an unknown id."""
+        return await self._jobs.get(check_job_id(job_id))
+
+    async def retry_job(self, job_id: int) -> bool:
+        """Put a FAILED job back to PENDING for one more run (its retry budget grows
+        by one if it was used up). False when the job is not FAILED."""
+        return await self._jobs.retry_now(check_job_id(job_id), self._clock())
+
+    async def abort_job(self, job_id: int) -> bool:
+        """Abort a job: a pending one fails at once, a running one's worker cancels
+        it. False when the job had already ended."""
+        return bool(await self._jobs.abort(self._clock(), job_id=check_job_id(job_id)))
+
+    async def purge_jobs(
+        self,
+        older_than: timedelta,
+        *,
+        queue: str | None = None,
+        status: Sequence[JobStatus | str] = TERMINAL_STATUSES,
+    ) -> int:
+        """Delete ended jobs (of ``status``, default every ended one; of ``queue`` when
+        given) that ended more than ``older_than`` ago, with their durable streams
+        and the blobs only they referred to; returns how many jobs went."""
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise ConfigurationError(f"older_than must be a timedelta >= 0, got {older_than!r}")
+        wanted = check_statuses(status)
+        live = [s for s in wanted if s not in TERMINAL_STATUSES]
+        if live:
+            raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
+        now = self._clock()
+        return await self._jobs.purge(now - older_than, now, queue=queue, statuses=wanted)
+
+    async def stats(self) -> DatabaseStats:
+        """Per-queue job counts by status, lag and throughput, and blob totals."""
+        return await collect_stats(self.db, self._clock())
+
+    # -- the change feed ---------------------------------------------------------------
+
+    async def feed_head(self) -> ChangeCursor:
+        """The change-feed cursor of now: :meth:`watch` after it sees what commits later."""
+        return await ChangeFeed(self.db).head()
+
+    async def watch(
+        self,
+        callback: ChangeCallback,
+        *,
+        queue: str | None = None,
+        job_id: int | None = None,
+        after: ChangeCursor | int | None = None,
+        poll_interval: float = 0.5,
+    ) -> StopFollowing:
+        """Call ``callback`` with each change of every queue (or of ``queue``, of job
+        ``job_id``) after the cursor ``after`` (default: from now on), in feed
+        order, each once; returns the function that stops it (see
+        :func:`~taskdb.queue.changes.follow_changes`)."""
+        if job_id is not None:
+            check_job_id(job_id)
+        if isinstance(poll_interval, bool) or not 0 < poll_interval < float("inf"):
+            raise ConfigurationError(f"poll_interval must be a number > 0, got {poll_interval!r}")
+        return await follow_changes(
+            self.db, callback, queue=queue, job_id=job_id, after=after, poll_interval=poll_interval
+        )
+
+    # -- blobs -------------------------------------------------------------------------
+
+    async def list_blobs(
+        self, *, state: BlobState | None = None, limit: int = 100
+    ) -> list[BlobInfo]:
+        """Blobs newest first, only those in ``state`` when given."""
+        if state not in (None, "committed", "writing"):
+            raise ConfigurationError(f"state must be 'committed' or 'writing', got {state!r}")
+        return await self._blobs.list_blobs(state=state, limit=check_limit(limit))
+
+    async def open_blob(self, key: str) -> AsyncIterator[bytes] | None:
+        """The committed blob ``key`` as a stream of chunks (never whole in memory), or
+        ``None`` when no committed blob has that key."""
+        return await self._blobs.open_stream(key)
+
+    async def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        grace_seconds: float = 3600.0,
+        stale_seconds: float = 900.0,
+    ) -> GcReport:
+        """Reclaim orphaned blobs: committed blobs nothing has referred to for
+        ``grace_seconds``, and unfinished ones whose writer has been silent for
+        ``stale_seconds``; ``dry_run`` only counts them."""
+        return await self._blobs.gc(
+            dry_run=dry_run,
+            grace_seconds=grace_seconds,
+            stale_seconds=stale_seconds,
+            now=self._clock(),
+        )

@@ -1,0 +1,52 @@
+"""Pure values every layer shares: the job model, retry math, the clock, the ref codec.
+
+Nothing here does I/O. ``store`` and everything above it build on these types;
+the public ones are re-exported by the packages that use them (``taskdb.queue``,
+``taskdb.cache``) and by ``taskdb``.
+"""
+
+from taskdb.core.clock import Clock, utcnow
+from taskdb.core.inline import decode_binary_values, encode_binary_values, is_inline_bytes
+from taskdb.core.jobs import ChangeKind, Claim, Job, JobChange, JobOptions, JobStatus, NewJob
+from taskdb.core.refs import (
+    CACHE_REF_KIND,
+    CacheRef,
+    CacheRefResolver,
+    is_cache_ref,
+    iter_cache_refs,
+    make_cache_ref,
+    ref_key,
+    resolve_job_output,
+    resolve_output,
+)
+from taskdb.core.retry import Complete, Fail, Outcome, Retry, RetryPolicy, decide_failure
+
+__all__ = [
+    "CACHE_REF_KIND",
+    "CacheRef",
+    "CacheRefResolver",
+    "ChangeKind",
+    "Claim",
+    "Clock",
+    "Complete",
+    "Fail",
+    "Job",
+    "JobChange",
+    "JobOptions",
+    "JobStatus",
+    "NewJob",
+    "Outcome",
+    "Retry",
+    "RetryPolicy",
+    "decide_failure",
+    "decode_binary_values",
+    "encode_binary_values",
+    "is_cache_ref",
+    "is_inline_bytes",
+    "iter_cache_refs",
+    "make_cache_ref",
+    "ref_key",
+    "resolve_job_output",
+    "resolve_output",
+    "utcnow",
+]
