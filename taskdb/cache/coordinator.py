@@ -106,6 +106,14 @@ class CacheCoordinator:
         if self.cache is not None and cacheable:
             await self.cache.save_output(task_type, dict(inputs), output)
 
+    def binary_sink_ports(self, schema: Mapping[str, Any] | None, cacheable: bool) -> list[str]:
+        """The binary streaming ports whose bytes go to the cache as a stream: all of
+        them when the task's outputs are cached and the cache can stream, else none
+        (the one place that decides it)."""
+        if not (cacheable and self.streams):
+            return []
+        return [port for port, mode in get_streaming_ports(schema) if mode == "binary"]
+
     def get_binary_ref_sinks_by_policy(
         self,
         task_type: str,
@@ -113,17 +121,15 @@ class CacheCoordinator:
         schema: Mapping[str, Any] | None,
         cacheable: bool,
     ) -> dict[str, BinaryRefSink]:
-        """One sink per binary streaming port when the task's outputs are cached
-        and the cache can stream; otherwise none (the bytes are accumulated)."""
-        if not (cacheable and self.streams):
-            return {}
-        assert self.cache is not None
+        """One sink per port of :meth:`binary_sink_ports` (none: the bytes are
+        accumulated)."""
+        cache = self.cache
         return {
             port: BinaryRefSink(
-                self.cache, task_type, inputs, port, mime=get_port_media_type(schema, port)
+                cache, task_type, inputs, port, mime=get_port_media_type(schema, port)
             )
-            for port, mode in get_streaming_ports(schema)
-            if mode == "binary"
+            for port in self.binary_sink_ports(schema, cacheable)
+            if cache is not None
         }
 
     async def hydrate_refs_below_threshold(

@@ -1,8 +1,15 @@
 """``StreamPump``: the graph-aware decisions about a task's binary stream.
 
-``can_stream_binary_to_cache`` says when a task's bytes may go straight
-into the cache without the runner accumulating them; ``pipe_binary_to_cache``
-turns a task's events into the chunk stream a cache sink consumes.
+Two questions decide what happens to a binary port's bytes, each answered in
+one place. *Do they go to the cache as a stream?* The cache side answers
+(:meth:`~taskdb.cache.coordinator.CacheCoordinator.binary_sink_ports`: the
+task is cached and the cache can stream). *Does a consumer need them whole?*
+The graph answers (:meth:`StreamPump.port_needs_materialized`). The runner
+asks both for every streaming task: bytes that go to the cache and that no
+consumer needs whole are never accumulated; bytes that go to the cache and
+that a consumer needs are teed. :meth:`StreamPump.can_stream_binary_to_cache`
+combines them for a whole task; :meth:`StreamPump.pipe_binary_to_cache`
+drives a cache sink from a task's events outside a run.
 """
 
 from __future__ import annotations
@@ -11,45 +18,44 @@ import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 
-from taskdb.cache.coordinator import BinaryRefSink
+from taskdb.cache.coordinator import BinaryRefSink, CacheCoordinator
 from taskdb.cache.repository import TaskOutputRepository
 from taskdb.core.refs import CacheRef
 from taskdb.graph.dataflow import DataflowGraph
 from taskdb.graph.task import Task
 from taskdb.streams.events import BinaryDelta, StreamEvent
-from taskdb.streams.ports import edge_needs_accumulation, get_streaming_ports
+from taskdb.streams.ports import get_streaming_ports
 
 
 class StreamPump:
     """Static decisions and plumbing; holds no state."""
 
     @staticmethod
+    def port_needs_materialized(graph: DataflowGraph, task: Task, port: str) -> bool:
+        """Whether a consumer of ``task.port`` needs the whole value rather than the
+        deltas (its port does not stream in the same mode, so it waits for
+        ``task`` to finish)."""
+        return graph.needs_value(task.id, port)
+
+    @staticmethod
     def any_consumer_needs_materialized(graph: DataflowGraph, task: Task) -> bool:
-        """Whether a consumer of one of ``task``'s binary ports needs the whole
-        value rather than the deltas (its port does not stream binary, or it
-        must wait for ``task`` to finish anyway)."""
-        for flow in graph.outgoing(task.id):
-            consumer = graph.tasks[flow.target_id]
-            for source_port, target_port in graph.port_pairs(flow):
-                binary = dict(get_streaming_ports(task.output_schema)).get(source_port)
-                if binary != "binary":
-                    continue
-                if edge_needs_accumulation(
-                    task.output_schema, source_port, consumer.input_schema, target_port
-                ) or not graph.is_stream_edge(flow, source_port, target_port):
-                    return True
-        return False
+        """Whether a consumer of one of ``task``'s binary ports needs the whole value."""
+        return any(
+            StreamPump.port_needs_materialized(graph, task, port)
+            for port, mode in get_streaming_ports(task.output_schema)
+            if mode == "binary"
+        )
 
     @staticmethod
     def can_stream_binary_to_cache(
         graph: DataflowGraph, task: Task, cache: TaskOutputRepository | None
     ) -> bool:
         """True only when ``cache`` streams, every streaming port of ``task`` is
-        binary, and no consumer needs the materialized bytes."""
-        if cache is None or not cache.supports_streaming():
-            return False
-        modes = [mode for _, mode in get_streaming_ports(task.output_schema)]
-        if not modes or any(mode != "binary" for mode in modes):
+        binary (and so goes to the cache as a stream), and no consumer needs the
+        materialized bytes: the runner then holds none of them."""
+        streaming = [port for port, _mode in get_streaming_ports(task.output_schema)]
+        sinks = CacheCoordinator(cache).binary_sink_ports(task.output_schema, task.cacheable)
+        if not streaming or sinks != streaming:
             return False
         return not StreamPump.any_consumer_needs_materialized(graph, task)
 

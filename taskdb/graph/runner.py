@@ -28,6 +28,7 @@ from taskdb.core.inline import iter_binary_chunks
 from taskdb.core.refs import is_cache_ref
 from taskdb.errors import AbortedJobError, GraphError, GraphTimeout, TaskFailed
 from taskdb.graph.dataflow import ALL_PORTS, DataflowGraph
+from taskdb.graph.pump import StreamPump
 from taskdb.graph.task import ProgressCallback, Task, TaskContext, TaskStatus
 from taskdb.settings import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.streams.blob import Blob
@@ -311,7 +312,9 @@ class _Run:
             task.type, inputs, schema, cacheable
         )
         # streamed to the cache: accumulated only when a consumer needs the bytes (a tee)
-        accumulate -= {p for p in sinks if not self.graph.needs_value(tid, p)}
+        accumulate -= {
+            p for p in sinks if not StreamPump.port_needs_materialized(self.graph, task, p)
+        }
         processor = StreamProcessor(schema, accumulate=accumulate)
         by_port: dict[str, list[_Link]] = {}
         for link in self.links[tid]:

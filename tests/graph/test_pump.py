@@ -64,6 +64,18 @@ def test_can_stream_binary_to_cache_cases() -> None:
     assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["m"], streaming)
 
 
+class Uncached(Bytes):
+    cacheable = False
+
+
+def test_a_task_whose_outputs_are_not_cached_never_streams_to_the_cache() -> None:
+    """The runner sends bytes to the cache only for cached outputs: the pump agrees."""
+    graph = graph_of(Uncached("u"))
+    assert not StreamPump.can_stream_binary_to_cache(
+        graph, graph.tasks["u"], MemoryTaskOutputRepository()
+    )
+
+
 def test_a_consumer_needing_materialized_bytes_blocks_pure_streaming() -> None:
     streaming = MemoryTaskOutputRepository()
     graph = graph_of(Bytes("b"), Copy("copy"))
@@ -73,6 +85,7 @@ def test_a_consumer_needing_materialized_bytes_blocks_pure_streaming() -> None:
     graph.add(Digest("digest"))
     graph.connect("b", "data", "digest", "data")
     assert StreamPump.any_consumer_needs_materialized(graph, graph.tasks["b"])
+    assert StreamPump.port_needs_materialized(graph, graph.tasks["b"], "data")
     assert not StreamPump.can_stream_binary_to_cache(graph, graph.tasks["b"], streaming)
 
 
