@@ -15,6 +15,7 @@ from taskdb.errors import (
 )
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
 from taskdb.queue.client import JobHandle, JobQueueClient
+from taskdb.queue.config import ServerSettings
 from taskdb.queue.context import JobContext
 from taskdb.queue.limiters import (
     CompositeLimiter,
@@ -25,7 +26,7 @@ from taskdb.queue.limiters import (
     NullLimiter,
     RateLimiter,
 )
-from taskdb.queue.server import JobQueueServer, ServerStats
+from taskdb.queue.server import JobQueueServer, ServerState, ServerStats
 
 __all__ = [
     "AbortedJobError",
@@ -50,6 +51,8 @@ __all__ = [
     "RateLimiter",
     "RetryPolicy",
     "RetryableJobError",
+    "ServerSettings",
+    "ServerState",
     "ServerStats",
     "StopFollowing",
     "follow_changes",

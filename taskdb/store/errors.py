@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
@@ -75,7 +75,9 @@ def is_missing_table(exc: BaseException) -> bool:
     return "no such table" in text or ("relation" in text and "does not exist" in text)
 
 
-def reconnecting(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def reconnecting(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """The reconnect policy of every store: a method (or a step) that runs one
     transaction runs once more if its connection died before COMMIT (the pool
     has been refreshed by then). Anything else propagates at once."""

@@ -1,0 +1,101 @@
+"""One run of a job: its handler, under the job's deadline, cancellable by the server.
+
+:func:`execute` turns whatever the handler does into an
+:class:`~taskdb.core.retry.Outcome` (or ``None`` when nothing must be
+written): its output, a failure decided by the retry policy, a deadline
+passed, an abort. The server cancels a handler only through
+:func:`cancel_handler`, which marks why; any other cancellation is the
+server's own shutdown and propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from taskdb.core.clock import Clock
+from taskdb.core.jobs import Claim
+from taskdb.core.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
+from taskdb.errors import AbortedJobError, DeadlineExceeded
+from taskdb.queue.context import JobContext
+from taskdb.queue.durable import DurableStreamWriter
+
+log = logging.getLogger("taskdb.server")
+
+
+@dataclass(eq=False)
+class Run:
+    """A claimed job while this server holds it."""
+
+    job: Any  # the claimed row: id, attempts, input, deadline, max_retries, ...
+    claim: Claim
+    ctx: JobContext
+    task: asyncio.Task[None] | None = None
+    cancelling: bool = False  # the server cancelled the handler (abort, lost lease, release)
+    releasing: bool = False  # give the job back untouched (stopping)
+    lost: bool = False  # the lease was lost: nothing may be written
+    recording: bool = False  # the handler returned, its slot is free; the outcome is written
+    cancel_timer: asyncio.TimerHandle | None = None
+    stream: DurableStreamWriter | None = None  # the job was submitted with durable_stream
+
+
+def cancel_handler(run: Run) -> None:
+    """Cancel a run's handler (never its outcome write, which is fenced anyway)."""
+    if run.task is not None and not run.recording and not run.cancelling:
+        run.cancelling = True
+        run.task.cancel()
+
+
+def failure(run: Run, exc: BaseException, *, clock: Clock, retry: RetryPolicy) -> Outcome:
+    """What an attempt that raised ``exc`` leads to (an aborted job fails as aborted)."""
+    if run.ctx.aborting:
+        return Fail("aborted", AbortedJobError.__name__)
+    job = run.job
+    log.info("job %s attempt %s failed: %r", job.id, job.attempts, exc)
+    return decide_failure(
+        exc,
+        attempts=job.attempts,
+        max_retries=job.max_retries,
+        deadline=job.deadline,
+        now=clock(),
+        policy=retry,
+    )
+
+
+async def execute(
+    run: Run, output_of: Callable[[Run], Awaitable[Any]], *, clock: Clock, retry: RetryPolicy
+) -> Outcome | None:
+    """Run ``output_of(run)`` (the handler, and storing its binary output) in the
+    current task, which must be ``run.task``; ``None`` when nothing must be
+    written (released, lease lost)."""
+    job = run.job
+    deadline = None
+    if job.deadline is not None:
+        left = (job.deadline - clock()).total_seconds()
+        deadline = asyncio.get_running_loop().time() + max(0.0, left)
+    timer = None if deadline is None else asyncio.timeout_at(deadline)
+    try:
+        if timer is None:
+            output = await output_of(run)
+        else:
+            async with timer:
+                output = await output_of(run)
+    except TimeoutError as exc:
+        if timer is None or not timer.expired():  # the handler raised it itself
+            return failure(run, exc, clock=clock, retry=retry)
+        return Fail("deadline exceeded while running", DeadlineExceeded.__name__)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not run.cancelling or task is None:
+            raise  # not ours: the server itself is being cancelled
+        task.uncancel()
+        if run.releasing or run.lost:
+            return None
+        return Fail("aborted", AbortedJobError.__name__)
+    except Exception as exc:
+        return failure(run, exc, clock=clock, retry=retry)
+    # Not JSON? The outcome write rejects it and fails only this job.
+    return Complete(output)
