@@ -30,6 +30,7 @@ test: lint types unit
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/queue_throughput.py
 	$(BIN)/python benchmarks/follow_latency.py
 	$(BIN)/python benchmarks/stream_throughput.py

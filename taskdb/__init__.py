@@ -1,22 +1,18 @@
 """taskdb: a SQL-backed durable job system for PostgreSQL and SQLite.
 
 Start with :func:`connect`, then :class:`JobQueueClient` to submit jobs and
-:class:`JobQueueServer` to run them.
+:class:`JobQueueServer` to run them; :class:`Admin` inspects and repairs.
+
+``import taskdb`` loads only the error classes: every other name is imported
+from its subpackage on first use (SQLAlchemy, pydantic and psycopg take a few
+hundred milliseconds to load).
 """
 
-from taskdb.cache import (
-    CacheRef,
-    MemoryTaskOutputRepository,
-    RunPrivateCacheRepo,
-    SqlTaskOutputRepository,
-    TaskOutputRepository,
-    collect_garbage,
-    is_cache_ref,
-    resolve_job_output,
-    resolve_output,
-)
-from taskdb.core.jobs import ChangeKind, Job, JobChange, JobStatus
-from taskdb.core.retry import RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from taskdb.errors import (
     AbortedJobError,
     ConfigurationError,
@@ -39,41 +35,154 @@ from taskdb.errors import (
     TaskInputError,
     WaitTimeout,
 )
-from taskdb.graph.dataflow import Dataflow
-from taskdb.graph.jobs import GraphJobHandler, submit_graph
-from taskdb.graph.model import TaskGraph
-from taskdb.graph.pump import StreamPump
-from taskdb.graph.registry import register_task
-from taskdb.graph.runner import GraphResult, GraphRunner, RunConfig
-from taskdb.graph.task import Task, TaskContext, TaskStatus
-from taskdb.queue.client import JobHandle, JobQueueClient
-from taskdb.queue.context import JobContext
-from taskdb.queue.limiters import (
-    CompositeLimiter,
-    ConcurrencyLimiter,
-    DelayLimiter,
-    EvenlySpacedRateLimiter,
-    Limiter,
-    NullLimiter,
-    RateLimiter,
-)
-from taskdb.queue.server import JobQueueServer, ServerStats
-from taskdb.store.database import Database, connect
-from taskdb.streams.blob import Blob
+
+if TYPE_CHECKING:
+    from taskdb.admin import (
+        Admin,
+    )
+    from taskdb.cache import (
+        CacheRef,
+        MemoryTaskOutputRepository,
+        RunPrivateCacheRepo,
+        SqlTaskOutputRepository,
+        TaskOutputRepository,
+        collect_garbage,
+        is_cache_ref,
+        resolve_job_output,
+        resolve_output,
+    )
+    from taskdb.core import (
+        ChangeKind,
+        Job,
+        JobChange,
+        JobStatus,
+        RetryPolicy,
+    )
+    from taskdb.graph import (
+        Dataflow,
+        GraphJobHandler,
+        GraphResult,
+        GraphRunner,
+        RunConfig,
+        StreamPump,
+        Task,
+        TaskContext,
+        TaskGraph,
+        TaskStatus,
+        register_task,
+        submit_graph,
+    )
+    from taskdb.queue import (
+        CompositeLimiter,
+        ConcurrencyLimiter,
+        DelayLimiter,
+        EvenlySpacedRateLimiter,
+        JobContext,
+        JobHandle,
+        JobQueueClient,
+        JobQueueServer,
+        Limiter,
+        NullLimiter,
+        RateLimiter,
+        ServerSettings,
+        ServerState,
+        ServerStats,
+    )
+    from taskdb.store import (
+        BlobInfo,
+        Database,
+        DatabaseStats,
+        GcReport,
+        QueueStats,
+        connect,
+    )
+    from taskdb.streams import (
+        Blob,
+    )
+
+_LAZY: dict[str, str] = {
+    "Admin": "taskdb.admin",
+    "CacheRef": "taskdb.cache",
+    "MemoryTaskOutputRepository": "taskdb.cache",
+    "RunPrivateCacheRepo": "taskdb.cache",
+    "SqlTaskOutputRepository": "taskdb.cache",
+    "TaskOutputRepository": "taskdb.cache",
+    "collect_garbage": "taskdb.cache",
+    "is_cache_ref": "taskdb.cache",
+    "resolve_job_output": "taskdb.cache",
+    "resolve_output": "taskdb.cache",
+    "ChangeKind": "taskdb.core",
+    "Job": "taskdb.core",
+    "JobChange": "taskdb.core",
+    "JobStatus": "taskdb.core",
+    "RetryPolicy": "taskdb.core",
+    "Dataflow": "taskdb.graph",
+    "GraphJobHandler": "taskdb.graph",
+    "GraphResult": "taskdb.graph",
+    "GraphRunner": "taskdb.graph",
+    "RunConfig": "taskdb.graph",
+    "StreamPump": "taskdb.graph",
+    "Task": "taskdb.graph",
+    "TaskContext": "taskdb.graph",
+    "TaskGraph": "taskdb.graph",
+    "TaskStatus": "taskdb.graph",
+    "register_task": "taskdb.graph",
+    "submit_graph": "taskdb.graph",
+    "CompositeLimiter": "taskdb.queue",
+    "ConcurrencyLimiter": "taskdb.queue",
+    "DelayLimiter": "taskdb.queue",
+    "EvenlySpacedRateLimiter": "taskdb.queue",
+    "JobContext": "taskdb.queue",
+    "JobHandle": "taskdb.queue",
+    "JobQueueClient": "taskdb.queue",
+    "JobQueueServer": "taskdb.queue",
+    "Limiter": "taskdb.queue",
+    "NullLimiter": "taskdb.queue",
+    "RateLimiter": "taskdb.queue",
+    "ServerSettings": "taskdb.queue",
+    "ServerState": "taskdb.queue",
+    "ServerStats": "taskdb.queue",
+    "BlobInfo": "taskdb.store",
+    "Database": "taskdb.store",
+    "DatabaseStats": "taskdb.store",
+    "GcReport": "taskdb.store",
+    "QueueStats": "taskdb.store",
+    "connect": "taskdb.store",
+    "Blob": "taskdb.streams",
+}
+"""Each lazily imported name and the public subpackage it comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    package = _LAZY.get(name)
+    if package is None:
+        raise AttributeError(f"module 'taskdb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(package), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AbortedJobError",
+    "Admin",
     "Blob",
+    "BlobInfo",
     "CacheRef",
     "ChangeKind",
     "CompositeLimiter",
     "ConcurrencyLimiter",
     "ConfigurationError",
     "Database",
+    "DatabaseStats",
     "Dataflow",
     "DeadlineExceeded",
     "DelayLimiter",
     "EvenlySpacedRateLimiter",
+    "GcReport",
     "GraphDefinitionError",
     "GraphError",
     "GraphJobHandler",
@@ -97,12 +206,15 @@ __all__ = [
     "MemoryTaskOutputRepository",
     "NullLimiter",
     "PermanentJobError",
+    "QueueStats",
     "RateLimiter",
     "RetryPolicy",
     "RetryableJobError",
     "RunConfig",
     "RunPrivateCacheRepo",
     "SchemaOutOfDate",
+    "ServerSettings",
+    "ServerState",
     "ServerStats",
     "SqlTaskOutputRepository",
     "StorageError",

@@ -24,6 +24,8 @@ from taskdb.store.feed import ChangeFeed
 from taskdb.store.jobs import JobStore
 from taskdb.store.stats import DatabaseStats, collect_stats
 
+__all__ = ["Admin"]
+
 _MAX_ID = 2**63 - 1  # job ids are BIGINT
 
 

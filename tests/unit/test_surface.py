@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -19,11 +22,57 @@ from taskdb.errors import (
 )
 from taskdb.queue.batcher import Batcher
 
+SUBPACKAGES = [
+    "taskdb.admin",
+    "taskdb.cache",
+    "taskdb.core",
+    "taskdb.graph",
+    "taskdb.queue",
+    "taskdb.store",
+    "taskdb.streams",
+]
+
+
+def isort_order(names: list[str]) -> list[str]:
+    """Sorted as ruff's RUF022 sorts ``__all__``: constants, then classes, then the rest."""
+    return sorted(names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))
+
 
 def test_all_is_sorted_and_importable() -> None:
-    assert taskdb.__all__ == sorted(taskdb.__all__)
+    assert taskdb.__all__ == isort_order(taskdb.__all__)
     for name in taskdb.__all__:
         assert getattr(taskdb, name) is not None
+    assert set(taskdb.__all__) <= set(dir(taskdb))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        taskdb.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_each_subpackage_exports_a_sorted_all(name: str) -> None:
+    package = importlib.import_module(name)
+    assert package.__all__ == isort_order(package.__all__)
+    for attr in package.__all__:
+        assert getattr(package, attr) is not None, attr
+
+
+def test_every_public_name_comes_from_the_subpackage_that_owns_it() -> None:
+    exported = {
+        attr: getattr(importlib.import_module(name), attr)
+        for name in SUBPACKAGES
+        for attr in importlib.import_module(name).__all__
+    }
+    for name in taskdb.__all__:
+        if name in taskdb.errors.__dict__:
+            continue  # the error tree lives in taskdb.errors
+        assert name in exported, f"taskdb.{name} is not exported by any subpackage"
+        assert getattr(taskdb, name) is exported[name]
+
+
+def test_import_taskdb_loads_no_heavy_module() -> None:
+    code = "import sys, taskdb; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+    code += "('sqlalchemy', 'pydantic', 'psycopg', 'alembic', 'jsonschema', 'aiosqlite')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
 def test_every_error_has_the_one_root() -> None:
