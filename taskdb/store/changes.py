@@ -20,6 +20,15 @@ FIELDS = (c.c.seq, c.c.job_id, c.c.queue, c.c.kind, c.c.status, c.c.attempts, c.
 SEQ_AFTER = c.c.seq > bindparam("feed_seq")
 
 
+def seq_of(after: object) -> int | None:
+    """The ``seq`` a cursor names when it is one (an int, or its decimal text)."""
+    if isinstance(after, int) and not isinstance(after, bool) and after >= 0:
+        return after
+    if isinstance(after, str) and after.isascii() and after.isdigit():
+        return int(after)
+    return None
+
+
 def filtered(query: Select[Any], by_queue: bool, by_job: bool) -> Select[Any]:
     """``query`` over changes restricted to ``feed_queue`` / ``feed_job`` (when
     asked), in ``seq`` order, at most ``feed_limit`` rows."""

@@ -139,10 +139,9 @@ class _Feed:
         self._pages: dict[tuple[bool, bool, bool], Select[Any]] = {}
 
     def parse(self, after: ChangeCursor | int) -> PgCursor:
-        if isinstance(after, int) and not isinstance(after, bool) and after >= 0:
-            return PgCursor(_NOTHING, None, after)
-        if isinstance(after, str) and after.isascii() and after.isdigit():
-            return PgCursor(_NOTHING, None, int(after))
+        seq = changes.seq_of(after)
+        if seq is not None:
+            return PgCursor(_NOTHING, None, seq)
         parts = after.split("/") if isinstance(after, str) else []
         if len(parts) == 3:
             prev, target, seq_text = parts

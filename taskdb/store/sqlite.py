@@ -77,10 +77,9 @@ class _Feed:
         self._pages: dict[tuple[bool, bool], Select[Any]] = {}
 
     def parse(self, after: ChangeCursor | int) -> int:
-        if isinstance(after, int) and not isinstance(after, bool) and after >= 0:
-            return after
-        if isinstance(after, str) and after.isascii() and after.isdigit():
-            return int(after)
+        seq = changes.seq_of(after)
+        if seq is not None:
+            return seq
         raise ConfigurationError(
             f"not a change-feed cursor of this sqlite database: {after!r} "
             "(pass a JobChange.cursor, or a seq)"

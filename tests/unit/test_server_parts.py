@@ -297,12 +297,8 @@ async def test_a_run_past_its_deadline_fails_with_deadline_exceeded() -> None:
     assert outcome == Fail("deadline exceeded while running", "DeadlineExceeded")
 
 
-@pytest.mark.parametrize(
-    ("how", "expected"),
-    [("abort", Fail("aborted", "AbortedJobError")), ("release", None), ("lose", None)],
-)
-async def test_a_run_cancelled_by_the_server_says_why(how: str, expected: Outcome | None) -> None:
-    run = _run()
+async def _started(run: Run) -> asyncio.Future[Outcome | None]:
+    """``run`` executing a handler that waits, once the handler has started."""
     started = asyncio.Event()
 
     async def waits(run: Run) -> Any:
@@ -311,6 +307,16 @@ async def test_a_run_cancelled_by_the_server_says_why(how: str, expected: Outcom
 
     outcome = asyncio.ensure_future(_execute(run, waits))
     await started.wait()
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [("abort", Fail("aborted", "AbortedJobError")), ("release", None), ("lose", None)],
+)
+async def test_a_run_cancelled_by_the_server_says_why(how: str, expected: Outcome | None) -> None:
+    run = _run()
+    outcome = await _started(run)
     run.releasing, run.lost = how == "release", how == "lose"
     cancel_handler(run)
     assert await outcome == expected
@@ -318,14 +324,7 @@ async def test_a_run_cancelled_by_the_server_says_why(how: str, expected: Outcom
 
 async def test_a_cancellation_that_is_not_the_servers_propagates() -> None:
     run = _run()
-    started = asyncio.Event()
-
-    async def waits(run: Run) -> Any:
-        started.set()
-        await asyncio.sleep(30)
-
-    outcome = asyncio.ensure_future(_execute(run, waits))
-    await started.wait()
+    outcome = await _started(run)
     assert run.task is not None
     run.task.cancel()
     with pytest.raises(asyncio.CancelledError):
