@@ -87,6 +87,8 @@ if TYPE_CHECKING:
         ServerSettings,
         ServerState,
         ServerStats,
+        SyncJobHandle,
+        SyncJobQueueClient,
     )
     from taskdb.store import (
         BlobInfo,
@@ -142,6 +144,8 @@ _LAZY: dict[str, str] = {
     "ServerSettings": "taskdb.queue",
     "ServerState": "taskdb.queue",
     "ServerStats": "taskdb.queue",
+    "SyncJobHandle": "taskdb.queue",
+    "SyncJobQueueClient": "taskdb.queue",
     "BlobInfo": "taskdb.store",
     "Database": "taskdb.store",
     "DatabaseStats": "taskdb.store",
@@ -219,6 +223,8 @@ __all__ = [
     "SqlTaskOutputRepository",
     "StorageError",
     "StreamPump",
+    "SyncJobHandle",
+    "SyncJobQueueClient",
     "Task",
     "TaskContext",
     "TaskFailed",

@@ -27,6 +27,7 @@ from taskdb.queue.limiters import (
     RateLimiter,
 )
 from taskdb.queue.server import JobQueueServer, ServerState, ServerStats
+from taskdb.queue.sync import SyncJobHandle, SyncJobQueueClient
 
 __all__ = [
     "AbortedJobError",
@@ -55,5 +56,7 @@ __all__ = [
     "ServerState",
     "ServerStats",
     "StopFollowing",
+    "SyncJobHandle",
+    "SyncJobQueueClient",
     "follow_changes",
 ]

@@ -7,7 +7,8 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cached_property
+from typing import Any, TypedDict, Unpack
 
 from taskdb import settings
 from taskdb.core.clock import Clock, utcnow
@@ -147,9 +148,27 @@ class JobHandle:
         return server.add_stream_listener(self.id, callback)
 
 
-class JobQueueClient:
-    """Submit and follow jobs of one queue. Works in any process: with no server
-    attached, ``wait`` and ``on_progress`` poll the database."""
+class SubmitOptions(TypedDict, total=False):
+    """What the jobs of one submit share (keyword arguments of every submit call).
+
+    ``run_after``: not before (aware datetime; default now). ``deadline``: fail
+    the job if it has not ended by then. ``max_retries``: retries after the
+    first run (default the client's). ``job_run_id``: groups jobs (see
+    ``abort_run``). ``priority``: larger runs first. ``durable_stream``: store
+    the events the handler emits, so ``follow`` works from any process.
+    """
+
+    run_after: datetime | None
+    deadline: datetime | None
+    max_retries: int | None
+    job_run_id: str | None
+    priority: int
+    durable_stream: bool
+
+
+class ClientBase:
+    """What the async and the sync client share: their settings and the checks
+    every submit makes (no I/O)."""
 
     def __init__(
         self,
@@ -160,60 +179,41 @@ class JobQueueClient:
         max_retries: int = settings.DEFAULT_MAX_RETRIES,
         clock: Clock = utcnow,
     ) -> None:
+        if not isinstance(queue, str) or not 0 < len(queue) <= 200:
+            raise ConfigurationError(f"a queue name is a string of 1..200 chars, got {queue!r}")
         self.db = db
         self.queue = queue
         self.poll_interval = poll_interval
         self.default_max_retries = max_retries
-        self.server: StreamSource | None = None
         self._clock = clock
-        self._store = JobStore(db)
 
-    def attach(self, server: StreamSource) -> None:
-        """Attach to a same-process server (a :class:`~taskdb.JobQueueServer`): handles
-        then offer ``on_stream``."""
-        self.server = server
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.db!r}, {self.queue!r})"
 
-    async def submit(
-        self,
-        input: Any,
-        *,
-        run_after: datetime | None = None,
-        deadline: datetime | None = None,
-        max_retries: int | None = None,
-        fingerprint: str | None = None,
-        job_run_id: str | None = None,
-        priority: int = 0,
-        durable_stream: bool = False,
-    ) -> JobHandle:
-        """Enqueue one job. A ``fingerprint`` equal to a job of this queue that has not
-        ended returns that job's handle and enqueues nothing. ``durable_stream``
-        stores the events the handler emits so :meth:`follow` works anywhere."""
-        handles = await self.submit_batch(
-            [input],
-            run_after=run_after,
-            deadline=deadline,
-            max_retries=max_retries,
-            fingerprints=None if fingerprint is None else [fingerprint],
-            job_run_id=job_run_id,
-            priority=priority,
-            durable_stream=durable_stream,
-        )
-        return handles[0]
+    def _pause(self, job: Job, left: float | None, timeout: float | None) -> float:
+        """How long a wait for ``job`` sleeps before reading it again: the poll interval,
+        or what is ``left`` of its ``timeout``; :class:`WaitTimeout` when nothing is."""
+        if left is None:
+            return self.poll_interval
+        if left <= 0:
+            raise WaitTimeout(f"job {job.id} still {job.status} after {timeout}s")
+        return min(self.poll_interval, left)
 
-    async def submit_batch(
+    def _prepare(
         self,
         inputs: Sequence[Any],
+        now: datetime,
+        fingerprints: Sequence[str | None] | None,
         *,
         run_after: datetime | None = None,
         deadline: datetime | None = None,
         max_retries: int | None = None,
-        fingerprints: Sequence[str | None] | None = None,
         job_run_id: str | None = None,
         priority: int = 0,
         durable_stream: bool = False,
-    ) -> list[JobHandle]:
-        """Enqueue many jobs in one transaction; one handle per input, in order."""
-        now = self._clock()
+    ) -> tuple[JobOptions, list[NewJob]]:
+        """The options and rows of a submit, checked (:class:`InvalidJobInput` names
+        what is wrong; nothing is stored then)."""
         require_aware("run_after", run_after)
         require_aware("deadline", deadline)
         retries = self.default_max_retries if max_retries is None else max_retries
@@ -235,10 +235,47 @@ class JobQueueClient:
             durable_stream=bool(durable_stream),
         )
         if fingerprints is None:
-            new = [NewJob.of(value) for value in inputs]
-        else:
-            new = [NewJob.of(value, fp) for value, fp in zip(inputs, fingerprints, strict=True)]
-        ids = await self._store.submit(self.queue, options, new, now)
+            return options, [NewJob.of(value) for value in inputs]
+        return options, [NewJob.of(v, fp) for v, fp in zip(inputs, fingerprints, strict=True)]
+
+
+class JobQueueClient(ClientBase):
+    """Submit and follow jobs of one queue. Works in any process: with no server
+    attached, ``wait`` and ``on_progress`` poll the database."""
+
+    server: StreamSource | None = None
+    """The same-process server this client is attached to (see :meth:`attach`)."""
+
+    @cached_property
+    def _store(self) -> JobStore:
+        return JobStore(self.db)
+
+    def attach(self, server: StreamSource) -> None:
+        """Attach to a same-process server (a :class:`~taskdb.JobQueueServer`): handles
+        then offer ``on_stream``."""
+        self.server = server
+
+    async def submit(
+        self, input: Any, *, fingerprint: str | None = None, **options: Unpack[SubmitOptions]
+    ) -> JobHandle:
+        """Enqueue one job (``options``: see :class:`SubmitOptions`). A ``fingerprint``
+        equal to a job of this queue that has not ended returns that job's handle
+        and enqueues nothing."""
+        fingerprints = None if fingerprint is None else [fingerprint]
+        (handle,) = await self.submit_batch([input], fingerprints=fingerprints, **options)
+        return handle
+
+    async def submit_batch(
+        self,
+        inputs: Sequence[Any],
+        *,
+        fingerprints: Sequence[str | None] | None = None,
+        **options: Unpack[SubmitOptions],
+    ) -> list[JobHandle]:
+        """Enqueue many jobs in one transaction; one handle per input, in order."""
+        now = self._clock()
+        job_options, new = self._prepare(inputs, now, fingerprints, **options)
+        ids = await self._store.submit(self.queue, job_options, new, now)
         hub_for(self.db).queue_has_work(self.queue)
         return [JobHandle(self, job_id) for job_id in ids]
 
@@ -274,13 +311,8 @@ class JobQueueClient:
                     watched = job.queue
                     listener.watch(watched, changed)
                     continue  # read again: a change before the watch began had no effect
-                pause = self.poll_interval
-                if give_up is not None:
-                    left = give_up - loop.time()
-                    if left <= 0:
-                        raise WaitTimeout(f"job {job_id} still {job.status} after {timeout}s")
-                    pause = min(pause, left)
-                await sleep_until(changed, pause)
+                left = None if give_up is None else give_up - loop.time()
+                await sleep_until(changed, self._pause(job, left, timeout))
                 # A busy queue notifies all the time: re-read at most every _RECHECK_GAP.
                 await asyncio.sleep(read_at + _RECHECK_GAP - loop.time())
         finally:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
-from sqlalchemy import URL, create_engine, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -25,10 +26,21 @@ from taskdb.errors import ConfigurationError, SchemaOutOfDate, TaskdbError
 from taskdb.store import migrate as _migrate
 from taskdb.store import postgres, sqlite
 from taskdb.store.dialect import ConnectOptions, Dialect, DialectName
-from taskdb.store.errors import DRIVER_ERRORS, is_missing_table, translate_error
+from taskdb.store.errors import (
+    DRIVER_ERRORS,
+    is_missing_table,
+    reconnecting,
+    reconnecting_sync,
+    translate_error,
+)
 from taskdb.store.notify import Listener
 from taskdb.store.params import dumps
+from taskdb.store.plans import EXTRACT, Drive, PlanCall
 from taskdb.store.schema import VERSION_TABLE
+
+T = TypeVar("T")
+
+_REVISION = text(f"SELECT version_num FROM {VERSION_TABLE}")
 
 _DIALECTS: dict[str, Dialect] = {
     "postgresql": postgres.DIALECT,
@@ -49,6 +61,18 @@ def _parse_url(raw: str) -> tuple[URL, Dialect]:
             "or sqlite:///file"
         )
     return backend.async_url(url), backend
+
+
+def _read_revision(conn: Connection) -> str | None:
+    """The schema revision, ``None`` when the database was never migrated."""
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            found = conn.execute(_REVISION).scalar()
+    except DBAPIError as exc:
+        if not is_missing_table(exc):
+            raise
+        return None
+    return None if found is None else str(found)
 
 
 class Database:
@@ -79,6 +103,8 @@ class Database:
         # One engine per (event loop, autocommit): statements that stand alone use a
         # pool whose connections are born in autocommit mode (PostgreSQL).
         self._engines: dict[tuple[asyncio.AbstractEventLoop, bool], AsyncEngine] = {}
+        self._sync_engines: dict[bool, Engine] = {}  # the sync client's, by autocommit
+        self._sync_lock = threading.Lock()
         self._schema_ok = False
         self.listen = self.backend.listens and settings.resolve_listen(listen)
         """Whether waits wake on PostgreSQL NOTIFY (else they only poll)."""
@@ -121,6 +147,71 @@ class Database:
     async def _listen_connection(self) -> psycopg.AsyncConnection[TupleRow]:
         return await self.backend.listen_connection(self._engine().sync_engine, self._url)
 
+    def _sync_engine(self, autocommit: bool = False) -> Engine:
+        """The synchronous engine (thread-safe pool) of the sync client, made on first use."""
+        engine = self._sync_engines.get(autocommit)
+        if engine is None:
+            with self._sync_lock:
+                engine = self._sync_engines.get(autocommit)
+                if engine is None:
+                    options = self.backend.engine_options(self._options, autocommit=autocommit)
+                    engine = create_engine(
+                        self.backend.sync_url(self._url),
+                        echo=self._options.echo,
+                        json_serializer=dumps,
+                        **options,
+                    )
+                    self.backend.configure_engine(engine, self._options)
+                    self._sync_engines[autocommit] = engine
+        return engine
+
+    # -- plans: store logic both engines run ------------------------------------
+
+    @reconnecting
+    async def run(self, call: PlanCall[T]) -> T:
+        """Run a plan on this event loop's engine, in one transaction (see
+        :mod:`taskdb.store.plans`); once more if the connection died before COMMIT."""
+        async with self.transaction(write=call.write, atomic=call.atomic) as conn:
+            drive = Drive(call)
+            while (step := drive.next()) is not None:
+                if step.fetch == "recorded":
+                    drive.result = await self.backend.run_recorded(
+                        conn, step.stmt, step.values, self.safe_url
+                    )
+                else:
+                    drive.result = EXTRACT[step.fetch](await conn.execute(step.stmt, step.values))
+            return drive.value
+
+    @reconnecting_sync
+    def run_sync(self, call: PlanCall[T]) -> T:
+        """:meth:`run` on the synchronous engine, from any thread (it never touches
+        an event loop)."""
+        with self.sync_transaction(write=call.write, atomic=call.atomic) as conn:
+            drive = Drive(call)
+            while (step := drive.next()) is not None:
+                if step.fetch == "recorded":
+                    drive.result = self.backend.run_recorded_sync(conn, step.stmt, step.values)
+                else:
+                    drive.result = EXTRACT[step.fetch](conn.execute(step.stmt, step.values))
+            return drive.value
+
+    @contextmanager
+    def sync_transaction(self, *, write: bool = True, atomic: bool = True) -> Iterator[Connection]:
+        """:meth:`transaction` on the synchronous engine."""
+        committing = False
+        try:
+            if not self._schema_ok:
+                self._check_schema_sync()
+            standalone = not atomic and self.backend.standalone_statements
+            with self._sync_engine(autocommit=standalone).connect() as conn:
+                if not write:
+                    conn = conn.execution_options(taskdb_write=False)
+                with conn.begin():
+                    yield conn
+                    committing = True  # the commit may or may not happen: never retried
+        except DRIVER_ERRORS as exc:
+            raise translate_error(exc, self.safe_url, retryable=not committing) from exc
+
     @asynccontextmanager
     async def transaction(
         self, *, write: bool = True, atomic: bool = True
@@ -162,14 +253,19 @@ class Database:
             await conn.execution_options(taskdb_write=False)
             try:
                 async with conn.begin():
-                    found = (
-                        await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-                    ).scalar()
+                    found = (await conn.execute(_REVISION)).scalar()
             except DBAPIError as exc:
-                if is_missing_table(exc):
-                    found = None
-                else:
+                if not is_missing_table(exc):
                     raise
+                found = None
+        self._accept_revision(found)
+
+    def _check_schema_sync(self) -> None:
+        with self._sync_engine().connect() as conn:
+            self._accept_revision(_read_revision(conn))
+
+    def _accept_revision(self, found: str | None) -> None:
+        """Remember that the schema is at head, or raise :class:`SchemaOutOfDate`."""
         expected = _migrate.head_revision()
         if found != expected:
             state = f"at revision {found}" if found else "not migrated"
@@ -211,12 +307,7 @@ class Database:
     def schema_revision(self) -> str | None:
         """The revision the database is at, or ``None`` when it was never migrated."""
         with self._sync_connection() as conn:
-            try:
-                with conn.begin_nested():
-                    found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-                    return None if found is None else str(found)
-            except DBAPIError:
-                return None
+            return _read_revision(conn)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -232,6 +323,12 @@ class Database:
                 await engine.dispose()
             else:
                 engine.sync_engine.dispose(close=False)
+        self._dispose_sync_engines()
+
+    def _dispose_sync_engines(self) -> None:
+        engines, self._sync_engines = self._sync_engines, {}
+        for engine in engines.values():
+            engine.dispose()
 
     def close(self) -> None:
         """Release every pooled connection (call from sync code, outside an event loop)."""
@@ -253,6 +350,7 @@ class Database:
                 engine.sync_engine.dispose(close=False)
             else:
                 loop.run_until_complete(engine.dispose())
+        self._dispose_sync_engines()
 
     def __enter__(self) -> Database:
         return self

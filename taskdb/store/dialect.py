@@ -222,3 +222,9 @@ class Dialect(Protocol):
         """Run a :class:`Recorded` write; returns the changed rows (attribute access,
         ``_asdict()``)."""
         ...
+
+    def run_recorded_sync(
+        self, conn: Connection, stmt: Recorded, values: dict[str, Any]
+    ) -> list[Any]:
+        """:meth:`run_recorded` on a synchronous connection."""
+        ...

@@ -92,3 +92,18 @@ def reconnecting(
             return await method(*args, **kwargs)
 
     return wrapper
+
+
+def reconnecting_sync(method: Callable[P, R]) -> Callable[P, R]:
+    """:func:`reconnecting` for a step of the synchronous engine."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except StorageError as exc:
+            if not exc.retryable:
+                raise
+            return method(*args, **kwargs)
+
+    return wrapper

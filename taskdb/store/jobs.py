@@ -32,9 +32,10 @@ from taskdb.core.retry import Complete, Outcome, Retry
 from taskdb.errors import JobNotFound, LeaseLost, StorageError
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
-from taskdb.store.dialect import Recorded
+from taskdb.store.dialect import Dialect, Recorded
 from taskdb.store.errors import reconnecting
 from taskdb.store.params import params
+from taskdb.store.plans import Plan, PlanCall, Step
 from taskdb.store.rows import model
 from taskdb.store.schema import job_holder, job_streams, jobs
 from taskdb.store.statements import job_statements
@@ -45,44 +46,61 @@ def _claim_order(row: Any) -> tuple[int, datetime, int]:
     return (-row.priority, row.run_after, row.id)
 
 
-class JobStore:
-    """The job lifecycle over one :class:`Database` (see the module docstring)."""
+class JobPlans:
+    """The job logic both clients run, as plans (:mod:`taskdb.store.plans`):
+    :class:`JobStore` runs them on the async engine, :class:`SyncJobStore` on the
+    sync one."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._d = db.backend
-        self._s = job_statements(db.backend)
+    def __init__(self, d: Dialect) -> None:
+        self._d = d
+        self._s = job_statements(d)
         # Where a write records its changes in the same statement, each statement
-        # stands alone and needs no transaction; otherwise a write and its change
-        # records are two statements of one transaction.
-        self._atomic = not self._d.records_in_one_statement
-        self._blobs = BlobStore(db)
+        # stands alone and needs no transaction.
+        self._atomic = not d.records_in_one_statement
 
-    async def _write(
-        self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any]
-    ) -> list[Any]:
-        """Run a recorded write; returns the changed rows (attribute access, ``_asdict``)."""
-        return await self._d.run_recorded(conn, stmt, values, self.db.safe_url)
-
-    async def _record(
-        self, conn: AsyncConnection, ids: Sequence[int], now: datetime, kind: ChangeKind
-    ) -> None:
-        """Append one change per job in ``ids``, read from the rows as they are now."""
-        if ids:
-            await conn.execute(self._s.record_ids[kind], params(now=now, ids=list(ids)))
-
-    # -- submit --------------------------------------------------------------------
-
-    @reconnecting
-    async def submit(
+    def submit(
         self, queue: str, options: JobOptions, new: Sequence[NewJob], now: datetime
-    ) -> list[int]:
+    ) -> PlanCall[list[int]]:
         """Insert jobs sharing ``options``; one id per item, in order. A fingerprint
         matching an active job of the queue returns that job's id and inserts nothing."""
+        keyed = any(n.fingerprint is not None for n in new)
+        # Plain jobs are one statement where the dialect records in one (changes too).
+        return PlanCall(
+            lambda: self._submit(queue, options, new, now), atomic=self._atomic or keyed
+        )
+
+    def _submit(
+        self, queue: str, options: JobOptions, new: Sequence[NewJob], now: datetime
+    ) -> Plan[list[int]]:
         ids: list[int] = [0] * len(new)
         plain = [i for i, n in enumerate(new) if n.fingerprint is None]
         keyed = [i for i, n in enumerate(new) if n.fingerprint is not None]
-        shared = {
+        if plain:
+            items = [new[i] for i in plain] if keyed else new
+            values = params(batch=self._submit_batch(items), **self._shared(queue, options, now))
+            written = yield Step(self._s.insert_many, values, "recorded")
+            # ids come from the sequence in insertion order: the ORDER BY's.
+            for i, job_id in zip(plain, sorted(r.id for r in written), strict=True):
+                ids[i] = job_id
+        inserted: list[int] = []
+        for i in keyed:
+            item = new[i]
+            stmt = self._insert_deduped(queue, options, item, now)
+            fresh = yield Step(stmt, params(input_json=item.input_json), "scalar")
+            if fresh is None:
+                ids[i] = yield from self._active_by_fingerprint(queue, item.fingerprint)
+            else:
+                ids[i] = int(fresh)
+                inserted.append(int(fresh))
+        if inserted:
+            record = self._s.record_ids[ChangeKind.SUBMITTED]
+            yield Step(record, params(now=now, ids=inserted), "none")
+        return ids
+
+    @staticmethod
+    def _shared(queue: str, options: JobOptions, now: datetime) -> dict[str, Any]:
+        """What every job of one submit shares."""
+        return {
             "queue": queue,
             "now": now,
             "max_retries": options.max_retries,
@@ -92,26 +110,6 @@ class JobStore:
             "job_run_id": options.job_run_id,
             "durable_stream": options.durable_stream,
         }
-        # Plain jobs are one statement where the dialect records in one (changes too).
-        atomic = self._atomic or bool(keyed)
-        async with self.db.transaction(atomic=atomic) as conn:
-            if plain:
-                items = [new[i] for i in plain] if keyed else new
-                values = params(batch=self._submit_batch(items), **shared)
-                written = await self._write(conn, self._s.insert_many, values)
-                # ids come from the sequence in insertion order: the ORDER BY's.
-                for i, job_id in zip(plain, sorted(r.id for r in written), strict=True):
-                    ids[i] = job_id
-            inserted: list[int] = []
-            for i in keyed:
-                fresh = await self._insert_deduped(conn, queue, options, new[i], now)
-                if fresh is None:
-                    ids[i] = await self._active_by_fingerprint(conn, queue, new[i].fingerprint)
-                else:
-                    ids[i] = fresh
-                    inserted.append(fresh)
-            await self._record(conn, inserted, now, ChangeKind.SUBMITTED)
-        return ids
 
     def _submit_batch(self, items: Sequence[NewJob]) -> str:
         """The batch of :attr:`JobStatements.insert_many` as JSON text, built around each
@@ -126,10 +124,8 @@ class JobStore:
             + "]"
         )
 
-    async def _insert_deduped(
-        self, conn: AsyncConnection, queue: str, options: JobOptions, new: NewJob, now: datetime
-    ) -> int | None:
-        stmt = (
+    def _insert_deduped(self, queue: str, options: JobOptions, new: NewJob, now: datetime) -> Any:
+        return (
             self._d.insert(jobs)
             .values(
                 queue=queue,
@@ -154,46 +150,41 @@ class JobStore:
             )
             .returning(jobs.c.id)
         )
-        found = await conn.scalar(stmt, params(input_json=new.input_json))
-        return None if found is None else int(found)
 
-    async def _active_by_fingerprint(
-        self, conn: AsyncConnection, queue: str, fingerprint: str | None
-    ) -> int:
-        found = await conn.scalar(
-            select(jobs.c.id).where(
-                jobs.c.queue == queue,
-                jobs.c.fingerprint == fingerprint,
-                jobs.c.status.in_(ACTIVE_STATUSES),
-            )
+    @staticmethod
+    def _active_by_fingerprint(queue: str, fingerprint: str | None) -> Plan[int]:
+        active = select(jobs.c.id).where(
+            jobs.c.queue == queue,
+            jobs.c.fingerprint == fingerprint,
+            jobs.c.status.in_(ACTIVE_STATUSES),
         )
+        found = yield Step(active, None, "scalar")
         if found is None:
             # The active twin ended between our INSERT and this SELECT: the
-            # transaction rolls back and @reconnecting runs the submit again.
+            # transaction rolls back and the reconnect policy runs the submit again.
             err = StorageError(f"fingerprint {fingerprint!r} changed state during submit")
             err.retryable = True
             raise err
         return int(found)
 
-    # -- reads -----------------------------------------------------------------------
+    def get(self, job_id: int) -> PlanCall[Job]:
+        """The job row; :class:`JobNotFound` for an unknown id."""
+        return PlanCall(lambda: self._get(job_id), write=False, atomic=False)
 
-    @reconnecting
-    async def get(self, job_id: int) -> Job:
-        async with self.db.transaction(write=False, atomic=False) as conn:
-            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+    @staticmethod
+    def _get(job_id: int) -> Plan[Job]:
+        row = yield Step(select(jobs).where(jobs.c.id == job_id), None, "first")
         if row is None:
             raise JobNotFound(job_id)
         return model(Job, row)
 
-    @reconnecting
-    async def list_jobs(
+    def list_jobs(
         self,
-        *,
         queue: str | None = None,
         status: Sequence[str] | None = None,
         limit: int = 100,
         before: int | None = None,
-    ) -> list[Job]:
+    ) -> PlanCall[list[Job]]:
         """Jobs newest first (of ``queue``, in ``status``, with ids below ``before``)."""
         stmt = select(jobs)
         if queue is not None:
@@ -203,12 +194,9 @@ class JobStore:
         if before is not None:
             stmt = stmt.where(jobs.c.id < before)
         stmt = stmt.order_by(jobs.c.id.desc()).limit(limit)
-        async with self.db.transaction(write=False, atomic=False) as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [model(Job, r) for r in rows]
+        return PlanCall(lambda: _models(stmt), write=False, atomic=False)
 
-    @reconnecting
-    async def output_for_input(self, queue: str, digest: str) -> tuple[bool, Any]:
+    def output_for_input(self, queue: str, digest: str) -> PlanCall[tuple[bool, Any]]:
         """``(found, output)`` of the newest completed job of ``queue`` with this input."""
         stmt = (
             select(jobs.c.output)
@@ -220,9 +208,118 @@ class JobStore:
             .order_by(jobs.c.id.desc())
             .limit(1)
         )
-        async with self.db.transaction(write=False, atomic=False) as conn:
-            row = (await conn.execute(stmt)).first()
-        return (False, None) if row is None else (True, row.output)
+        return PlanCall(lambda: _output_of(stmt), write=False, atomic=False)
+
+    def abort(
+        self, now: datetime, job_id: int | None = None, job_run_id: str | None = None
+    ) -> PlanCall[int]:
+        """Abort one job or a whole run: PENDING ends FAILED at once, running jobs
+        become ABORTING (their worker cancels them). Returns how many changed."""
+        return PlanCall(lambda: self._abort(now, job_id, job_run_id), atomic=self._atomic)
+
+    def _abort(self, now: datetime, job_id: int | None, job_run_id: str | None) -> Plan[int]:
+        if job_id is not None:
+            values = params(job_id=job_id, now=now)
+            rows = yield Step(self._s.abort_job, values, "recorded")
+            if not rows:
+                yield from _require_job(job_id)
+        else:
+            values = params(job_run_id=job_run_id, now=now)
+            rows = yield Step(self._s.abort_run, values, "recorded")
+        return len(rows)
+
+    def retry_now(self, job_id: int, now: datetime) -> PlanCall[bool]:
+        """Put a FAILED job back to PENDING for one more run (admin action)."""
+        return PlanCall(lambda: self._retry_now(job_id, now), atomic=self._atomic)
+
+    def _retry_now(self, job_id: int, now: datetime) -> Plan[bool]:
+        rows = yield Step(self._s.retry_now, params(job_id=job_id, now=now), "recorded")
+        if not rows:
+            yield from _require_job(job_id)
+        return bool(rows)
+
+
+def _models(stmt: Any) -> Plan[list[Job]]:
+    rows = yield Step(stmt, None, "all")
+    return [model(Job, r) for r in rows]
+
+
+def _output_of(stmt: Any) -> Plan[tuple[bool, Any]]:
+    row = yield Step(stmt, None, "first")
+    return (False, None) if row is None else (True, row.output)
+
+
+def _require_job(job_id: int) -> Plan[None]:
+    found = yield Step(select(jobs.c.id).where(jobs.c.id == job_id), None, "scalar")
+    if found is None:
+        raise JobNotFound(job_id)
+
+
+class JobStore:
+    """The job lifecycle over one :class:`Database` (see the module docstring)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._d = db.backend
+        self._s = job_statements(db.backend)
+        # Where a write records its changes in the same statement, each statement
+        # stands alone and needs no transaction; otherwise a write and its change
+        # records are two statements of one transaction.
+        self._atomic = not self._d.records_in_one_statement
+        self._blobs = BlobStore(db)
+        self.plans = JobPlans(db.backend)
+
+    async def _write(
+        self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any]
+    ) -> list[Any]:
+        """Run a recorded write; returns the changed rows (attribute access, ``_asdict``)."""
+        return await self._d.run_recorded(conn, stmt, values, self.db.safe_url)
+
+    async def _record(
+        self, conn: AsyncConnection, ids: Sequence[int], now: datetime, kind: ChangeKind
+    ) -> None:
+        """Append one change per job in ``ids``, read from the rows as they are now."""
+        if ids:
+            await conn.execute(self._s.record_ids[kind], params(now=now, ids=list(ids)))
+
+    # -- submit --------------------------------------------------------------------
+
+    # -- what both clients run (plans: see JobPlans) -------------------------------
+
+    async def submit(
+        self, queue: str, options: JobOptions, new: Sequence[NewJob], now: datetime
+    ) -> list[int]:
+        """See :meth:`JobPlans.submit`."""
+        return await self.db.run(self.plans.submit(queue, options, new, now))
+
+    async def get(self, job_id: int) -> Job:
+        """See :meth:`JobPlans.get`."""
+        return await self.db.run(self.plans.get(job_id))
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: Sequence[str] | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[Job]:
+        """See :meth:`JobPlans.list_jobs`."""
+        return await self.db.run(self.plans.list_jobs(queue, status, limit, before))
+
+    async def output_for_input(self, queue: str, digest: str) -> tuple[bool, Any]:
+        """See :meth:`JobPlans.output_for_input`."""
+        return await self.db.run(self.plans.output_for_input(queue, digest))
+
+    async def abort(
+        self, now: datetime, *, job_id: int | None = None, job_run_id: str | None = None
+    ) -> int:
+        """See :meth:`JobPlans.abort`."""
+        return await self.db.run(self.plans.abort(now, job_id, job_run_id))
+
+    async def retry_now(self, job_id: int, now: datetime) -> bool:
+        """See :meth:`JobPlans.retry_now`."""
+        return await self.db.run(self.plans.retry_now(job_id, now))
 
     @reconnecting
     async def counts(self) -> list[tuple[str, str, int]]:
@@ -411,40 +508,6 @@ class JobStore:
             late = await self._write(conn, self._s.reap_deadlines, values)
         return len(leased) + len(late)
 
-    @staticmethod
-    async def _require_job(conn: AsyncConnection, job_id: int) -> None:
-        if await conn.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
-            raise JobNotFound(job_id)
-
-    # -- client side -----------------------------------------------------------------
-
-    @reconnecting
-    async def abort(
-        self, now: datetime, *, job_id: int | None = None, job_run_id: str | None = None
-    ) -> int:
-        """Abort one job or a whole run: PENDING ends FAILED at once, running jobs
-        become ABORTING (their worker cancels them). Returns how many changed."""
-        async with self.db.transaction(atomic=self._atomic) as conn:
-            if job_id is not None:
-                values = params(job_id=job_id, now=now)
-                rows = await self._write(conn, self._s.abort_job, values)
-                if not rows:
-                    await self._require_job(conn, job_id)
-            else:
-                values = params(job_run_id=job_run_id, now=now)
-                rows = await self._write(conn, self._s.abort_run, values)
-        return len(rows)
-
-    @reconnecting
-    async def retry_now(self, job_id: int, now: datetime) -> bool:
-        """Put a FAILED job back to PENDING for one more run (admin action)."""
-        async with self.db.transaction(atomic=self._atomic) as conn:
-            values = params(job_id=job_id, now=now)
-            rows = await self._write(conn, self._s.retry_now, values)
-            if not rows:
-                await self._require_job(conn, job_id)
-        return bool(rows)
-
     @reconnecting
     async def purge(
         self,
@@ -474,3 +537,28 @@ class JobStore:
                 )
                 await self._blobs.release_holders(conn, [job_holder(i) for i in ids])
         return len(ids)
+
+
+class SyncJobStore:
+    """The client side of :class:`JobStore` on the synchronous engine (the sync
+    client of web apps): the same plans, run from any thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.plans = JobPlans(db.backend)
+
+    def submit(
+        self, queue: str, options: JobOptions, new: Sequence[NewJob], now: datetime
+    ) -> list[int]:
+        return self.db.run_sync(self.plans.submit(queue, options, new, now))
+
+    def get(self, job_id: int) -> Job:
+        return self.db.run_sync(self.plans.get(job_id))
+
+    def output_for_input(self, queue: str, digest: str) -> tuple[bool, Any]:
+        return self.db.run_sync(self.plans.output_for_input(queue, digest))
+
+    def abort(
+        self, now: datetime, *, job_id: int | None = None, job_run_id: str | None = None
+    ) -> int:
+        return self.db.run_sync(self.plans.abort(now, job_id, job_run_id))

@@ -407,5 +407,11 @@ class PostgresDialect:
             compiled = self._driver[id(stmt)] = DriverStatement.compile(stmt.main, conn.dialect)
         return await compiled.execute(conn, values, where)
 
+    def run_recorded_sync(
+        self, conn: Connection, stmt: Recorded, values: dict[str, Any]
+    ) -> list[Any]:
+        """Through SQLAlchemy (the sync client writes a few rows at a time)."""
+        return list(conn.execute(stmt.main, values).all())
+
 
 DIALECT: Dialect = PostgresDialect()

@@ -268,6 +268,11 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
+def _record_values(values: dict[str, Any], rows: Sequence[Any]) -> dict[str, Any]:
+    """The values of a write's change records: its time, the ids it changed."""
+    return {"p_now": values["p_now"], "p_ids": [r.id for r in rows]}
+
+
 class SqliteDialect:
     """SQLite (aiosqlite, WAL). See the module docstring."""
 
@@ -368,8 +373,15 @@ class SqliteDialect:
     ) -> list[Any]:
         rows = list((await conn.execute(stmt.main, values)).all())
         if rows and stmt.record is not None:
-            record = {"p_now": values["p_now"], "p_ids": [r.id for r in rows]}
-            await conn.execute(stmt.record, record)
+            await conn.execute(stmt.record, _record_values(values, rows))
+        return rows
+
+    def run_recorded_sync(
+        self, conn: Connection, stmt: Recorded, values: dict[str, Any]
+    ) -> list[Any]:
+        rows = list(conn.execute(stmt.main, values).all())
+        if rows and stmt.record is not None:
+            conn.execute(stmt.record, _record_values(values, rows))
         return rows
 
 
