@@ -33,6 +33,7 @@ from taskdb.errors import (
     TaskdbError,
     TaskFailed,
     TaskInputError,
+    TaskNotFound,
     WaitTimeout,
 )
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from taskdb.admin import (
         Admin,
     )
+    from taskdb.app import App, SyncJobContext, SyncTaskHandle, TaskHandle, TypedTask
     from taskdb.cache import (
         CacheRef,
         MemoryTaskOutputRepository,
@@ -103,6 +105,11 @@ if TYPE_CHECKING:
     )
 
 _LAZY: dict[str, str] = {
+    "App": "taskdb.app",
+    "SyncJobContext": "taskdb.app",
+    "SyncTaskHandle": "taskdb.app",
+    "TaskHandle": "taskdb.app",
+    "TypedTask": "taskdb.app",
     "Admin": "taskdb.admin",
     "CacheRef": "taskdb.cache",
     "MemoryTaskOutputRepository": "taskdb.cache",
@@ -173,6 +180,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AbortedJobError",
     "Admin",
+    "App",
     "Blob",
     "BlobInfo",
     "CacheRef",
@@ -223,16 +231,21 @@ __all__ = [
     "SqlTaskOutputRepository",
     "StorageError",
     "StreamPump",
+    "SyncJobContext",
     "SyncJobHandle",
     "SyncJobQueueClient",
+    "SyncTaskHandle",
     "Task",
     "TaskContext",
     "TaskFailed",
     "TaskGraph",
+    "TaskHandle",
     "TaskInputError",
+    "TaskNotFound",
     "TaskOutputRepository",
     "TaskStatus",
     "TaskdbError",
+    "TypedTask",
     "WaitTimeout",
     "collect_garbage",
     "connect",

@@ -12,19 +12,41 @@ for an unknown job id.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from taskdb.core.clock import Clock, utcnow
 from taskdb.core.jobs import TERMINAL_STATUSES, ChangeCursor, Job, JobStatus
-from taskdb.errors import ConfigurationError, JobNotFound
+from taskdb.errors import AbortedJobError, ConfigurationError, JobError, JobNotFound, WaitTimeout
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
+from taskdb.queue.client import JobQueueClient
 from taskdb.store.blobs import BlobInfo, BlobState, BlobStore, GcReport
 from taskdb.store.database import Database
 from taskdb.store.feed import ChangeFeed
 from taskdb.store.jobs import JobStore
 from taskdb.store.stats import DatabaseStats, collect_stats
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "JobOutcome"]
+
+EndState = Literal["completed", "failed", "aborted", "timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How a wait for a job ended (``timeout``: it had not) and the job's row then."""
+
+    state: EndState
+    job: Job
+
+    def describe(self) -> str:
+        """One line: the error of a failed or aborted job, the status of one still running."""
+        if self.state == "timeout":
+            return f"job {self.job.id} is still {self.job.status.value}"
+        if self.state == "completed":
+            return f"job {self.job.id} completed"
+        return f"job {self.job.id} {self.state}: {self.job.error_code}: {self.job.error}"
+
 
 _MAX_ID = 2**63 - 1  # job ids are BIGINT
 
@@ -121,6 +143,21 @@ class Admin:
             raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
         now = self._clock()
         return await self._jobs.purge(now - older_than, now, queue=queue, statuses=wanted)
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> JobOutcome:
+        """Wait until the job ends (or ``timeout`` seconds pass); how it ended and its
+        row as it is then (the output as stored: refs stay refs)."""
+        job = await self.get_job(job_id)
+        try:
+            await JobQueueClient(self.db, job.queue).wait(job_id, timeout)
+            state: EndState = "completed"
+        except AbortedJobError:
+            state = "aborted"
+        except JobError:
+            state = "failed"
+        except WaitTimeout:
+            state = "timeout"
+        return JobOutcome(state, await self.get_job(job_id))
 
     async def stats(self) -> DatabaseStats:
         """Per-queue job counts by status, lag and throughput, and blob totals."""

@@ -22,7 +22,8 @@ Every error taskdb raises derives from :class:`TaskdbError`; driver errors
         ├── RetryableJobError       retried while attempts remain
         ├── PermanentJobError       never retried
         │   ├── DeadlineExceeded    the job's deadline passed
-        │   └── LeaseExpired        its worker died too often (lease ran out)
+        │   ├── LeaseExpired        its worker died too often (lease ran out)
+        │   └── TaskNotFound        the worker knows no task of the job's name
         └── AbortedJobError         the job was aborted
 
 A job's error class survives its row as ``error_code`` (the class name), so a
@@ -139,6 +140,10 @@ class LeaseExpired(PermanentJobError):
     """The job's worker stopped renewing its lease and no retries were left."""
 
 
+class TaskNotFound(PermanentJobError):
+    """The worker that claimed the job has no task of the job's name."""
+
+
 class AbortedJobError(JobError):
     """The job was aborted."""
 
@@ -149,6 +154,7 @@ _JOB_ERRORS: dict[str, type[JobError]] = {
         JobError,
         RetryableJobError,
         PermanentJobError,
+        TaskNotFound,
         DeadlineExceeded,
         LeaseExpired,
         AbortedJobError,

@@ -13,19 +13,20 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
 
 from taskdb import settings
+from taskdb.app import App
 from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, err, stop_on_signals
-from taskdb.cli.jobs import job, jobs, submit
+from taskdb.cli.jobs import job, jobs, submit, wait
 from taskdb.cli.stats import stats
 from taskdb.cli.watch import watch
 from taskdb.errors import ConfigurationError, TaskdbError
-from taskdb.queue import JobQueueServer
+from taskdb.queue import JobQueueServer, ServerSettings
 from taskdb.store import connect, head_revision
 
 
@@ -58,7 +59,7 @@ def cli() -> None:
     """taskdb: durable jobs, task graphs and binary streams in PostgreSQL or SQLite."""
 
 
-for _command in (submit, jobs, job, watch, stats, blob, gc):
+for _command in (submit, jobs, job, wait, watch, stats, blob, gc):
     cli.add_command(_command)
 
 
@@ -93,22 +94,36 @@ def _import(module_name: str) -> Any:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
 
 
-def load_handler(spec: str) -> Callable[..., Any]:
-    """The callable ``module:attr`` names (the current directory is importable)."""
+def load_target(spec: str) -> Any:
+    """What ``module:attr`` names (the current directory is importable): an
+    :class:`~taskdb.App`, or a handler (a callable)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigurationError(f"handler must look like module:function, got {spec!r}")
-    handler: Callable[..., Any] | None = getattr(_import(module_name), attr, None)
-    if not callable(handler):
-        raise ConfigurationError(f"{spec!r} is not a callable in {module_name!r}")
-    return handler
+        raise ConfigurationError(f"the worker target must look like module:attr, got {spec!r}")
+    target = getattr(_import(module_name), attr, None)
+    if not isinstance(target, App) and not callable(target):
+        raise ConfigurationError(f"{spec!r} is neither an App nor a callable in {module_name!r}")
+    return target
 
 
 @cli.command()
-@click.argument("handler")
+@click.argument("target", metavar="MODULE:ATTR")
 @db_option
-@click.option("--queue", "-q", required=True, help="Queue to serve.")
-@click.option("--concurrency", "-c", default=1, show_default=True, help="Concurrent jobs.")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="A queue to serve (repeatable). Default for an App: every queue of its tasks.",
+)
+@click.option(
+    "--concurrency", "-c", default=1, show_default=True, help="Concurrent jobs per queue."
+)
+@click.option(
+    "--threads",
+    type=int,
+    help="Threads running an App's plain `def` tasks (default: one per slot).",
+)
 @click.option(
     "--import",
     "imports",
@@ -134,58 +149,85 @@ def load_handler(spec: str) -> Callable[..., Any]:
     show_default=True,
     help="On SIGINT/SIGTERM, seconds to let running jobs finish before releasing them.",
 )
+@click.pass_context
 def worker(
-    handler: str,
+    ctx: click.Context,
+    target: str,
     db_url: str,
-    queue: str,
+    queues: tuple[str, ...],
     concurrency: int,
+    threads: int | None,
     imports: tuple[str, ...],
     lease: float,
     poll: float,
     stop_timeout: float,
 ) -> None:
-    """Run HANDLER for the jobs of a queue until SIGINT/SIGTERM, then stop gracefully.
+    """Serve queues until SIGINT/SIGTERM, then stop gracefully.
 
-    HANDLER is `module:function`, an async `function(input, ctx)`; or
-    `module:Class`, made with the database: `taskdb:GraphJobHandler` runs submitted
-    task graphs (add `--import` for the module registering their task types).
+    TARGET is `module:app`, an App: its tasks run on every queue they name (or the
+    `-q` ones); or `module:function`, an async `function(input, ctx)` serving each
+    `-q` queue; or `module:Class`, made with the database: `taskdb:GraphJobHandler`
+    runs submitted task graphs (add `--import` for the module registering their
+    task types).
     """
     for module_name in imports:
         _import(module_name)
-    factory = load_handler(handler)
+    loaded = load_target(target)
+    if not isinstance(loaded, App) and not queues:
+        raise click.UsageError("a handler serves the queues named with --queue/-q")
+    options = ServerSettings(
+        workers=concurrency, lease_seconds=lease, poll_interval=poll, stop_timeout=stop_timeout
+    )
+    # An App keeps its own database unless --db was given on the command line.
+    explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
+    asyncio.run(_serve(loaded, db_url if explicit else None, queues, options, threads))
 
-    async def body() -> None:
-        db = connect(db_url)
-        func = factory(db) if inspect.isclass(factory) else factory
-        server = JobQueueServer(
-            db,
-            queue,
-            func,
-            workers=concurrency,
-            lease_seconds=lease,
-            poll_interval=poll,
-            stop_timeout=stop_timeout,
+
+async def _serve(
+    target: Any,
+    db_url: str | None,
+    queues: tuple[str, ...],
+    options: ServerSettings,
+    threads: int | None,
+) -> None:
+    """Run the worker: servers for ``queues`` until SIGINT/SIGTERM."""
+    pool = None
+    if isinstance(target, App):
+        if db_url is not None:
+            target.bind(connect(db_url))
+        db = target.db
+        chosen = list(dict.fromkeys(queues)) or target.queues
+        pool = ThreadPoolExecutor(
+            threads or options.workers * len(chosen), thread_name_prefix="taskdb-task"
         )
-        stop = asyncio.Event()
-        try:
-            with stop_on_signals(stop):
+        servers = target.servers(chosen, threads=pool, settings=options)
+    else:
+        db = connect(db_url)
+        handler = target(db) if inspect.isclass(target) else target
+        servers = [JobQueueServer(db, q, handler, options) for q in dict.fromkeys(queues)]
+    stop = asyncio.Event()
+    try:
+        with stop_on_signals(stop):
+            for server in servers:
                 await server.start()
-                err.print(
-                    f"worker {server.worker_id} serving queue {queue!r} on {db.safe_url} "
-                    f"with {concurrency} slot(s); Ctrl-C to stop"
-                )
-                await stop.wait()
-                err.print("stopping: letting running jobs finish...")
-                await server.stop()
-            s = server.stats()
+            served = ", ".join(repr(s.queue) for s in servers)
             err.print(
-                f"stopped: {s.completed} completed, {s.failed} failed, {s.retried} retried, "
-                f"{s.released} released"
+                f"worker {servers[0].worker_id} serving {served} on {db.safe_url} "
+                f"with {options.workers} slot(s) each; Ctrl-C to stop"
             )
-        finally:
-            await db.aclose()
-
-    asyncio.run(body())
+            await stop.wait()
+            err.print("stopping: letting running jobs finish...")
+            await asyncio.gather(*(server.stop() for server in servers))
+        totals = [s.stats() for s in servers]
+        err.print(
+            f"stopped: {sum(t.completed for t in totals)} completed, "
+            f"{sum(t.failed for t in totals)} failed, {sum(t.retried for t in totals)} "
+            f"retried, {sum(t.released for t in totals)} released"
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        await db.aclose()
 
 
 @cli.command()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
-from taskdb.admin import Admin
+from taskdb.admin import Admin, JobOutcome
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
 from taskdb.cli.durations import parse_duration, parse_when
 from taskdb.cli.format import binary_values, human_age, render
@@ -27,6 +29,22 @@ def parse_json(text: str, what: str) -> Any:
         raise click.ClickException(f"{what} is not valid JSON: {exc}") from None
 
 
+def read_payload(argument: str) -> Any:
+    """A payload argument: JSON, ``-`` for standard input, or ``@file.json``."""
+    if argument == "-":
+        return parse_json(sys.stdin.read(), "the payload on standard input")
+    if argument.startswith("@"):
+        path = Path(argument[1:])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot read the payload file {path}: {exc.strerror}"
+            ) from None
+        return parse_json(text, f"the payload file {path}")
+    return parse_json(argument, "payload")
+
+
 @click.command()
 @click.argument("queue")
 @click.argument("payload")
@@ -39,6 +57,7 @@ def parse_json(text: str, what: str) -> Any:
 @click.option(
     "--durable-stream", is_flag=True, help="Store the job's stream events (taskdb watch --job)."
 )
+@click.option("--task", help="The typed task the job runs (an App task's name).")
 def submit(
     queue: str,
     payload: str,
@@ -49,9 +68,11 @@ def submit(
     fingerprint: str | None,
     max_retries: int | None,
     durable_stream: bool,
+    task: str | None,
 ) -> None:
-    """Enqueue a job with a JSON PAYLOAD on QUEUE; prints the job id."""
-    value = parse_json(payload, "payload")
+    """Enqueue a job with a JSON PAYLOAD on QUEUE; prints the job id. PAYLOAD is JSON,
+    `-` to read it from standard input, or `@file.json`."""
+    value = read_payload(payload)
     when, until = parse_when(run_after), parse_when(deadline)
 
     @with_db
@@ -64,6 +85,7 @@ def submit(
             fingerprint=fingerprint,
             max_retries=max_retries,
             durable_stream=durable_stream,
+            task=task,
         )
         return handle.id
 
@@ -204,3 +226,27 @@ def job_purge(db_url: str, older_than: str, status: tuple[str, ...], queue: str 
         return await Admin(db).purge_jobs(age, queue=queue)
 
     click.echo(f"purged {body(db_url)} job(s)")
+
+
+WAIT_EXIT = {"completed": 0, "failed": 1, "aborted": 2, "timeout": 3}
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@db_option
+@click.option("--timeout", help="Give up after this long, e.g. 30s (exit 3).")
+def wait(job_id: int, db_url: str, timeout: str | None) -> None:
+    """Wait for a job to end; print its output as JSON. Exit 0 when it completed, 1
+    when it failed, 2 when it was aborted, 3 on timeout (its error on stderr)."""
+    seconds = None if timeout is None else parse_duration(timeout)
+
+    @with_db
+    async def body(db: Database) -> JobOutcome:
+        return await Admin(db).wait(job_id, seconds)
+
+    outcome = body(db_url)
+    if outcome.state == "completed":
+        print_json(outcome.job.output)
+    else:
+        click.echo(outcome.describe(), err=True)
+    sys.exit(WAIT_EXIT[outcome.state])

@@ -82,6 +82,7 @@ class Job(BaseModel):
     updated_at: datetime
     completed_at: datetime | None = None
     durable_stream: bool = False
+    task: str | None = None
 
 
 class JobChange(BaseModel):
@@ -158,6 +159,7 @@ class JobOptions:
     deadline: datetime | None = None
     job_run_id: str | None = None
     durable_stream: bool = False
+    task: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from taskdb.errors import (
     AbortedJobError,
     DeadlineExceeded,
+    InvalidJobInput,
     JobError,
     PermanentJobError,
     RetryableJobError,
@@ -71,13 +72,14 @@ def decide_failure(
 ) -> Retry | Fail:
     """What to do with a job whose attempt ``attempts`` raised ``exc``.
 
-    Any exception but :class:`PermanentJobError` / :class:`AbortedJobError` is
-    retried while ``attempts <= max_retries`` and the retry would start before
-    the deadline.
+    Any exception but :class:`PermanentJobError`, :class:`AbortedJobError` and
+    :class:`InvalidJobInput` (bad input never gets better) is retried while
+    ``attempts <= max_retries`` and the retry would start before the deadline.
     """
     message = str(exc) or type(exc).__name__
     code = error_code_of(exc)
-    if isinstance(exc, PermanentJobError | AbortedJobError) or attempts > max_retries:
+    final = PermanentJobError | AbortedJobError | InvalidJobInput
+    if isinstance(exc, final) or attempts > max_retries:
         return Fail(message, code)
     retry_at = exc.retry_at if isinstance(exc, RetryableJobError) else None
     if retry_at is None:

@@ -156,6 +156,7 @@ class SubmitOptions(TypedDict, total=False):
     first run (default the client's). ``job_run_id``: groups jobs (see
     ``abort_run``). ``priority``: larger runs first. ``durable_stream``: store
     the events the handler emits, so ``follow`` works from any process.
+    ``task``: the name of the typed task the job runs (see :class:`~taskdb.App`).
     """
 
     run_after: datetime | None
@@ -164,6 +165,7 @@ class SubmitOptions(TypedDict, total=False):
     job_run_id: str | None
     priority: int
     durable_stream: bool
+    task: str | None
 
 
 class ClientBase:
@@ -211,6 +213,7 @@ class ClientBase:
         job_run_id: str | None = None,
         priority: int = 0,
         durable_stream: bool = False,
+        task: str | None = None,
     ) -> tuple[JobOptions, list[NewJob]]:
         """The options and rows of a submit, checked (:class:`InvalidJobInput` names
         what is wrong; nothing is stored then)."""
@@ -223,6 +226,8 @@ class ClientBase:
             raise InvalidJobInput(f"priority must be a 32-bit integer, got {priority!r}")
         if fingerprints is not None and len(fingerprints) != len(inputs):
             raise InvalidJobInput("fingerprints must have one entry per input")
+        if task is not None and (not isinstance(task, str) or not 0 < len(task) <= 200):
+            raise InvalidJobInput(f"task must be a name of 1..200 chars, got {task!r}")
         for fp in fingerprints or ():
             if fp is not None and (not isinstance(fp, str) or not 0 < len(fp) <= 200):
                 raise InvalidJobInput(f"fingerprint must be a string of 1..200 chars: {fp!r}")
@@ -233,6 +238,7 @@ class ClientBase:
             deadline=deadline,
             job_run_id=job_run_id,
             durable_stream=bool(durable_stream),
+            task=task,
         )
         if fingerprints is None:
             return options, [NewJob.of(value) for value in inputs]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from taskdb.core.jobs import Job
@@ -62,6 +62,12 @@ class JobContext:
         return self._job
 
     @property
+    def task(self) -> str | None:
+        """The name of the typed task the job runs (``None`` for a plain handler)."""
+        task: str | None = getattr(self._row, "task", None)
+        return task
+
+    @property
     def aborting(self) -> bool:
         return self._abort is not None and self._abort.is_set()
 
@@ -86,3 +92,50 @@ class JobContext:
         """
         room = self._emit(event)
         return _NO_WAIT if room is None else Room(room)
+
+
+class SyncJobContext:
+    """What a plain ``def`` task receives as its context: a :class:`JobContext` whose
+    operations are plain calls, made from the worker thread the task runs in.
+
+    Each call runs on the worker's event loop and waits for it there, so progress
+    is stored and stream events are delivered in the order the task makes them.
+    """
+
+    __slots__ = ("_ctx", "_loop")
+
+    def __init__(self, ctx: JobContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._ctx = ctx
+        self._loop = loop
+
+    @property
+    def job(self) -> Job:
+        return self._ctx.job
+
+    @property
+    def task(self) -> str | None:
+        return self._ctx.task
+
+    @property
+    def aborting(self) -> bool:
+        """Whether the job is being aborted (check it between steps: a thread cannot
+        be cancelled, so a task that never looks runs to its end)."""
+        return self._ctx.aborting
+
+    def update_progress(
+        self, progress: float, message: str | None = None, details: Any = None
+    ) -> None:
+        """See :meth:`JobContext.update_progress`."""
+        self._call(self._ctx.update_progress(progress, message, details))
+
+    def emit_stream_event(self, event: object) -> None:
+        """See :meth:`JobContext.emit_stream_event`; returns once a durable stream's
+        buffer has room again."""
+
+        async def emit() -> None:
+            await self._ctx.emit_stream_event(event)
+
+        self._call(emit())
+
+    def _call(self, work: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(work, self._loop).result()

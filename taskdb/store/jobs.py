@@ -109,6 +109,7 @@ class JobPlans:
             "deadline": options.deadline,
             "job_run_id": options.job_run_id,
             "durable_stream": options.durable_stream,
+            "task": options.task,
         }
 
     def _submit_batch(self, items: Sequence[NewJob]) -> str:
@@ -139,6 +140,7 @@ class JobPlans:
                 fingerprint=new.fingerprint,
                 job_run_id=options.job_run_id,
                 durable_stream=options.durable_stream,
+                task=options.task,
                 created_at=now,
                 updated_at=now,
             )

@@ -141,6 +141,8 @@ jobs = Table(
     Column("completed_at", UtcDateTime, nullable=True),
     # persist the job's stream events for follow() (taskdb_job_streams)
     Column("durable_stream", Boolean, nullable=False, server_default=false()),
+    # the typed task the job runs (taskdb.App); NULL for a queue's plain handler
+    Column("task", String(200), nullable=True),
 )
 
 _pending = jobs.c.status == "PENDING"

@@ -68,6 +68,7 @@ _INSERTED = (
     "deadline",
     "job_run_id",
     "durable_stream",
+    "task",
     "created_at",
     "updated_at",
 )
@@ -365,6 +366,7 @@ class JobStatements:
             bind("deadline", UtcDateTime()),
             bind("job_run_id"),
             bind("durable_stream", Boolean()),
+            bind("task"),
             _now(),
             _now(),
         ).order_by(v.c.ord)

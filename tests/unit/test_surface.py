@@ -24,6 +24,7 @@ from taskdb.queue.batcher import Batcher
 
 SUBPACKAGES = [
     "taskdb.admin",
+    "taskdb.app",
     "taskdb.cache",
     "taskdb.core",
     "taskdb.graph",

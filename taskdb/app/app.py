@@ -1,0 +1,210 @@
+"""``App``: typed tasks over one database, and the worker side that runs them.
+
+An app holds the tasks registered with ``@app.task`` (by name) and opens its
+database on first use: a URL, ``TASKDB_URL``, else the SQLite default, or a
+:class:`~taskdb.Database` given to it. A worker serves the app's queues with
+one :class:`~taskdb.JobQueueServer` each, whose handler (:class:`AppHandler`)
+runs every job by the task name it carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from typing import Any, TypeVar, overload
+
+from taskdb import settings
+from taskdb.app.tasks import TypedTask
+from taskdb.errors import ConfigurationError, TaskNotFound
+from taskdb.queue.client import JobQueueClient, SubmitOptions
+from taskdb.queue.config import ServerSettings
+from taskdb.queue.context import JobContext
+from taskdb.queue.server import JobQueueServer
+from taskdb.queue.sync import SyncJobQueueClient
+from taskdb.store.database import Database, connect
+
+log = logging.getLogger("taskdb.app")
+
+R = TypeVar("R")
+
+DEFAULT_QUEUE = "default"
+_NAME = re.compile(r"[A-Za-z_][\w.:-]{0,199}")
+
+
+class AppHandler:
+    """A :class:`~taskdb.JobQueueServer` handler running an app's tasks: each job by the
+    task name it carries. A job whose task this worker does not know fails with
+    :class:`~taskdb.TaskNotFound` (and an ERROR log line naming it)."""
+
+    def __init__(self, app: App, queue: str, threads: Executor | None = None) -> None:
+        self.app = app
+        self.queue = queue
+        self.threads = threads
+
+    def __repr__(self) -> str:
+        return f"AppHandler({self.app!r}, {self.queue!r})"
+
+    async def __call__(self, input: Any, ctx: JobContext) -> Any:
+        name = ctx.task
+        task = None if name is None else self.app.tasks.get(name)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            log.error(
+                "job %s on queue %r runs task %r, which this worker does not know (it knows: %s)",
+                ctx.job.id,
+                self.queue,
+                name,
+                known,
+            )
+            raise TaskNotFound(f"no task {name!r} in this worker's app (it knows: {known})")
+        return await task.run(input, ctx, self.threads)
+
+
+class App:
+    """Typed tasks and their database (see the module docstring).
+
+    ``App()`` uses ``TASKDB_URL``, else the SQLite default; ``App(url)`` or
+    ``App(db=database)`` say which. ``queue`` and ``max_retries`` are the defaults
+    of tasks that do not name their own.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        db: Database | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_retries: int = settings.DEFAULT_MAX_RETRIES,
+    ) -> None:
+        if url is not None and db is not None:
+            raise ConfigurationError("App takes a URL or a Database, not both")
+        self._url = url
+        self._db = db
+        self.default_queue = queue
+        self.default_max_retries = max_retries
+        self.tasks: dict[str, TypedTask[Any]] = {}
+        """Registered tasks by name."""
+        self._lock = threading.Lock()
+        self._clients: dict[str, JobQueueClient] = {}
+        self._sync_clients: dict[str, SyncJobQueueClient] = {}
+
+    def __repr__(self) -> str:
+        where = self._db.safe_url if self._db is not None else self._url or "$TASKDB_URL"
+        return f"App({where!r}, tasks={len(self.tasks)})"
+
+    @property
+    def db(self) -> Database:
+        """The app's database, opened on first use."""
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    self._db = connect(self._url)
+        return self._db
+
+    def bind(self, db: Database) -> None:
+        """Use ``db`` from now on (a worker started with ``--db``)."""
+        with self._lock:
+            self._db = db
+            self._clients.clear()
+            self._sync_clients.clear()
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues the app's tasks run on."""
+        return sorted({task.queue for task in self.tasks.values()})
+
+    # -- registering -------------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[..., Awaitable[R]], /) -> TypedTask[R]: ...
+
+    @overload
+    def task(self, func: Callable[..., R], /) -> TypedTask[R]: ...
+
+    @overload
+    def task(
+        self,
+        func: None = None,
+        /,
+        *,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        priority: int = 0,
+        name: str | None = None,
+    ) -> Callable[[Callable[..., Any]], TypedTask[Any]]: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        priority: int = 0,
+        name: str | None = None,
+    ) -> TypedTask[Any] | Callable[[Callable[..., Any]], TypedTask[Any]]:
+        """Register ``func`` (an ``async def`` or a plain ``def``) as a task:
+        ``@app.task`` or ``@app.task(queue=..., max_retries=..., priority=...,
+        name=...)``. Its signature is its payload schema; its name defaults to
+        ``module.qualname`` and must be unique in the app."""
+
+        def register(func: Callable[..., Any]) -> TypedTask[Any]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if not _NAME.fullmatch(task_name):
+                raise ConfigurationError(f"bad task name {task_name!r}")
+            if task_name in self.tasks:
+                raise ConfigurationError(f"task {task_name!r} is registered twice")
+            options = SubmitOptions(
+                priority=priority,
+                max_retries=self.default_max_retries if max_retries is None else max_retries,
+            )
+            task = TypedTask(
+                self, func, name=task_name, queue=queue or self.default_queue, options=options
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register if func is None else register(func)
+
+    # -- clients -----------------------------------------------------------------------
+
+    def client(self, queue: str) -> JobQueueClient:
+        """The async client of ``queue`` (made once)."""
+        client = self._clients.get(queue)
+        if client is None:
+            client = self._clients[queue] = JobQueueClient(self.db, queue)
+        return client
+
+    def sync_client(self, queue: str) -> SyncJobQueueClient:
+        """The sync client of ``queue`` (made once; safe to share between threads)."""
+        client = self._sync_clients.get(queue)
+        if client is None:
+            with self._lock:
+                client = self._sync_clients.get(queue)
+                if client is None:
+                    client = self._sync_clients[queue] = SyncJobQueueClient(self.db, queue)
+        return client
+
+    # -- the worker side ---------------------------------------------------------------
+
+    def servers(
+        self,
+        queues: Iterable[str] | None = None,
+        *,
+        threads: Executor | None = None,
+        settings: ServerSettings | None = None,
+        **options: Any,
+    ) -> list[JobQueueServer]:
+        """One server per queue (default: every queue of the app's tasks), each
+        running the app's tasks; plain ``def`` tasks run in ``threads``. Start and
+        stop them yourself, or run ``taskdb worker module:app``."""
+        chosen: Sequence[str] = list(dict.fromkeys(queues or self.queues))
+        if not chosen:
+            raise ConfigurationError(f"{self!r} has no task, so no queue to serve")
+        return [
+            JobQueueServer(self.db, queue, AppHandler(self, queue, threads), settings, **options)
+            for queue in chosen
+        ]

@@ -1,0 +1,210 @@
+"""A task function's signature as its payload schema, and its return annotation as
+its output schema (pure: pydantic, no I/O).
+
+The parameters become a pydantic model: ``defer`` validates the arguments
+against it before anything is stored and stores them as JSON; the worker
+validates that JSON again before calling the function. A parameter annotated
+:class:`~taskdb.JobContext` (or :class:`~taskdb.SyncJobContext`) receives the
+context and is not part of the payload. The return annotation validates and
+serializes what the task returns; binary values (``bytes``, ``Blob``, async
+iterators of bytes) pass through to the blob store and come back as inline
+bytes or ``CacheRef``\\ s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from taskdb.core.inline import decode_binary_values, is_binary
+from taskdb.core.refs import is_cache_ref
+from taskdb.errors import ConfigurationError, InvalidJobInput
+from taskdb.queue.context import JobContext, SyncJobContext
+from taskdb.streams.blob import Blob
+
+_ARGS = ConfigDict(
+    extra="forbid",
+    allow_inf_nan=False,  # JSON has no NaN: refuse it at defer, never store null instead
+    ser_json_bytes="base64",
+    val_json_bytes="base64",
+)
+_BINARY = (bytes, bytearray, memoryview, Blob)
+_STREAMS = (AsyncIterator, AsyncIterable, typing.AsyncGenerator)
+
+
+def describe(error: ValidationError, what: str) -> str:
+    """One line for the first problem of ``error``: where, and what is wrong."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(arguments)"
+    extra = f" ({len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{what}: {where}: {first['msg']}{extra}"
+
+
+def _mentions_bytes(tp: Any, seen: set[int] | None = None) -> bool:
+    """Whether values of ``tp`` may hold bytes (they then travel as base64 JSON)."""
+    seen = set() if seen is None else seen
+    if id(tp) in seen:
+        return False
+    seen.add(id(tp))
+    if tp in (bytes, bytearray):
+        return True
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return any(_mentions_bytes(f.annotation, seen) for f in tp.model_fields.values())
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return any(_mentions_bytes(h, seen) for h in hints.values())
+    if typing.is_typeddict(tp):
+        return any(_mentions_bytes(h, seen) for h in typing.get_type_hints(tp).values())
+    return any(_mentions_bytes(arg, seen) for arg in typing.get_args(tp))
+
+
+def _is_binary_type(tp: Any) -> bool:
+    """Whether a return annotation is a binary value (or ``None`` beside one)."""
+    if tp in _BINARY:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in _STREAMS:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(args) and all(_is_binary_type(a) for a in args)
+    return False
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON, leaving binary values (and refs) for the blob store."""
+    if is_binary(value) or value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return to_jsonable_python(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSignature:
+    """What a task function takes and gives (see the module docstring)."""
+
+    what: str
+    """Names the task in errors."""
+    args: type[BaseModel]
+    """The payload: one field per parameter, but the context."""
+    context: str | None
+    """The parameter receiving the job context, if any."""
+    returns: TypeAdapter[Any] | None
+    """Validates and serializes the output; ``None``: no annotation, or a binary one."""
+    json_args: bool
+    """The payload holds bytes: the worker validates it as JSON (base64)."""
+    json_output: bool
+    """The output holds no bytes: it is serialized in pydantic's JSON mode."""
+
+    @classmethod
+    def of(cls, func: Callable[..., Any], what: str) -> TaskSignature:
+        """The signature of ``func``; :class:`ConfigurationError` when a parameter or
+        the return annotation cannot be a payload (``*args``, a type pydantic cannot
+        validate)."""
+        try:
+            hints = typing.get_type_hints(func, include_extras=True)
+        except (NameError, TypeError) as exc:
+            raise ConfigurationError(f"{what}: cannot resolve its annotations: {exc}") from exc
+        fields: dict[str, Any] = {}
+        context = None
+        for name, param in inspect.signature(func).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ConfigurationError(f"{what}: *args and **kwargs cannot be a payload")
+            hint = hints.get(name, Any)
+            if hint in (JobContext, SyncJobContext):
+                context = name
+                continue
+            fields[name] = (hint, ... if param.default is param.empty else param.default)
+        try:
+            args = create_model(f"{what} arguments", __config__=_ARGS, **fields)
+        except Exception as exc:  # pydantic's schema errors come in several classes
+            raise ConfigurationError(f"{what}: its parameters cannot be a payload: {exc}") from exc
+        ret = hints.get("return", Any)
+        returns: TypeAdapter[Any] | None = None
+        if ret is not Any and not _is_binary_type(ret):
+            try:
+                returns = TypeAdapter(ret)
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"{what}: its return annotation cannot be an output: {exc}"
+                ) from exc
+        return cls(
+            what,
+            args,
+            context,
+            returns,
+            json_args=any(_mentions_bytes(f.annotation) for f in args.model_fields.values()),
+            json_output=not _mentions_bytes(ret),
+        )
+
+    # -- the payload -------------------------------------------------------------------
+
+    def dump_args(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``kwargs`` and give the payload stored for them (JSON);
+        :class:`InvalidJobInput` names the first bad argument."""
+        if self.context is not None and self.context in kwargs:
+            raise InvalidJobInput(
+                f"{self.what}: {self.context!r} is the job context, not an argument"
+            )
+        try:
+            model = self.args.model_validate(kwargs)
+        except ValidationError as exc:
+            raise InvalidJobInput(describe(exc, f"{self.what} arguments")) from None
+        try:
+            return model.model_dump(mode="json")
+        except PydanticSerializationError as exc:
+            raise InvalidJobInput(f"{self.what} arguments are not JSON: {exc}") from None
+
+    def load_args(self, payload: Any) -> dict[str, Any]:
+        """The keyword arguments of a stored payload, validated again (models rebuilt);
+        :class:`InvalidJobInput` when it does not fit the signature any more."""
+        try:
+            if self.json_args:
+                model = self.args.model_validate_json(json.dumps(payload))
+            else:
+                model = self.args.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidJobInput(describe(exc, f"{self.what} stored arguments")) from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    # -- the output --------------------------------------------------------------------
+
+    def dump_output(self, value: Any) -> Any:
+        """What the task returned, validated by its return annotation, as the output
+        to store (JSON, with binary values left for the blob store)."""
+        if self.returns is None:
+            return value
+        try:
+            checked = self.returns.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidJobInput(describe(exc, f"{self.what} returned")) from None
+        if self.json_output:
+            return self.returns.dump_python(checked, mode="json")
+        return _jsonable(self.returns.dump_python(checked, mode="python"))
+
+    def load_output(self, output: Any) -> Any:
+        """A stored output as the task's return type (a model rebuilt, inline bytes
+        decoded). A large binary value stays the ``CacheRef`` it was stored as."""
+        value = decode_binary_values(output)
+        if self.returns is None or is_cache_ref(value):
+            return value
+        try:
+            return self.returns.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidJobInput(
+                describe(exc, f"{self.what} output")
+                + " (binary values of 64 KiB or more come back as CacheRef: "
+                "annotate them `bytes | CacheRef`)"
+            ) from None
