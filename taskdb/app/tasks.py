@@ -26,6 +26,7 @@ from taskdb.queue.context import JobContext, SyncJobContext
 from taskdb.queue.sync import SyncJobHandle, SyncJobQueueClient, refuse_in_event_loop
 
 R = TypeVar("R")
+H = TypeVar("H", JobHandle, SyncJobHandle)
 
 
 class TaskHost(Protocol):
@@ -36,21 +37,27 @@ class TaskHost(Protocol):
     def sync_client(self, queue: str) -> SyncJobQueueClient: ...
 
 
-class TaskHandle(Generic[R]):
-    """A deferred task's job, from async code: :meth:`result` is the return value."""
+class _Handle(Generic[R, H]):
+    """What both task handles share: the task and the job's own handle."""
 
     __slots__ = ("job", "task")
 
-    def __init__(self, task: TypedTask[R], job: JobHandle) -> None:
+    def __init__(self, task: TypedTask[R], job: H) -> None:
         self.task = task
-        self.job = job
+        self.job: H = job
 
     def __repr__(self) -> str:
-        return f"TaskHandle({self.task.name!r}, id={self.id})"
+        return f"{type(self).__name__}({self.task.name!r}, id={self.id})"
 
     @property
     def id(self) -> int:
         return self.job.id
+
+
+class TaskHandle(_Handle[R, JobHandle]):
+    """A deferred task's job, from async code: :meth:`result` is the return value."""
+
+    __slots__ = ()
 
     async def get(self) -> Job:
         return await self.job.get()
@@ -71,21 +78,10 @@ class TaskHandle(Generic[R]):
         return value
 
 
-class SyncTaskHandle(Generic[R]):
+class SyncTaskHandle(_Handle[R, SyncJobHandle]):
     """A deferred task's job, from synchronous code: :meth:`result` is the return value."""
 
-    __slots__ = ("job", "task")
-
-    def __init__(self, task: TypedTask[R], job: SyncJobHandle) -> None:
-        self.task = task
-        self.job = job
-
-    def __repr__(self) -> str:
-        return f"SyncTaskHandle({self.task.name!r}, id={self.id})"
-
-    @property
-    def id(self) -> int:
-        return self.job.id
+    __slots__ = ()
 
     def get(self) -> Job:
         return self.job.get()
