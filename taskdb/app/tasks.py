@@ -210,6 +210,14 @@ class TypedTask(Generic[R]):
         """:meth:`defer_many` from async code."""
         return await self.configure().defer_many_async(calls)
 
+    def handle(self, job_id: int) -> TaskHandle[R]:
+        """A handle (async code) for a job of this task deferred earlier, by its id."""
+        return TaskHandle(self, self.app.client(self.queue).handle(job_id))
+
+    def sync_handle(self, job_id: int) -> SyncTaskHandle[R]:
+        """A handle (synchronous code) for a job of this task deferred earlier, by its id."""
+        return SyncTaskHandle(self, self.app.sync_client(self.queue).handle(job_id))
+
     async def run(self, payload: Any, ctx: JobContext, threads: Executor | None) -> Any:
         """Run the function for a stored payload on a worker; returns the output to
         store. A plain ``def`` runs in ``threads`` (with this task's context
