@@ -18,7 +18,7 @@ import inspect
 import json
 import types
 import typing
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +41,11 @@ _BINARY = (bytes, bytearray, memoryview, Blob)
 _STREAMS = (AsyncIterator, AsyncIterable, typing.AsyncGenerator)
 
 
-def describe(error: ValidationError, what: str) -> str:
-    """One line for the first problem of ``error``: where, and what is wrong."""
+def describe(error: ValidationError, what: str, *, strip: int = 0) -> str:
+    """One line for the first problem of ``error``: where (its location without the
+    first ``strip`` parts), and what is wrong."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(arguments)"
+    where = ".".join(str(p) for p in first["loc"][strip:]) or "(arguments)"
     extra = f" ({len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
     return f"{what}: {where}: {first['msg']}{extra}"
 
@@ -107,6 +108,8 @@ class TaskSignature:
     """The payload holds bytes: the worker validates it as JSON (base64)."""
     json_output: bool
     """The output holds no bytes: it is serialized in pydantic's JSON mode."""
+    many: TypeAdapter[list[Any]]
+    """The payloads of a batch, validated and dumped in one call."""
 
     @classmethod
     def of(cls, func: Callable[..., Any], what: str) -> TaskSignature:
@@ -147,25 +150,30 @@ class TaskSignature:
             returns,
             json_args=any(_mentions_bytes(f.annotation) for f in args.model_fields.values()),
             json_output=not _mentions_bytes(ret),
+            many=TypeAdapter(list[args]),
         )
 
     # -- the payload -------------------------------------------------------------------
 
-    def dump_args(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate ``kwargs`` and give the payload stored for them (JSON);
-        :class:`InvalidJobInput` names the first bad argument."""
-        if self.context is not None and self.context in kwargs:
-            raise InvalidJobInput(
-                f"{self.what}: {self.context!r} is the job context, not an argument"
-            )
+    def dump_args(self, calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Validate the keyword arguments of each call and give the payloads stored for
+        them (JSON), all in one pass; :class:`InvalidJobInput` names the first bad
+        argument (``i.name`` for the ``i``-th call of several)."""
+        for kwargs in calls:
+            if self.context is not None and self.context in kwargs:
+                raise InvalidJobInput(
+                    f"{self.what}: {self.context!r} is the job context, not an argument"
+                )
         try:
-            model = self.args.model_validate(kwargs)
+            models = self.many.validate_python(calls)
         except ValidationError as exc:
-            raise InvalidJobInput(describe(exc, f"{self.what} arguments")) from None
+            strip = 1 if len(calls) == 1 else 0  # a lone call's error needs no index
+            raise InvalidJobInput(describe(exc, f"{self.what} arguments", strip=strip)) from None
         try:
-            return model.model_dump(mode="json")
+            payloads: list[dict[str, Any]] = self.many.dump_python(models, mode="json")
         except PydanticSerializationError as exc:
             raise InvalidJobInput(f"{self.what} arguments are not JSON: {exc}") from None
+        return payloads
 
     def load_args(self, payload: Any) -> dict[str, Any]:
         """The keyword arguments of a stored payload, validated again (models rebuilt);

@@ -110,7 +110,7 @@ class TaskCall(Generic[R]):
     options: SubmitOptions = field(default_factory=lambda: SubmitOptions())
 
     def _payloads(self, calls: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [self.task.signature.dump_args(kwargs) for kwargs in calls]
+        return self.task.signature.dump_args(list(calls))
 
     def _fingerprints(self, count: int) -> list[str | None] | None:
         if self.fingerprint is None:
