@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/queue_throughput.py
+	$(BIN)/python benchmarks/typed_tasks.py
 	$(BIN)/python benchmarks/follow_latency.py
 	$(BIN)/python benchmarks/stream_throughput.py
 	$(BIN)/python benchmarks/blob_refs.py

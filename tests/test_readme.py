@@ -27,7 +27,11 @@ def _expected_stream_output() -> str:
 
 @pytest.mark.parametrize(
     ("index", "expected"),
-    [(0, "{'thumbnail': 'cat.thumb.png'}"), (1, _expected_stream_output())],
+    [
+        (0, "name='cat.thumb.png' width=128"),
+        (1, "{'thumbnail': 'cat.thumb.png'}"),
+        (2, _expected_stream_output()),
+    ],
 )
 def test_quickstart_runs(tmp_path: Path, index: int, expected: str) -> None:
     script = tmp_path / "quickstart.py"

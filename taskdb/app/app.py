@@ -9,11 +9,15 @@ runs every job by the task name it carries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from taskdb import settings
@@ -32,6 +36,21 @@ R = TypeVar("R")
 
 DEFAULT_QUEUE = "default"
 _NAME = re.compile(r"[A-Za-z_][\w.:-]{0,199}")
+
+
+def _module_name(func: Callable[..., Any]) -> str:
+    """The module a worker imports ``func`` from: for a script run as ``__main__``,
+    the name it is importable under (``python app.py`` and ``taskdb worker app:app``
+    then agree on its tasks' names)."""
+    module = func.__module__
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return str(spec.name)
+    path = getattr(main, "__file__", None)
+    return Path(path).stem if path else module
 
 
 class AppHandler:
@@ -149,10 +168,11 @@ class App:
         """Register ``func`` (an ``async def`` or a plain ``def``) as a task:
         ``@app.task`` or ``@app.task(queue=..., max_retries=..., priority=...,
         name=...)``. Its signature is its payload schema; its name defaults to
-        ``module.qualname`` and must be unique in the app."""
+        ``module.qualname`` (a script's module is named after its file) and must be
+        unique in the app: the worker finds the task by it."""
 
         def register(func: Callable[..., Any]) -> TypedTask[Any]:
-            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            task_name = name or f"{_module_name(func)}.{func.__qualname__}"
             if not _NAME.fullmatch(task_name):
                 raise ConfigurationError(f"bad task name {task_name!r}")
             if task_name in self.tasks:
@@ -208,3 +228,24 @@ class App:
             JobQueueServer(self.db, queue, AppHandler(self, queue, threads), settings, **options)
             for queue in chosen
         ]
+
+    @asynccontextmanager
+    async def serve(
+        self,
+        queues: Iterable[str] | None = None,
+        *,
+        threads: Executor | None = None,
+        settings: ServerSettings | None = None,
+        **options: Any,
+    ) -> AsyncIterator[list[JobQueueServer]]:
+        """Run :meth:`servers` while inside (started on enter, stopped gracefully on
+        exit): a worker in this process, e.g. for tests or a small deployment."""
+        servers = self.servers(queues, threads=threads, settings=settings, **options)
+        started: list[JobQueueServer] = []
+        try:
+            for server in servers:
+                await server.start()
+                started.append(server)
+            yield servers
+        finally:
+            await asyncio.gather(*(server.stop() for server in started))
