@@ -120,9 +120,13 @@ def jobs(
             f"{j.attempts}/{j.max_retries + 1}",
             f"{j.progress:.0f}%",
             human_age(j.updated_at),
-            (j.error or "")[:60],
+            _first_line(j.error)[:60],
         )
     out.print(table)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
 
 
 @click.group()
@@ -156,6 +160,8 @@ def _show_rows(row: Job) -> list[tuple[str, str]]:
     refs = [f"{path or '.'}: {v['$ref']}" for path, v in binary_values(row.output) if "$ref" in v]
     if refs:
         rows.append(("blobs", "\n".join(refs)))
+    if row.error_traceback:
+        rows.append(("traceback", row.error_traceback))
     return rows
 
 

@@ -66,6 +66,7 @@ class Job(BaseModel):
     output: Any = None
     error: str | None = None
     error_code: str | None = None
+    error_traceback: str | None = None
     attempts: int
     max_retries: int
     priority: int

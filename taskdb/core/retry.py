@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,15 +46,34 @@ class Retry:
     run_after: datetime
     error: str
     error_code: str
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Fail:
     error: str
     error_code: str
+    traceback: str | None = None
 
 
 Outcome = Complete | Retry | Fail
+
+
+MAX_TRACEBACK = 16_384
+"""Characters of a traceback kept on a job row."""
+
+
+def traceback_text(exc: BaseException, limit: int = MAX_TRACEBACK) -> str:
+    """The formatted traceback of ``exc`` (its causes included), at most ``limit``
+    characters: a longer one keeps its start and its end (the innermost frames and
+    the error), the cut marked."""
+    text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    if len(text) <= limit:
+        return text
+    marker = "\n... {} characters cut ...\n"
+    keep = limit - len(marker.format(len(text)))
+    head, tail = keep // 4, keep - keep // 4
+    return text[:head] + marker.format(len(text) - head - tail) + text[-tail:]
 
 
 def error_code_of(exc: BaseException) -> str:
@@ -78,12 +98,13 @@ def decide_failure(
     """
     message = str(exc) or type(exc).__name__
     code = error_code_of(exc)
+    stack = traceback_text(exc)
     final = PermanentJobError | AbortedJobError | InvalidJobInput
     if isinstance(exc, final) or attempts > max_retries:
-        return Fail(message, code)
+        return Fail(message, code, stack)
     retry_at = exc.retry_at if isinstance(exc, RetryableJobError) else None
     if retry_at is None:
         retry_at = now + timedelta(seconds=policy.delay(attempts, rand))
     if deadline is not None and retry_at >= deadline:
-        return Fail(f"{message} (no retry before the deadline)", DeadlineExceeded.__name__)
-    return Retry(retry_at, message, code)
+        return Fail(f"{message} (no retry before the deadline)", DeadlineExceeded.__name__, stack)
+    return Retry(retry_at, message, code, stack)

@@ -18,7 +18,7 @@ from typing import Any
 
 from taskdb.core.clock import Clock
 from taskdb.core.jobs import Claim
-from taskdb.core.retry import Complete, Fail, Outcome, RetryPolicy, decide_failure
+from taskdb.core.retry import Complete, Fail, Outcome, Retry, RetryPolicy, decide_failure
 from taskdb.errors import AbortedJobError, DeadlineExceeded
 from taskdb.queue.context import JobContext
 from taskdb.queue.durable import DurableStreamWriter
@@ -54,8 +54,7 @@ def failure(run: Run, exc: BaseException, *, clock: Clock, retry: RetryPolicy) -
     if run.ctx.aborting:
         return Fail("aborted", AbortedJobError.__name__)
     job = run.job
-    log.info("job %s attempt %s failed: %r", job.id, job.attempts, exc)
-    return decide_failure(
+    outcome = decide_failure(
         exc,
         attempts=job.attempts,
         max_retries=job.max_retries,
@@ -63,6 +62,36 @@ def failure(run: Run, exc: BaseException, *, clock: Clock, retry: RetryPolicy) -
         now=clock(),
         policy=retry,
     )
+    fields = job_fields(job)
+    if isinstance(outcome, Retry):
+        when = f"; retried at {outcome.run_after:%Y-%m-%d %H:%M:%S%z}"
+        level = logging.WARNING
+    else:
+        when, level = "", logging.ERROR
+    log.log(
+        level,
+        "job %s (queue %r, task %s) attempt %s failed: %s: %s%s",
+        job.id,
+        fields["queue"],
+        fields["task"] or "-",
+        job.attempts,
+        outcome.error_code,
+        outcome.error,
+        when,
+        exc_info=exc,
+        extra=fields,
+    )
+    return outcome
+
+
+def job_fields(job: Any) -> dict[str, Any]:
+    """A claimed job's identity as log record fields (``--log-format json`` shows them)."""
+    return {
+        "job_id": job.id,
+        "queue": getattr(job, "queue", None),
+        "task": getattr(job, "task", None),
+        "attempt": job.attempts,
+    }
 
 
 async def execute(

@@ -481,10 +481,10 @@ class JobStore:
             row.update(status="COMPLETED", output=outcome.output, completed_at=now)
         elif isinstance(outcome, Retry):
             row.update(status="PENDING", error=outcome.error, error_code=outcome.error_code)
-            row.update(run_after=outcome.run_after)
+            row.update(run_after=outcome.run_after, error_traceback=outcome.traceback)
         else:
             row.update(status="FAILED", error=outcome.error, error_code=outcome.error_code)
-            row.update(completed_at=now)
+            row.update(completed_at=now, error_traceback=outcome.traceback)
         return row
 
     @reconnecting

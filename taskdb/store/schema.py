@@ -124,6 +124,8 @@ jobs = Table(
     Column("output", _json(), nullable=True),
     Column("error", Text, nullable=True),
     Column("error_code", String(200), nullable=True),
+    # the traceback of the last failure (bounded: see taskdb.core.retry.traceback_text)
+    Column("error_traceback", Text, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("max_retries", Integer, nullable=False),
     Column("priority", Integer, nullable=False, server_default=text("0")),

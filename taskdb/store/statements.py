@@ -45,6 +45,7 @@ FINISH_COLUMNS = (
     "output",
     "error",
     "error_code",
+    "error_traceback",
     "run_after",
     "completed_at",
 )
@@ -207,6 +208,7 @@ class JobStatements:
                 output=case((aborting, null()), else_=v.c.output),
                 error=case((aborting, "aborted"), else_=v.c.error),
                 error_code=case((aborting, ABORTED), else_=v.c.error_code),
+                error_traceback=case((aborting, null()), else_=v.c.error_traceback),
                 run_after=func.coalesce(v.c.run_after, jobs.c.run_after),
                 completed_at=case((aborting, _now()), else_=v.c.completed_at),
                 worker_id=None,
@@ -293,6 +295,7 @@ class JobStatements:
                     else_="lease expired: the worker stopped renewing it",
                 ),
                 error_code=case((expired_abort, ABORTED), else_="LeaseExpired"),
+                error_traceback=None,
                 completed_at=case((ends, _now()), else_=null()),
                 worker_id=None,
                 lease_expires_at=None,
@@ -311,6 +314,7 @@ class JobStatements:
                 status=JobStatus.FAILED.value,
                 error="deadline passed before the job could run",
                 error_code="DeadlineExceeded",
+                error_traceback=None,
                 completed_at=_now(),
                 updated_at=_now(),
             )
@@ -326,6 +330,7 @@ class JobStatements:
                 status=case((pending, JobStatus.FAILED.value), else_=JobStatus.ABORTING.value),
                 error=case((pending, "aborted"), else_=jobs.c.error),
                 error_code=case((pending, ABORTED), else_=jobs.c.error_code),
+                error_traceback=case((pending, null()), else_=jobs.c.error_traceback),
                 completed_at=case((pending, _now()), else_=jobs.c.completed_at),
                 updated_at=_now(),
             )

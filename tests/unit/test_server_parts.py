@@ -286,7 +286,12 @@ async def test_a_run_completes_fails_or_retries_by_the_policy() -> None:
     assert retry.error_code == "ValueError"
     failed = await _execute(_run(attempts=4, max_retries=3), boom)
     assert isinstance(failed, Fail) and failed.error == "boom"
-    assert await _execute(_run(), final) == Fail("no", "PermanentJobError")
+    permanent = await _execute(_run(), final)
+    assert isinstance(permanent, Fail) and (permanent.error, permanent.error_code) == (
+        "no",
+        "PermanentJobError",
+    )
+    assert permanent.traceback is not None and "in final" in permanent.traceback
 
 
 async def test_a_run_past_its_deadline_fails_with_deadline_exceeded() -> None:
