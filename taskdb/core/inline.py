@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeGuard
 
 from taskdb.errors import InvalidJobInput
@@ -56,16 +56,42 @@ def decode_inline(envelope: Mapping[str, Any]) -> bytes | Blob:
     return data
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def holds(value: Any, leaf: Callable[[Any], bool]) -> bool:
+    """Whether ``value`` or anything in its dicts, lists and tuples is a ``leaf``
+    (iterative: any nesting depth; cheap for plain JSON, the common case)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) in _SCALARS:
+            continue
+        if leaf(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 def encode_binary_values(value: Any) -> Any:
     """``value`` with every binary leaf in its dicts and lists inlined (the same
     object when there is none)."""
+    if not holds(value, is_binary):
+        return value
+    return _encode_all(value)
+
+
+def _encode_all(value: Any) -> Any:
     if is_binary(value):
         return encode_inline(value)
     if isinstance(value, dict):
-        items = {k: encode_binary_values(v) for k, v in value.items()}
+        items = {k: _encode_all(v) for k, v in value.items()}
         return value if all(items[k] is value[k] for k in value) else items
     if isinstance(value, list | tuple):
-        elements = [encode_binary_values(v) for v in value]
+        elements = [_encode_all(v) for v in value]
         changed = any(a is not b for a, b in zip(elements, value, strict=True))
         return elements if changed or isinstance(value, tuple) else value
     return value
@@ -73,13 +99,19 @@ def encode_binary_values(value: Any) -> Any:
 
 def decode_binary_values(value: Any) -> Any:
     """The inverse of :func:`encode_binary_values` (the same object when nothing is inlined)."""
+    if not holds(value, is_inline_bytes):
+        return value
+    return _decode_all(value)
+
+
+def _decode_all(value: Any) -> Any:
     if is_inline_bytes(value):
         return decode_inline(value)
     if isinstance(value, dict):
-        items = {k: decode_binary_values(v) for k, v in value.items()}
+        items = {k: _decode_all(v) for k, v in value.items()}
         return value if all(items[k] is value[k] for k in value) else items
     if isinstance(value, list):
-        elements = [decode_binary_values(v) for v in value]
+        elements = [_decode_all(v) for v in value]
         return value if all(a is b for a, b in zip(elements, value, strict=True)) else elements
     return value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -125,13 +126,49 @@ _CHANGE_KEY = tuple(name for name in JobChange.model_fields if name != "cursor")
 # One encoder, made once: json.dumps with options builds a new encoder per call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 
+MAX_JSON_DEPTH = 512
+"""The deepest nesting a stored JSON value may have (both databases store it)."""
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s lists and dicts nest (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
+    """``value`` as JSON text by ``encoder``, or :class:`InvalidJobInput` when no
+    database could store it alike: not JSON (NaN, objects), a ``\\u0000`` in a
+    string (PostgreSQL's jsonb refuses it, so SQLite refuses it too), or nested
+    deeper than :data:`MAX_JSON_DEPTH`."""
+    try:
+        text = encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobInput(f"{what} is not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    # Cheap checks first: deep nesting needs as many brackets, a NUL its escape.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if "\\u0000" in text and _NUL.search(text):
+        raise InvalidJobInput(f"{what} holds a \\u0000 character, which PostgreSQL cannot store")
+    return text
+
 
 def canonical_json(value: Any) -> str:
-    """Stable JSON text of a job input (sorted keys); raises InvalidJobInput if not JSON."""
-    try:
-        return _CANONICAL.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobInput(f"job input is not JSON-serialisable: {exc}") from exc
+    """Stable JSON text of a job input (sorted keys); see :func:`encode_json`."""
+    return encode_json(_CANONICAL, value, "job input")
 
 
 def input_digest(value: Any) -> str:

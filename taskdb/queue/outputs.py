@@ -15,28 +15,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from taskdb.core.inline import encode_inline, is_binary, iter_binary_chunks
+from taskdb.core.inline import encode_inline, holds, is_binary, iter_binary_chunks
 from taskdb.core.refs import is_cache_ref, iter_cache_refs, make_cache_ref, ref_key
 from taskdb.store.blobs import BlobStore
 from taskdb.store.schema import job_holder
 from taskdb.streams.blob import Blob
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+def _stored_leaf(value: Any) -> bool:
+    return is_cache_ref(value) or is_binary(value) or _is_chunk_stream(value)
 
 
 def needs_storing(value: Any) -> bool:
     """Whether :func:`store_output` would change anything (cheap for plain JSON:
     this runs on every job's output)."""
-    kind = type(value)
-    if kind in _SCALARS:
-        return False
-    if kind is dict or isinstance(value, dict):
-        if is_cache_ref(value):
-            return True
-        return any(type(v) not in _SCALARS and needs_storing(v) for v in value.values())
-    if kind is list or kind is tuple or isinstance(value, list | tuple):
-        return any(type(v) not in _SCALARS and needs_storing(v) for v in value)
-    return is_binary(value) or _is_chunk_stream(value)
+    return holds(value, _stored_leaf)
 
 
 async def store_output(value: Any, blobs: BlobStore, job_id: int, threshold: int) -> Any:

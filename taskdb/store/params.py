@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, bindparam
 
-from taskdb.errors import InvalidJobInput
+from taskdb.core.jobs import encode_json
 
 IN_BATCH = 500
 """Values per expanding IN list (see :func:`batches`)."""
@@ -23,11 +23,9 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 
 
 def dumps(value: Any) -> str:
-    """The JSON encoding used for every JSON column (strict: no NaN, no infinities)."""
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobInput(f"value is not JSON: {exc}") from exc
+    """The JSON encoding used for every JSON column (strict: see
+    :func:`taskdb.core.jobs.encode_json`)."""
+    return encode_json(_ENCODER, value, "value")
 
 
 def bind(name: str, type_: Any = None) -> BindParameter[Any]:
