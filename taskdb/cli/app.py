@@ -20,6 +20,7 @@ import click
 
 from taskdb import settings
 from taskdb.app import App
+from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, err, stop_on_signals
 from taskdb.cli.jobs import job, jobs, submit, wait
@@ -35,7 +36,12 @@ class _UsageError(click.ClickException):
 
 
 class _Group(click.Group):
-    """Turns every TaskdbError and usage error into one clean line."""
+    """Turns every TaskdbError and usage error into one clean line, and gives every
+    command the logging options (:mod:`taskdb.cli.logs`)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _with_log_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -51,6 +57,14 @@ class _Group(click.Group):
         except BrokenPipeError:  # `taskdb blob cat ... | head`: the reader left
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+
+
+def _with_log_options(cmd: click.Command) -> None:
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _with_log_options(sub)
+    else:
+        cmd.params.extend(logs.options())
 
 
 @click.group(cls=_Group)

@@ -140,5 +140,14 @@ class LeaseKeeper:
         else:
             for job_id in await self._store.aborting(claims):
                 host.abort(job_id)
-        if reap and await self._store.reap(self._queue, now):
-            host.wake()
+        if reap:
+            reaped = await self._store.reap(self._queue, now)
+            if reaped:
+                log.info(
+                    "queue %r: %d job(s) whose worker stopped renewing its lease, or whose "
+                    "deadline passed, taken back",
+                    self._queue,
+                    reaped,
+                    extra={"queue": self._queue},
+                )
+                host.wake()

@@ -173,6 +173,13 @@ class JobQueueServer:
         self._state = ServerState.RUNNING
         self._fetching = asyncio.ensure_future(self._claimer.run())
         self._maintaining = asyncio.ensure_future(keeper.run())
+        log.info(
+            "worker %s serves queue %r with %d slot(s)",
+            self.worker_id,
+            self.queue,
+            self.workers,
+            extra={"queue": self.queue},
+        )
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: claim nothing more (jobs a claim in flight returns go
@@ -220,6 +227,17 @@ class JobQueueServer:
         self.listen_for_work(False)
         self._fetching = self._maintaining = None
         self._state = ServerState.STOPPED
+        s = self.stats()
+        log.info(
+            "worker %s stopped serving queue %r: %d completed, %d failed, %d retried, %d released",
+            self.worker_id,
+            self.queue,
+            s.completed,
+            s.failed,
+            s.retried,
+            s.released,
+            extra={"queue": self.queue},
+        )
 
     async def __aenter__(self) -> JobQueueServer:
         await self.start()

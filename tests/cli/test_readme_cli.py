@@ -11,7 +11,7 @@ from taskdb.cli import cli
 from tests.cli.helpers import ROOT
 from tests.cli.test_cli import command_paths
 
-GLOBAL = {"--help", "--db"}  # stated once above the table
+GLOBAL = {"--help", "--db", "--log-level", "--log-format"}  # stated once above the table
 
 
 def reference_rows() -> dict[str, str]:
