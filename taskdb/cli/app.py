@@ -28,7 +28,7 @@ from taskdb.cli.stats import stats
 from taskdb.cli.watch import watch
 from taskdb.errors import ConfigurationError, TaskdbError
 from taskdb.queue import JobQueueServer, ServerSettings
-from taskdb.store import connect, head_revision
+from taskdb.store import Database, connect, head_revision
 
 
 class _UsageError(click.ClickException):
@@ -194,11 +194,28 @@ def worker(
     )
     # An App keeps its own database unless --db was given on the command line.
     explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
-    asyncio.run(_serve(loaded, db_url if explicit else None, queues, options, threads))
+    asyncio.run(_serve(loaded, target, db_url if explicit else None, queues, options, threads))
+
+
+def _handler(target: Any, spec: str, db: Database) -> Any:
+    """The handler ``module:attr`` names: the callable itself, or a class made with the
+    database (:class:`ConfigurationError` when it cannot be, or is not callable)."""
+    if not inspect.isclass(target):
+        return target
+    try:
+        handler = target(db)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"{spec} is a class that cannot be made with the database: {exc}"
+        ) from None
+    if not callable(handler):
+        raise ConfigurationError(f"{spec}(db) is not a handler: it cannot be called")
+    return handler
 
 
 async def _serve(
     target: Any,
+    spec: str,
     db_url: str | None,
     queues: tuple[str, ...],
     options: ServerSettings,
@@ -217,10 +234,11 @@ async def _serve(
         servers = target.servers(chosen, threads=pool, settings=options)
     else:
         db = connect(db_url)
-        handler = target(db) if inspect.isclass(target) else target
+        handler = _handler(target, spec, db)
         servers = [JobQueueServer(db, q, handler, options) for q in dict.fromkeys(queues)]
     stop = asyncio.Event()
     try:
+        await db.check()  # unreachable, or behind head: one line, before any claim
         with stop_on_signals(stop):
             for server in servers:
                 await server.start()

@@ -19,6 +19,9 @@ worker that lost its lease cannot complete the job. The server moves through
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import inspect
 import logging
 import os
 import socket
@@ -36,7 +39,7 @@ from taskdb.core.retry import Outcome
 from taskdb.errors import InvalidJobInput, TaskdbError
 from taskdb.queue.claimer import Claimer, Slots
 from taskdb.queue.config import ServerSettings
-from taskdb.queue.context import JobContext
+from taskdb.queue.context import JobContext, SyncJobContext
 from taskdb.queue.durable import DurableStreamWriter, closing_event
 from taskdb.queue.leases import LeaseKeeper, LeaseSchedule
 from taskdb.queue.limiters import NullLimiter
@@ -85,6 +88,28 @@ class ServerStats:
     released: int = 0
 
 
+def is_async_callable(func: Any) -> bool:
+    """Whether calling ``func`` gives a coroutine (an ``async def``, a partial of one,
+    or an object whose ``__call__`` is one)."""
+    call = type(func).__call__ if not inspect.isroutine(func) else None
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+
+
+def in_thread(handler: Callable[[Any, Any], Any]) -> Handler:
+    """A plain ``def`` handler as an async one: it runs in the event loop's thread pool
+    (with the caller's context variables) and gets a :class:`SyncJobContext`."""
+
+    async def call(value: Any, ctx: JobContext) -> Any:
+        loop = asyncio.get_running_loop()
+        work = functools.partial(
+            contextvars.copy_context().run, handler, value, SyncJobContext(ctx, loop)
+        )
+        result = await loop.run_in_executor(None, work)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -108,6 +133,7 @@ class JobQueueServer:
         self.db = db
         self.queue = queue
         self.handler = handler
+        self._call = handler if is_async_callable(handler) else in_thread(handler)
         self.settings = config
         self.worker_id = config.worker_id or _default_worker_id()
         self.limiter = config.limiter or NullLimiter()
@@ -396,7 +422,7 @@ class JobQueueServer:
 
     async def _output_of(self, run: Run) -> Any:
         """Run the handler; binary values in its output go to the blob store."""
-        output = await self.handler(run.job.input, run.ctx)
+        output = await self._call(run.job.input, run.ctx)
         if needs_storing(output):
             output = await store_output(output, self._blobs, run.job.id, self.settings.threshold)
         return output

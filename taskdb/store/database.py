@@ -92,6 +92,7 @@ class Database:
         sqlite_busy_timeout: float = settings.SQLITE_BUSY_TIMEOUT_SECONDS,
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         listen: bool | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         self._url, self.backend = _parse_url(settings.resolve_url(url))
         self.dialect: DialectName = self.backend.name
@@ -99,7 +100,9 @@ class Database:
         self.safe_url = self._url.render_as_string(hide_password=True)
         if sqlite_synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError("sqlite_synchronous must be 'NORMAL' or 'FULL'")
-        self._options = ConnectOptions(pool_size, echo, sqlite_busy_timeout, sqlite_synchronous)
+        self._options = ConnectOptions(
+            pool_size, echo, sqlite_busy_timeout, sqlite_synchronous, connect_timeout
+        )
         # One engine per (event loop, autocommit): statements that stand alone use a
         # pool whose connections are born in autocommit mode (PostgreSQL).
         self._engines: dict[tuple[asyncio.AbstractEventLoop, bool], AsyncEngine] = {}
@@ -245,6 +248,16 @@ class Database:
                 except DRIVER_ERRORS as exc:
                     # The commit may or may not have happened: never retried.
                     raise translate_error(exc, self.safe_url, retryable=False) from exc
+        except DRIVER_ERRORS as exc:
+            raise translate_error(exc, self.safe_url) from exc
+
+    async def check(self) -> None:
+        """Connect and check the schema now (a worker does before it claims anything):
+        :class:`StorageError` when the database cannot be reached within the connect
+        timeout, :class:`SchemaOutOfDate` when it is behind head."""
+        self._schema_ok = False
+        try:
+            await self._check_schema()
         except DRIVER_ERRORS as exc:
             raise translate_error(exc, self.safe_url) from exc
 

@@ -38,6 +38,9 @@ class ConnectOptions:
     """SQLite: seconds a writer waits for the write lock."""
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     """SQLite: ``PRAGMA synchronous`` (WAL mode)."""
+    connect_timeout: float = 10.0
+    """PostgreSQL: seconds to wait for a new connection before the database counts
+    as unreachable."""
 
 
 @dataclass(frozen=True, slots=True)

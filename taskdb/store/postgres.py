@@ -319,6 +319,7 @@ class PostgresDialect:
         # No ping on checkout (a round trip per transaction): a connection found dead
         # is reported as a retryable StorageError and the stores run it once more.
         engine: dict[str, Any] = {
+            "connect_args": {"connect_timeout": max(1, round(options.connect_timeout))},
             "pool_size": options.pool_size,
             "max_overflow": options.pool_size * 2,
             "pool_pre_ping": False,
@@ -339,7 +340,7 @@ class PostgresDialect:
     ) -> psycopg.AsyncConnection[TupleRow]:
         _args, params = engine.dialect.create_connect_args(url)
         params.setdefault("application_name", f"taskdb-listen:{os.getpid()}")
-        params.setdefault("connect_timeout", 10)
+        params.setdefault("connect_timeout", 10)  # (the engine's own, when it has one)
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
     # -- statements ------------------------------------------------------------------

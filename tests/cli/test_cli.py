@@ -120,6 +120,11 @@ def test_stats(db_url: str) -> None:
         (["job", "purge", "--older-than", "1d", "-s", "pending"], "only ended jobs"),
         (["jobs", "--status", "sleeping"], "'sleeping' is not one of"),
         (["worker", "nodots", "-q", "x"], "module:attr"),
+        (["worker", "taskdb:JobQueueClient", "-q", "x"], "cannot be made with the database"),
+        (["worker", "json:dumps", "-q", "x", "--lease", "nan"], "lease_seconds must be a finite"),
+        (["worker", "json:dumps", "-q", "x", "--poll", "inf"], "poll_interval must be a finite"),
+        (["worker", "json:dumps", "-q", "x", "--stop-timeout", "-1"], "stop_timeout must be"),
+        (["worker", "json:dumps", "-q", "x", "--concurrency", "0"], "workers must be at least 1"),
         (["worker", "json:dumps"], "a handler serves the queues named with --queue"),
         (["wait", "424242"], "job 424242 not found"),
         (["wait", "1", "--timeout", "soon"], "bad duration"),
@@ -257,3 +262,12 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
 
 def test_version() -> None:
     assert taskdb.__name__ in invoke("--version").output
+
+
+def test_a_worker_fails_fast_on_a_database_it_cannot_use(empty_db_url: str) -> None:
+    """Behind head (never migrated) or unreachable: one line, before claiming anything."""
+    behind = invoke_failing("worker", "json:dumps", "-q", "x", "--db", empty_db_url)
+    assert behind.exit_code == 1 and "run `taskdb migrate`" in behind.output
+    assert behind.output.strip().count("\n") == 0, behind.output
+    away = invoke_failing("worker", "json:dumps", "-q", "x", "--db", "postgresql://u@127.0.0.1:1/x")
+    assert away.exit_code == 1 and "unavailable" in away.output and "Traceback" not in away.output

@@ -520,7 +520,8 @@ async def test_non_json_output_fails_only_its_job(client: JobQueueClient, serve:
 async def test_an_output_the_database_rejects_fails_only_its_job(
     db: taskdb.Database, client: JobQueueClient, serve: Any
 ) -> None:
-    """PostgreSQL's jsonb refuses NUL characters: that job fails, its batch-mates do not."""
+    """A NUL character cannot be stored (PostgreSQL's jsonb refuses it, and SQLite
+    refuses it alike): that job fails, its batch-mates do not."""
 
     async def echo(value: Any, ctx: JobContext) -> Any:
         return {"text": "a\x00b"} if value == "nul" else value
@@ -529,13 +530,10 @@ async def test_an_output_the_database_rejects_fails_only_its_job(
     await serve(echo, workers=3)
     assert await handles[0].wait(timeout=10) == "before"
     assert await handles[2].wait(timeout=10) == "after"
-    if db.dialect == "postgresql":
-        with pytest.raises(JobError) as info:
-            await handles[1].wait(timeout=10)
-        assert info.value.error_code == "InvalidJobInput"
-        assert "rejected" in str(info.value)
-    else:  # SQLite stores the JSON text as given
-        assert await handles[1].wait(timeout=10) == {"text": "a\x00b"}
+    with pytest.raises(JobError) as info:
+        await handles[1].wait(timeout=10)
+    assert info.value.error_code == "InvalidJobInput"
+    assert "rejected" in str(info.value)
 
 
 async def test_dedupe_returns_the_same_job(client: JobQueueClient) -> None:
@@ -617,3 +615,25 @@ async def test_unknown_job_id_raises_everywhere(client: JobQueueClient) -> None:
         await client.wait(404, timeout=1)
     with pytest.raises(JobNotFound):
         await client.abort(404)
+
+
+async def test_a_plain_def_handler_runs_in_a_thread_with_a_sync_context(
+    client: JobQueueClient, serve: Any
+) -> None:
+    import threading
+
+    from taskdb import SyncJobContext
+
+    seen: list[str] = []
+
+    def blocking(value: Any, ctx: SyncJobContext) -> Any:
+        seen.append(threading.current_thread().name)
+        ctx.update_progress(40, "in a thread")
+        return {"job": ctx.job.id, "double": value * 2}
+
+    await serve(blocking)
+    handle = await client.submit(21)
+    assert await handle.wait(timeout=10) == {"job": handle.id, "double": 42}
+    assert seen and seen[0] != threading.current_thread().name
+    job = await handle.get()
+    assert (job.progress, job.progress_message) == (40.0, "in a thread")
