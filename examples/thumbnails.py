@@ -37,8 +37,16 @@ async def enqueue(names: list[str]) -> None:
         client = taskdb.JobQueueClient(db, "thumbnails")
         handles = await client.submit_batch([{"name": n} for n in names], max_retries=2)
         for handle in handles:
-            print(handle.id, await handle.wait(timeout=60))
+            try:
+                print(handle.id, await handle.wait(timeout=60))
+            except taskdb.WaitTimeout:
+                sys.exit(f"job {handle.id} did not end within 60 s: is a worker running?")
+            except taskdb.JobError as exc:
+                print(handle.id, f"failed: {exc.error_code}: {exc}")
 
 
 if __name__ == "__main__":
-    asyncio.run(enqueue(sys.argv[1:] or ["example.png"]))
+    try:
+        asyncio.run(enqueue(sys.argv[1:] or ["example.png"]))
+    except taskdb.TaskdbError as exc:  # the database is unreachable or behind head
+        sys.exit(f"error: {exc}")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from taskdb.core.clock import Clock, utcnow
-from taskdb.core.jobs import TERMINAL_STATUSES, ChangeCursor, Job, JobStatus
+from taskdb.core.clock import Clock, seconds, utcnow
+from taskdb.core.jobs import TERMINAL_STATUSES, ChangeCursor, Job, JobStatus, statuses_of
 from taskdb.errors import AbortedJobError, ConfigurationError, JobError, JobNotFound, WaitTimeout
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
-from taskdb.queue.client import JobQueueClient
+from taskdb.queue.client import JobQueueClient, purge_ended
 from taskdb.store.blobs import BlobInfo, BlobState, BlobStore, GcReport
 from taskdb.store.database import Database
 from taskdb.store.feed import ChangeFeed
@@ -66,14 +66,6 @@ def check_limit(limit: int) -> int:
     return limit
 
 
-def check_statuses(statuses: Sequence[JobStatus | str]) -> list[str]:
-    """The statuses as stored (``JobStatus`` values, any case accepted)."""
-    try:
-        return [JobStatus(s.upper() if isinstance(s, str) else s).value for s in statuses]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-
-
 class Admin:
     """Operator actions over one :class:`~taskdb.Database` (see the module docstring).
 
@@ -106,7 +98,7 @@ class Admin:
             check_job_id(before)
         return await self._jobs.list_jobs(
             queue=queue,
-            status=check_statuses(status),
+            status=statuses_of(status),
             limit=check_limit(limit),
             before=before,
         )
@@ -135,14 +127,7 @@ class Admin:
         """Delete ended jobs (of ``status``, default every ended one; of ``queue`` when
         given) that ended more than ``older_than`` ago, with their durable streams
         and the blobs only they referred to; returns how many jobs went."""
-        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
-            raise ConfigurationError(f"older_than must be a timedelta >= 0, got {older_than!r}")
-        wanted = check_statuses(status)
-        live = [s for s in wanted if s not in TERMINAL_STATUSES]
-        if live:
-            raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
-        now = self._clock()
-        return await self._jobs.purge(now - older_than, now, queue=queue, statuses=wanted)
+        return await purge_ended(self._jobs, older_than, self._clock(), queue, status)
 
     async def wait(self, job_id: int, timeout: float | None = None) -> JobOutcome:
         """Wait until the job ends (or ``timeout`` seconds pass); how it ended and its
@@ -184,8 +169,7 @@ class Admin:
         :func:`~taskdb.queue.changes.follow_changes`)."""
         if job_id is not None:
             check_job_id(job_id)
-        if isinstance(poll_interval, bool) or not 0 < poll_interval < float("inf"):
-            raise ConfigurationError(f"poll_interval must be a number > 0, got {poll_interval!r}")
+        seconds("poll_interval", poll_interval, positive=True)
         return await follow_changes(
             self.db, callback, queue=queue, job_id=job_id, after=after, poll_interval=poll_interval
         )

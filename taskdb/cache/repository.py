@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from taskdb.core.clock import Clock, utcnow
+from taskdb.core.clock import Clock, seconds, utcnow
 from taskdb.core.refs import CacheRef, iter_cache_refs, make_cache_ref, new_blob_key, ref_key
 from taskdb.errors import ConfigurationError, InvalidJobInput
 from taskdb.streams.blob import Blob, BlobWriter, check_chunk
@@ -103,10 +103,8 @@ def check_output(output: Output) -> dict[str, object]:
     return dict(output)
 
 
-def check_age(seconds: float) -> timedelta:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
-        raise ConfigurationError(f"an age in seconds must be a number >= 0, got {seconds!r}")
-    return timedelta(seconds=seconds)
+def check_age(age: float) -> timedelta:
+    return timedelta(seconds=seconds("an age", age))
 
 
 def child_namespace(parent: str, child: str) -> str:

@@ -264,9 +264,24 @@ async def _serve(
 
 @cli.command()
 @db_option
-@click.option("--jobs", "count", default=8, show_default=True, help="Jobs in the batch.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes.")
-@click.option("--mib", default=48, show_default=True, help="Size of the graph's binary output.")
+@click.option(
+    "--jobs",
+    "count",
+    type=click.IntRange(0, 1000),
+    default=8,
+    show_default=True,
+    help="Jobs in the batch.",
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Worker processes."
+)
+@click.option(
+    "--mib",
+    type=click.IntRange(1, 4096),
+    default=48,
+    show_default=True,
+    help="Size of the graph's binary output.",
+)
 def demo(db_url: str, count: int, workers: int, mib: int) -> None:
     """A guided tour: worker processes with live progress, a retry and an abort, a task
     graph streaming a large binary into the database, a watcher process, `blob cat`."""

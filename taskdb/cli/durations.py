@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from taskdb.core.clock import seconds
 from taskdb.errors import ConfigurationError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -18,7 +19,9 @@ def parse_duration(text: str) -> float:
         raise ConfigurationError(
             f"bad duration {text!r}: use a number with s, m, h, d or w (e.g. 7d)"
         )
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return seconds(
+        f"duration {text.strip()!r}", float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    )
 
 
 def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:

@@ -27,6 +27,8 @@ def parse_json(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise click.ClickException(f"{what} is nested too deeply to read") from None
 
 
 def read_payload(argument: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -12,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from taskdb.errors import InvalidJobInput
+from taskdb.errors import ConfigurationError, InvalidJobInput
 
 
 class JobStatus(StrEnum):
@@ -179,6 +180,19 @@ def input_digest(value: Any) -> str:
 def json_digest(text: str) -> str:
     """The digest of a :func:`canonical_json` text."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def statuses_of(statuses: Sequence[JobStatus | str], *, ended: bool = False) -> list[str]:
+    """The statuses as stored (any case accepted); :class:`ConfigurationError` for a
+    status that does not exist, or (``ended``) one of a job that has not ended."""
+    try:
+        found = [JobStatus(s.upper() if isinstance(s, str) else s).value for s in statuses]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    live = [s for s in found if s not in TERMINAL_STATUSES] if ended else []
+    if live:
+        raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
+    return found
 
 
 def require_aware(name: str, value: datetime | None) -> datetime | None:

@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Any, TypedDict, Unpack
 
 from taskdb import settings
-from taskdb.core.clock import Clock, utcnow
+from taskdb.core.clock import Clock, seconds, utcnow
 from taskdb.core.inline import decode_binary_values
 from taskdb.core.jobs import (
     TERMINAL_STATUSES,
@@ -22,6 +22,7 @@ from taskdb.core.jobs import (
     NewJob,
     input_digest,
     require_aware,
+    statuses_of,
 )
 from taskdb.errors import (
     ConfigurationError,
@@ -146,6 +147,22 @@ class JobHandle:
         server = self.client.server
         assert server is not None
         return server.add_stream_listener(self.id, callback)
+
+
+async def purge_ended(
+    store: JobStore,
+    older_than: timedelta,
+    now: datetime,
+    queue: str | None,
+    statuses: Sequence[JobStatus | str],
+) -> int:
+    """Delete the ended jobs (of ``queue`` when given) in ``statuses`` that ended more
+    than ``older_than`` before ``now``; how many went (see :meth:`JobQueueClient.purge`)."""
+    if not isinstance(older_than, timedelta):
+        raise ConfigurationError(f"older_than must be a timedelta, got {older_than!r}")
+    seconds("older_than", older_than.total_seconds())
+    wanted = statuses_of(statuses, ended=True)
+    return await store.purge(now - older_than, now, queue=queue, statuses=wanted)
 
 
 class SubmitOptions(TypedDict, total=False):
@@ -346,17 +363,7 @@ class JobQueueClient(ClientBase):
         that ended more than ``older_than`` ago, with their change-feed-visible
         ``purged`` record, durable streams and the blobs only they referred to.
         Returns how many jobs went."""
-        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
-            raise ConfigurationError(f"older_than must be a timedelta >= 0, got {older_than!r}")
-        try:
-            wanted = [JobStatus(s).value for s in statuses]
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
-        live = [s for s in wanted if s not in TERMINAL_STATUSES]
-        if live:
-            raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
-        now = self._clock()
-        return await self._store.purge(now - older_than, now, queue=self.queue, statuses=wanted)
+        return await purge_ended(self._store, older_than, self._clock(), self.queue, statuses)
 
     async def follow(
         self, job_id: int, from_offset: int = 0, *, poll_interval: float | None = None

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from taskdb import settings
-from taskdb.core.clock import Clock, utcnow
+from taskdb.core.clock import Clock, seconds, utcnow
 from taskdb.core.retry import RetryPolicy
 from taskdb.errors import ConfigurationError
 from taskdb.queue.limiters import Limiter
 
 MAX_BATCH = 100
 """The most jobs one claim (or one batch of outcomes) takes."""
-
-
-def _number(name: str, value: object, *, positive: bool) -> None:
-    """``value`` is a finite int or float, > 0 (``positive``) or >= 0."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value > 0 if positive else value >= 0)
-    )
-    if not ok:
-        raise ConfigurationError(
-            f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}"
-        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,9 +58,9 @@ class ServerSettings:
         ):
             raise ConfigurationError(f"batch_size must be None or >= 1, got {self.batch_size!r}")
         for name in ("lease_seconds", "poll_interval", "abort_poll_interval"):
-            _number(name, getattr(self, name), positive=True)
+            seconds(name, getattr(self, name), positive=True)
         for name in ("abort_grace_seconds", "stop_timeout"):
-            _number(name, getattr(self, name), positive=False)
+            seconds(name, getattr(self, name))
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
         if self.limiter is not None and not isinstance(self.limiter, Limiter):

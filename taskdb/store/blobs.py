@@ -60,7 +60,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from taskdb.core.clock import Clock, utcnow
+from taskdb.core.clock import Clock, seconds, utcnow
 from taskdb.core.refs import new_blob_key
 from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
 from taskdb.store.database import Database
@@ -539,9 +539,8 @@ class BlobStore:
         short transaction. Only large objects of deleted rows are unlinked:
         other applications' large objects in the same database are left alone.
         """
-        for name, value in (("grace_seconds", grace_seconds), ("stale_seconds", stale_seconds)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
+        seconds("grace_seconds", grace_seconds)
+        seconds("stale_seconds", stale_seconds)
         now = self._clock() if now is None else now
         cutoffs = {
             "orphans": now - timedelta(seconds=grace_seconds),
