@@ -239,7 +239,13 @@ async def _serve(
     stop = asyncio.Event()
     try:
         await db.check()  # unreachable, or behind head: one line, before any claim
-        with stop_on_signals(stop):
+
+        def hurry() -> None:
+            err.print("stopping now: giving the running jobs back")
+            for server in servers:
+                server.hurry()
+
+        with stop_on_signals(stop, again=hurry):
             for server in servers:
                 await server.start()
             served = ", ".join(repr(s.queue) for s in servers)
@@ -248,7 +254,7 @@ async def _serve(
                 f"with {options.workers} slot(s) each; Ctrl-C to stop"
             )
             await stop.wait()
-            err.print("stopping: letting running jobs finish...")
+            err.print("stopping: letting running jobs finish (Ctrl-C again to give them back)")
             await asyncio.gather(*(server.stop() for server in servers))
         totals = [s.stats() for s in servers]
         err.print(

@@ -75,12 +75,19 @@ def json_line(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM while inside (the running loop's handlers)."""
+def stop_on_signals(stop: asyncio.Event, again: Callable[[], None] | None = None) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while inside (the running loop's handlers);
+    call ``again`` on every further one."""
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
+
+    def received() -> None:
+        if stop.is_set() and again is not None:
+            again()
+        stop.set()
+
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, received)
     try:
         yield
     finally:

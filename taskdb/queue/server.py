@@ -158,6 +158,7 @@ class JobQueueServer:
             clock=self._clock,
         )
         self._wake = asyncio.Event()
+        self._hurried = asyncio.Event()  # set by hurry(): a stop gives everything back now
         self._listener: Listener | None = None
         self._listening = False  # for work notifications (only while idle)
         self._fetching: asyncio.Task[None] | None = None
@@ -185,6 +186,7 @@ class JobQueueServer:
             return
         self._state = ServerState.STARTING
         self._wake = asyncio.Event()
+        self._hurried = asyncio.Event()
         self.limiter.bind(self.db, self.queue)
         self._hub.watch_queue(self.queue, self._wake)
         self._listener = self.db.listener()
@@ -233,13 +235,12 @@ class JobQueueServer:
         deadline = time.monotonic() + wait
         # A claim in flight may commit: let it return so its jobs are given back
         # at once (a cancelled one would hold them until their lease expires).
-        if not (await asyncio.wait([fetch], timeout=wait))[0]:
+        if await self._until([fetch], deadline):
             fetch.cancel()
             await asyncio.gather(fetch, return_exceptions=True)
         runs = [r.task for r in self._running.values() if r.task is not None]
         if runs:
-            left = max(0.0, deadline - time.monotonic())
-            _done, pending = await asyncio.wait(runs, timeout=left)
+            pending = await self._until(runs, deadline)
             for run in [r for r in self._running.values() if r.task in pending]:
                 if not run.recording:  # still in its handler: give it back
                     run.releasing = True
@@ -264,6 +265,29 @@ class JobQueueServer:
             s.released,
             extra={"queue": self.queue},
         )
+
+    def hurry(self) -> None:
+        """Cut a stop in progress short (a second Ctrl-C): the jobs still running are
+        cancelled and given back at once, their attempt not counted."""
+        self._hurried.set()
+
+    async def _until(self, tasks: Sequence[asyncio.Future[Any]], deadline: float) -> set[Any]:
+        """Wait for ``tasks`` until ``deadline`` (``time.monotonic()``) or :meth:`hurry`;
+        returns those still pending."""
+        pending: set[Any] = set(tasks)
+        hurried = asyncio.ensure_future(self._hurried.wait())
+        try:
+            while pending and not self._hurried.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                _done, pending = await asyncio.wait(
+                    pending | {hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(hurried)
+        finally:
+            hurried.cancel()
+        return pending
 
     async def __aenter__(self) -> JobQueueServer:
         await self.start()

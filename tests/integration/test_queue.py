@@ -637,3 +637,26 @@ async def test_a_plain_def_handler_runs_in_a_thread_with_a_sync_context(
     assert seen and seen[0] != threading.current_thread().name
     job = await handle.get()
     assert (job.progress, job.progress_message) == (40.0, "in a thread")
+
+
+async def test_hurry_cuts_a_graceful_stop_short_and_gives_jobs_back(
+    db: taskdb.Database, client: JobQueueClient
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(value: Any, ctx: JobContext) -> Any:
+        started.set()
+        await asyncio.sleep(60)
+
+    server = JobQueueServer(db, "q", slow, **FAST)
+    handle = await client.submit({}, max_retries=0)
+    await server.start()
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.ensure_future(server.stop(timeout=60))
+    await asyncio.sleep(0.05)
+    assert not stopping.done() and server.state is taskdb.ServerState.DRAINING
+    server.hurry()
+    await asyncio.wait_for(stopping, 5)
+    job = await handle.get()
+    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
+    assert server.stats().released == 1
