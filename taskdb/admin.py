@@ -11,6 +11,7 @@ for an unknown job id.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +39,15 @@ class JobOutcome:
 
     state: EndState
     job: Job
+
+    @classmethod
+    def of(cls, job: Job) -> JobOutcome:
+        """How ``job``'s row says it ended (``timeout``: it has not)."""
+        if job.status is JobStatus.COMPLETED:
+            return cls("completed", job)
+        if job.status is JobStatus.FAILED and job.error_code == AbortedJobError.__name__:
+            return cls("aborted", job)
+        return cls("failed" if job.status.terminal else "timeout", job)
 
     def describe(self) -> str:
         """One line: the error of a failed or aborted job, the status of one still running."""
@@ -133,16 +143,9 @@ class Admin:
         """Wait until the job ends (or ``timeout`` seconds pass); how it ended and its
         row as it is then (the output as stored: refs stay refs)."""
         job = await self.get_job(job_id)
-        try:
+        with contextlib.suppress(JobError, WaitTimeout):  # the row tells which
             await JobQueueClient(self.db, job.queue).wait(job_id, timeout)
-            state: EndState = "completed"
-        except AbortedJobError:
-            state = "aborted"
-        except JobError:
-            state = "failed"
-        except WaitTimeout:
-            state = "timeout"
-        return JobOutcome(state, await self.get_job(job_id))
+        return JobOutcome.of(await self.get_job(job_id))
 
     async def stats(self) -> DatabaseStats:
         """Per-queue job counts by status, lag and throughput, and blob totals."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from taskdb.core.clock import seconds
+from taskdb.core import seconds
 from taskdb.errors import ConfigurationError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import click
 
-from taskdb.admin import Admin
+from taskdb.admin import Admin, JobOutcome
 from taskdb.cli.common import db_option, json_line, json_option, stop_on_signals, with_db
 from taskdb.cli.durations import parse_duration
+from taskdb.cli.jobs import WAIT_EXIT
 from taskdb.core import ChangeKind, Job, JobChange, JobStatus
 from taskdb.errors import JobNotFound
 from taskdb.queue import JobQueueClient
@@ -84,6 +85,8 @@ async def _watch_changes(
         if ended or (max_events is not None and printed >= max_events):
             finished.set()
 
+    if job is not None and after is None:
+        after = "0"  # the job's transitions so far, then live ones
     stop = await admin.watch(
         on_change,
         after=after,
@@ -95,11 +98,6 @@ async def _watch_changes(
     scope = "every queue" if queue is None else f"queue {queue!r}"
     click.echo(f"watching {scope if job is None else f'job {job.id}'} of {db.safe_url}", err=True)
     try:
-        if job is not None and after is None:
-            now = await admin.get_job(job.id)  # read after subscribing: no end is missed
-            if now.status.terminal:
-                click.echo(f"job {job.id} has already ended: {now.status.value}", err=True)
-                return
         await finished.wait()
     finally:
         await stop()
@@ -177,8 +175,10 @@ def watch(
 ) -> None:
     """Print job transitions and progress live, as other processes make them.
 
-    Runs until SIGINT/SIGTERM (exit 0), until --job's job ends, after --max-events
-    changes or after --timeout.
+    Runs until SIGINT/SIGTERM (exit 0), after --max-events changes or after
+    --timeout. With --job: prints the job's transitions so far, then live ones,
+    until it ends; exits like `taskdb wait` (0 completed, 1 failed, 2 aborted, 3
+    timeout).
     """
     if follow_stream and job_id is None:
         raise click.ClickException("--follow-stream needs --job")
@@ -193,7 +193,12 @@ def watch(
             return await _until_stopped(_follow_stream(db, job, as_json), seconds)
         watched = queue if job is None else job.queue
         work = _watch_changes(db, watched, job, after, poll, max_events, as_json)
-        return await _until_stopped(work, seconds)
+        outcome = await _until_stopped(work, seconds)
+        if job is not None and outcome != "signal":
+            ended = JobOutcome.of(await Admin(db).get_job(job.id))
+            if ended.state != "completed":
+                click.echo(ended.describe(), err=True)
+            sys.exit(WAIT_EXIT[ended.state])
+        return outcome
 
-    if body(db_url) == "timeout" and job_id is not None:
-        raise click.ClickException(f"job {job_id} did not end within {timeout}")
+    body(db_url)

@@ -5,7 +5,7 @@ the public ones are re-exported by the packages that use them (``taskdb.queue``,
 ``taskdb.cache``) and by ``taskdb``.
 """
 
-from taskdb.core.clock import Clock, utcnow
+from taskdb.core.clock import MAX_SECONDS, Clock, seconds, utcnow
 from taskdb.core.inline import decode_binary_values, encode_binary_values, is_inline_bytes
 from taskdb.core.jobs import ChangeKind, Claim, Job, JobChange, JobOptions, JobStatus, NewJob
 from taskdb.core.refs import (
@@ -23,6 +23,7 @@ from taskdb.core.retry import Complete, Fail, Outcome, Retry, RetryPolicy, decid
 
 __all__ = [
     "CACHE_REF_KIND",
+    "MAX_SECONDS",
     "CacheRef",
     "CacheRefResolver",
     "ChangeKind",
@@ -48,5 +49,6 @@ __all__ = [
     "ref_key",
     "resolve_job_output",
     "resolve_output",
+    "seconds",
     "utcnow",
 ]

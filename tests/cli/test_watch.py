@@ -57,8 +57,19 @@ def test_watch_a_job_replays_its_history_and_ends_with_it(db_url: str) -> None:
     assert [kind for _, kind in kinds(result.stdout)] == [
         "submitted", "claimed", "progress", "retried", "claimed", "progress", "completed",
     ]  # fmt: skip
-    ended = invoke("watch", "--job", str(job_id), "--db", db_url)
-    assert ended.exit_code == 0 and "has already ended: COMPLETED" in ended.stderr
+    ended = invoke("watch", "--job", str(job_id), "--db", db_url)  # its history, then the end
+    assert ended.exit_code == 0 and ended.stdout.count(f"job {job_id} ") == 7
+    assert "completed" in ended.stdout.splitlines()[-1]
+
+
+def test_watch_a_job_exits_like_wait(db_url: str) -> None:
+    failed = run_job(db_url, fails)
+    result = invoke_failing("watch", "--job", str(failed), "--db", db_url)
+    assert result.exit_code == 1 and "failed: PermanentJobError: bad input" in result.stderr
+    aborted = invoke("submit", "q", "{}", "--db", db_url).output.strip()
+    invoke("job", "abort", aborted, "--db", db_url)
+    result = invoke_failing("watch", "--job", aborted, "--db", db_url)
+    assert result.exit_code == 2 and "aborted" in result.stderr
 
 
 def test_watch_timeouts(db_url: str) -> None:
@@ -66,8 +77,8 @@ def test_watch_timeouts(db_url: str) -> None:
     assert idle.exit_code == 0 and idle.stdout == ""
     job_id = invoke("submit", "q", "{}", "--db", db_url).output.strip()
     pending = invoke_failing("watch", "--job", job_id, "--timeout", "0.2s", "--db", db_url)
-    assert pending.exit_code == 1
-    assert pending.stderr.strip().splitlines()[-1] == f"Error: job {job_id} did not end within 0.2s"
+    assert pending.exit_code == 3
+    assert pending.stderr.strip().splitlines()[-1] == f"job {job_id} is still PENDING"
     other = invoke_failing("watch", "--job", job_id, "--queue", "other", "--db", db_url)
     assert other.exit_code == 1 and "is on queue 'q', not 'other'" in other.output
 
