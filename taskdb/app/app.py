@@ -22,6 +22,7 @@ from typing import Any, TypeVar, overload
 
 from taskdb import settings
 from taskdb.app.tasks import TypedTask
+from taskdb.core.clock import seconds
 from taskdb.errors import ConfigurationError, TaskNotFound
 from taskdb.queue.client import JobQueueClient, SubmitOptions
 from taskdb.queue.config import ServerSettings
@@ -87,7 +88,8 @@ class App:
 
     ``App()`` uses ``TASKDB_URL``, else the SQLite default; ``App(url)`` or
     ``App(db=database)`` say which. ``queue`` and ``max_retries`` are the defaults
-    of tasks that do not name their own.
+    of tasks that do not name their own; ``poll_interval`` is how often a handle's
+    ``result()`` reads its job (async ones also wake on NOTIFY on PostgreSQL).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class App:
         db: Database | None = None,
         queue: str = DEFAULT_QUEUE,
         max_retries: int = settings.DEFAULT_MAX_RETRIES,
+        poll_interval: float = settings.DEFAULT_POLL_INTERVAL,
     ) -> None:
         if url is not None and db is not None:
             raise ConfigurationError("App takes a URL or a Database, not both")
@@ -104,6 +107,7 @@ class App:
         self._db = db
         self.default_queue = queue
         self.default_max_retries = max_retries
+        self.poll_interval = seconds("poll_interval", poll_interval, positive=True)
         self.tasks: dict[str, TypedTask[Any]] = {}
         """Registered tasks by name."""
         self._lock = threading.Lock()
@@ -195,7 +199,9 @@ class App:
         """The async client of ``queue`` (made once)."""
         client = self._clients.get(queue)
         if client is None:
-            client = self._clients[queue] = JobQueueClient(self.db, queue)
+            client = self._clients[queue] = JobQueueClient(
+                self.db, queue, poll_interval=self.poll_interval
+            )
         return client
 
     def sync_client(self, queue: str) -> SyncJobQueueClient:
@@ -205,7 +211,9 @@ class App:
             with self._lock:
                 client = self._sync_clients.get(queue)
                 if client is None:
-                    client = self._sync_clients[queue] = SyncJobQueueClient(self.db, queue)
+                    client = self._sync_clients[queue] = SyncJobQueueClient(
+                        self.db, queue, poll_interval=self.poll_interval
+                    )
         return client
 
     # -- the worker side ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import types
 import typing
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ from taskdb.streams.blob import Blob
 _ARGS = ConfigDict(
     extra="forbid",
     allow_inf_nan=False,  # JSON has no NaN: refuse it at defer, never store null instead
+    ser_json_inf_nan="constants",  # a NaN under Any stays NaN, to be refused by name
     ser_json_bytes="base64",
     val_json_bytes="base64",
 )
@@ -48,6 +50,23 @@ def describe(error: ValidationError, what: str, *, strip: int = 0) -> str:
     where = ".".join(str(p) for p in first["loc"][strip:]) or "(arguments)"
     extra = f" ({len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
     return f"{what}: {where}: {first['msg']}{extra}"
+
+
+def _unstorable(value: Any) -> tuple[str, str] | None:
+    """The place (``a.b.0``) and the problem of the first value JSON cannot hold as
+    stored by both databases (a non-finite float, a ``\\u0000``), or ``None``."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where, f"{item} is not a JSON number"
+        if isinstance(item, str) and "\x00" in item:
+            return where, "holds a \\u0000 character, which PostgreSQL cannot store"
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(item))
+    return None
 
 
 def _mentions_bytes(tp: Any, seen: set[int] | None = None) -> bool:
@@ -150,7 +169,7 @@ class TaskSignature:
             returns,
             json_args=any(_mentions_bytes(f.annotation) for f in args.model_fields.values()),
             json_output=not _mentions_bytes(ret),
-            many=TypeAdapter(list[args]),
+            many=TypeAdapter(list[args], config=ConfigDict(ser_json_inf_nan="constants")),
         )
 
     # -- the payload -------------------------------------------------------------------
@@ -158,11 +177,18 @@ class TaskSignature:
     def dump_args(self, calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Validate the keyword arguments of each call and give the payloads stored for
         them (JSON), all in one pass; :class:`InvalidJobInput` names the first bad
-        argument (``i.name`` for the ``i``-th call of several)."""
-        for kwargs in calls:
+        argument (``i.name`` for the ``i``-th call of several), and its place inside
+        it: a type error, a value JSON cannot hold (NaN, infinities, objects), or a
+        ``\\u0000``, which no database stores alike."""
+
+        def prefix(i: int) -> str:  # a lone call's errors need no index
+            return "" if len(calls) == 1 else f"{i}."
+
+        for i, kwargs in enumerate(calls):
             if self.context is not None and self.context in kwargs:
                 raise InvalidJobInput(
-                    f"{self.what}: {self.context!r} is the job context, not an argument"
+                    f"{self.what} arguments: {prefix(i)}{self.context}: the job context "
+                    "is not an argument"
                 )
         try:
             models = self.many.validate_python(calls)
@@ -171,9 +197,32 @@ class TaskSignature:
             raise InvalidJobInput(describe(exc, f"{self.what} arguments", strip=strip)) from None
         try:
             payloads: list[dict[str, Any]] = self.many.dump_python(models, mode="json")
-        except PydanticSerializationError as exc:
-            raise InvalidJobInput(f"{self.what} arguments are not JSON: {exc}") from None
+        except (PydanticSerializationError, ValueError) as exc:
+            raise InvalidJobInput(self._unserializable(models, prefix, exc)) from None
+        for i, payload in enumerate(payloads):
+            found = _unstorable(payload)
+            if found is not None:
+                where, problem = found
+                raise InvalidJobInput(f"{self.what} arguments: {prefix(i)}{where}: {problem}")
         return payloads
+
+    def _unserializable(
+        self, models: Sequence[BaseModel], prefix: Callable[[int], str], error: Exception
+    ) -> str:
+        """Which argument of which call could not be dumped (the error path only)."""
+        for i, model in enumerate(models):
+            for name in type(model).model_fields:
+                try:
+                    model.__pydantic_serializer__.to_python(model, mode="json", include={name})
+                except (PydanticSerializationError, ValueError) as exc:
+                    hint = ""
+                    if isinstance(exc, UnicodeDecodeError):
+                        hint = (
+                            " (bytes a model holds travel as its config says, UTF-8 text by "
+                            "default: give it ser_json_bytes='base64', val_json_bytes='base64')"
+                        )
+                    return f"{self.what} arguments: {prefix(i)}{name}: not JSON: {exc}{hint}"
+        return f"{self.what} arguments are not JSON: {error}"
 
     def load_args(self, payload: Any) -> dict[str, Any]:
         """The keyword arguments of a stored payload, validated again (models rebuilt);

@@ -23,8 +23,12 @@ from decimal import Decimal
 from enum import Enum
 from fractions import Fraction
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
-from typing import Literal, NotRequired, Protocol, TypedDict, TypeGuard, TypeVar
+from typing import Literal, NotRequired, Protocol, TypeGuard, TypeVar
 from uuid import UUID
+
+# pydantic validates only typing_extensions' TypedDict before Python 3.12: CacheRef can
+# then be a field of a task's argument or return model.
+from typing_extensions import TypedDict
 
 from taskdb.core.inline import decode_binary_values
 from taskdb.errors import ConfigurationError, InvalidCacheRef

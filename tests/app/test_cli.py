@@ -1,0 +1,64 @@
+"""``taskdb submit --task`` and ``taskdb wait`` with typed tasks (click's CliRunner,
+run in a thread: the commands run their own event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+import taskdb
+from taskdb.cli import cli
+from tests.app.conftest import Serve
+from tests.app.tasks_app import fail, greet, resize
+
+
+async def taskdb_cli(db_url: str, *args: str, stdin: str | None = None) -> Result:
+    """``taskdb ARGS --db DB_URL`` (stdout and stderr apart)."""
+    runner = CliRunner()
+    return await asyncio.to_thread(runner.invoke, cli, [*args, "--db", db_url], input=stdin)
+
+
+async def test_wait_prints_the_output_and_exits_by_how_the_job_ended(
+    db_url: str, app: taskdb.App, serve: Serve
+) -> None:
+    await serve("app")
+    done = await resize.defer_async(name="cat", width=100, scale=0.5)
+    failed = await fail.configure(max_retries=0).defer_async(message="boom")
+    assert await done.result(timeout=10) == "cat@50"
+    with contextlib.suppress(taskdb.JobError):
+        await failed.result(timeout=10)
+    not_yet = greet.configure(run_after=datetime.now(UTC) + timedelta(hours=1))
+    aborted, pending = await not_yet.defer_async(name="a"), await not_yet.defer_async(name="p")
+    await aborted.abort()
+
+    ok = await taskdb_cli(db_url, "wait", str(done.id))
+    assert (ok.exit_code, json.loads(ok.stdout)) == (0, "cat@50")
+    bad = await taskdb_cli(db_url, "wait", str(failed.id))
+    assert bad.exit_code == 1 and "RuntimeError: boom" in bad.stderr
+    assert (await taskdb_cli(db_url, "wait", str(aborted.id))).exit_code == 2
+    late = await taskdb_cli(db_url, "wait", str(pending.id), "--timeout", "0.2s")
+    assert late.exit_code == 3 and "still PENDING" in late.stderr
+
+
+async def test_submit_a_task_from_stdin_or_a_file(
+    db_url: str, app: taskdb.App, serve: Serve, tmp_path: Path
+) -> None:
+    piped = await taskdb_cli(
+        db_url, "submit", "app", "-", "--task", greet.name, stdin='{"name": "ada", "excited": true}'
+    )
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps({"name": "bob"}))
+    filed = await taskdb_cli(db_url, "submit", "app", f"@{payload}", "--task", greet.name)
+    misspelt = await taskdb_cli(db_url, "submit", "app", '{"nom": "cy"}', "--task", greet.name)
+    assert [r.exit_code for r in (piped, filed, misspelt)] == [0, 0, 0]
+    await serve("app")
+    assert await greet.handle(int(piped.stdout)).result(timeout=10) == "hello ada!"
+    assert await greet.handle(int(filed.stdout)).result(timeout=10) == "hello bob"
+    refused = await taskdb_cli(db_url, "wait", misspelt.stdout.strip())
+    assert refused.exit_code == 1 and "InvalidJobInput" in refused.stderr
+    assert "name: Field required" in refused.stderr
