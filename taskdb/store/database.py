@@ -63,6 +63,14 @@ def _parse_url(raw: str) -> tuple[URL, Dialect]:
     return backend.async_url(url), backend
 
 
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _read_revision(conn: Connection) -> str | None:
     """The schema revision, ``None`` when the database was never migrated."""
     try:
@@ -345,11 +353,7 @@ class Database:
 
     def close(self) -> None:
         """Release every pooled connection (call from sync code, outside an event loop)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
+        if _loop_running():
             raise TaskdbError(
                 "Database.close() inside a running event loop: use `await db.aclose()`"
             )
@@ -366,6 +370,10 @@ class Database:
         self._dispose_sync_engines()
 
     def __enter__(self) -> Database:
+        """Refused inside a running event loop (the exit would have to block it):
+        use ``async with`` there."""
+        if _loop_running():
+            raise TaskdbError("`with Database` inside a running event loop: use `async with`")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -125,6 +125,14 @@ async def test_close_inside_a_loop_points_to_aclose() -> None:
         db.close()
 
 
+async def test_a_plain_with_inside_a_loop_is_refused_before_its_body_runs() -> None:
+    body_ran = False
+    with pytest.raises(TaskdbError, match="use `async with`"):
+        with taskdb.connect("sqlite:///unused.sqlite3"):
+            body_ran = True
+    assert not body_ran
+
+
 def test_canonical_json_and_digest() -> None:
     assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
     assert input_digest({"b": 1, "a": 2}) == input_digest({"a": 2, "b": 1})
