@@ -127,9 +127,11 @@ async def test_close_inside_a_loop_points_to_aclose() -> None:
 
 async def test_a_plain_with_inside_a_loop_is_refused_before_its_body_runs() -> None:
     body_ran = False
-    with pytest.raises(TaskdbError, match="use `async with`"):
-        with taskdb.connect("sqlite:///unused.sqlite3"):
-            body_ran = True
+    with (
+        pytest.raises(TaskdbError, match="use `async with`"),
+        taskdb.connect("sqlite:///unused.sqlite3"),
+    ):
+        body_ran = True
     assert not body_ran
 
 
