@@ -18,7 +18,14 @@ from datetime import timedelta
 from typing import Literal
 
 from taskdb.core.clock import Clock, seconds, utcnow
-from taskdb.core.jobs import TERMINAL_STATUSES, ChangeCursor, Job, JobStatus, statuses_of
+from taskdb.core.jobs import (
+    TERMINAL_STATUSES,
+    ChangeCursor,
+    Job,
+    JobStatus,
+    check_queue,
+    statuses_of,
+)
 from taskdb.errors import AbortedJobError, ConfigurationError, JobError, JobNotFound, WaitTimeout
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
 from taskdb.queue.client import JobQueueClient, purge_ended
@@ -26,6 +33,7 @@ from taskdb.store.blobs import BlobInfo, BlobState, BlobStore, GcReport
 from taskdb.store.database import Database
 from taskdb.store.feed import ChangeFeed
 from taskdb.store.jobs import JobStore
+from taskdb.store.queues import QueueStore
 from taskdb.store.stats import DatabaseStats, collect_stats
 
 __all__ = ["Admin", "JobOutcome"]
@@ -138,6 +146,19 @@ class Admin:
         given) that ended more than ``older_than`` ago, with their durable streams
         and the blobs only they referred to; returns how many jobs went."""
         return await purge_ended(self._jobs, older_than, self._clock(), queue, status)
+
+    async def pause_queue(self, queue: str) -> None:
+        """Stop every worker, on every machine, claiming from ``queue`` (each with its
+        next claim); submissions are still accepted and running jobs finish."""
+        await QueueStore(self.db).set_paused(check_queue(queue), True, self._clock())
+
+    async def resume_queue(self, queue: str) -> None:
+        """Let workers claim from ``queue`` again."""
+        await QueueStore(self.db).set_paused(check_queue(queue), False, self._clock())
+
+    async def paused_queues(self) -> set[str]:
+        """The queues no worker claims from."""
+        return await QueueStore(self.db).paused()
 
     async def wait(self, job_id: int, timeout: float | None = None) -> JobOutcome:
         """Wait until the job ends (or ``timeout`` seconds pass); how it ended and its

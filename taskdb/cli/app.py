@@ -24,7 +24,7 @@ from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, err, stop_on_signals
 from taskdb.cli.jobs import job, jobs, submit, wait
-from taskdb.cli.stats import stats
+from taskdb.cli.stats import queue, stats
 from taskdb.cli.watch import watch
 from taskdb.errors import ConfigurationError, TaskdbError
 from taskdb.queue import JobQueueServer, ServerSettings
@@ -73,7 +73,7 @@ def cli() -> None:
     """taskdb: durable jobs, task graphs and binary streams in PostgreSQL or SQLite."""
 
 
-for _command in (submit, jobs, job, wait, watch, stats, blob, gc):
+for _command in (submit, jobs, job, wait, watch, stats, queue, blob, gc):
     cli.add_command(_command)
 
 

@@ -1,4 +1,5 @@
-"""``taskdb stats``: per-queue counts, lag and throughput, and blob totals."""
+"""``taskdb stats`` (per-queue counts, lag and throughput, blob totals) and
+``taskdb queue pause|resume``."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def stats(db_url: str, as_json: bool) -> None:
     for q in found.queues:
         lag = q.oldest_pending_seconds
         table.add_row(
-            q.queue,
+            f"{q.queue} (paused)" if q.paused else q.queue,
             *(str(q.counts.get(s, 0)) for s in statuses),
             "-" if lag is None else human_seconds(lag),
             str(q.completed_last_minute),
@@ -47,3 +48,37 @@ def stats(db_url: str, as_json: bool) -> None:
     b = found.blobs
     writing = f" ({b.writing} being written)" if b.writing else ""
     out.print(f"blobs: {b.count} holding {human_size(b.bytes)}{writing}")
+
+
+@click.group()
+def queue() -> None:
+    """Pause or resume a queue."""
+
+
+@queue.command("pause")
+@click.argument("name")
+@db_option
+def queue_pause(name: str, db_url: str) -> None:
+    """Stop every worker claiming from queue NAME (running jobs finish; jobs can still
+    be submitted)."""
+
+    @with_db
+    async def body(db: Database) -> None:
+        await Admin(db).pause_queue(name)
+
+    body(db_url)
+    click.echo(f"queue {name!r} paused: no worker claims from it until `taskdb queue resume`")
+
+
+@queue.command("resume")
+@click.argument("name")
+@db_option
+def queue_resume(name: str, db_url: str) -> None:
+    """Let workers claim from queue NAME again."""
+
+    @with_db
+    async def body(db: Database) -> None:
+        await Admin(db).resume_queue(name)
+
+    body(db_url)
+    click.echo(f"queue {name!r} resumed")

@@ -182,6 +182,13 @@ def json_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_queue(queue: str) -> str:
+    """``queue`` if it can name a queue (1 to 200 characters)."""
+    if not isinstance(queue, str) or not 0 < len(queue) <= 200:
+        raise ConfigurationError(f"a queue name is a string of 1..200 chars, got {queue!r}")
+    return queue
+
+
 def statuses_of(statuses: Sequence[JobStatus | str], *, ended: bool = False) -> list[str]:
     """The statuses as stored (any case accepted); :class:`ConfigurationError` for a
     status that does not exist, or (``ended``) one of a job that has not ended."""

@@ -20,6 +20,7 @@ from taskdb.core.jobs import (
     JobOptions,
     JobStatus,
     NewJob,
+    check_queue,
     input_digest,
     require_aware,
     statuses_of,
@@ -198,10 +199,8 @@ class ClientBase:
         max_retries: int = settings.DEFAULT_MAX_RETRIES,
         clock: Clock = utcnow,
     ) -> None:
-        if not isinstance(queue, str) or not 0 < len(queue) <= 200:
-            raise ConfigurationError(f"a queue name is a string of 1..200 chars, got {queue!r}")
         self.db = db
-        self.queue = queue
+        self.queue = check_queue(queue)
         self.poll_interval = poll_interval
         self.default_max_retries = max_retries
         self._clock = clock

@@ -302,4 +302,14 @@ job_streams = Table(
     PrimaryKeyConstraint("job_id", "offset", name="pk_taskdb_job_streams"),
 )
 
+queues = Table(
+    "taskdb_queues",
+    metadata,
+    # a row only for a queue an operator paused or resumed; absent: running
+    Column("name", String(200), nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("name", name="pk_taskdb_queues"),
+)
+
 VERSION_TABLE = "taskdb_alembic_version"

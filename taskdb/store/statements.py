@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     and_,
     case,
+    exists,
     func,
     insert,
     literal,
@@ -31,7 +32,7 @@ from sqlalchemy import (
 from taskdb.core.jobs import RUNNING_STATUSES, ChangeKind, JobStatus
 from taskdb.store.dialect import Dialect, Recorded
 from taskdb.store.params import bind
-from taskdb.store.schema import UtcDateTime, job_changes, jobs
+from taskdb.store.schema import UtcDateTime, job_changes, jobs, queues
 
 KindOf = Callable[[Any], Any]
 """A change kind as an SQL expression over the changed rows."""
@@ -175,6 +176,7 @@ class JobStatements:
                 status_is(JobStatus.PENDING),
                 jobs.c.run_after <= _now(),
                 or_(jobs.c.deadline.is_(None), jobs.c.deadline > _now()),
+                ~exists().where(queues.c.name == bind("queue"), queues.c.paused),
             )
             .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.id)
             .limit(bind("limit", Integer()))

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from taskdb.core.jobs import JobStatus
 from taskdb.store.database import Database
 from taskdb.store.errors import reconnecting
-from taskdb.store.schema import blobs, jobs
+from taskdb.store.schema import blobs, jobs, queues
 
 THROUGHPUT_WINDOW_SECONDS = 60.0
 
@@ -32,6 +32,8 @@ class QueueStats(BaseModel):
     waited since it became runnable; ``None`` when no job is ready."""
     completed_last_minute: int
     """Jobs of the queue that completed in the last 60 seconds."""
+    paused: bool = False
+    """No worker claims from the queue (``taskdb queue pause``)."""
 
 
 class BlobTotals(BaseModel):
@@ -80,9 +82,12 @@ async def collect_stats(db: Database, now: datetime | None = None) -> DatabaseSt
         oldest: dict[str, datetime] = {r[0]: r[1] for r in (await conn.execute(ready)).all()}
         done: dict[str, int] = {r[0]: int(r[1]) for r in (await conn.execute(recent)).all()}
         blob_row: Any = (await conn.execute(stored)).one()
+        paused: set[str] = set(await conn.scalars(select(queues.c.name).where(queues.c.paused)))
     per_queue: dict[str, dict[str, int]] = {}
     for queue, status, n in by_status:
         per_queue.setdefault(queue, {})[status] = int(n)
+    for queue in paused:
+        per_queue.setdefault(queue, {})  # a paused queue shows, jobs or not
     return DatabaseStats(
         at=now,
         queues=[
@@ -93,6 +98,7 @@ async def collect_stats(db: Database, now: datetime | None = None) -> DatabaseSt
                     max(0.0, (now - oldest[queue]).total_seconds()) if queue in oldest else None
                 ),
                 completed_last_minute=done.get(queue, 0),
+                paused=queue in paused,
             )
             for queue in sorted(per_queue)
         ],
