@@ -163,6 +163,11 @@ def load_target(spec: str) -> Any:
     show_default=True,
     help="On SIGINT/SIGTERM, seconds to let running jobs finish before releasing them.",
 )
+@click.option(
+    "--health-file",
+    type=click.Path(dir_okay=False),
+    help="Touch this file at start and every heartbeat (lease/3): a liveness probe.",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -175,6 +180,7 @@ def worker(
     lease: float,
     poll: float,
     stop_timeout: float,
+    health_file: str | None,
 ) -> None:
     """Serve queues until SIGINT/SIGTERM, then stop gracefully.
 
@@ -190,7 +196,11 @@ def worker(
     if not isinstance(loaded, App) and not queues:
         raise click.UsageError("a handler serves the queues named with --queue/-q")
     options = ServerSettings(
-        workers=concurrency, lease_seconds=lease, poll_interval=poll, stop_timeout=stop_timeout
+        workers=concurrency,
+        lease_seconds=lease,
+        poll_interval=poll,
+        stop_timeout=stop_timeout,
+        health_file=health_file,
     )
     # An App keeps its own database unless --db was given on the command line.
     explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE

@@ -33,6 +33,8 @@ class ServerSettings:
     the time source (tests inject one). ``worker_id``: default
     ``host:pid:random``. ``reference_threshold_bytes``: binary outputs this
     large or larger become blobs behind a ref (negative: the default).
+    ``health_file``: a file touched at start and at every heartbeat (a liveness
+    probe checks its age).
     """
 
     workers: int = 1
@@ -47,6 +49,7 @@ class ServerSettings:
     clock: Clock = utcnow
     worker_id: str | None = None
     reference_threshold_bytes: int = settings.DEFAULT_REFERENCE_THRESHOLD
+    health_file: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:

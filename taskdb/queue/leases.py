@@ -87,6 +87,10 @@ class LeaseHost(Protocol):
         """Jobs were requeued: look for work."""
         ...
 
+    def beat(self) -> None:
+        """A heartbeat went through: the worker is alive."""
+        ...
+
 
 class LeaseKeeper:
     """Renews leases, forwards aborts and reaps for one server."""
@@ -121,6 +125,8 @@ class LeaseKeeper:
                 log.warning("lease maintenance failed (%s); retrying", exc)
                 continue  # not done: try again next tick
             schedule.done(now, beat=beat, reap=reap)
+            if beat:
+                self.host.beat()
 
     async def once(self, *, beat: bool, reap: bool) -> None:
         """One look: renew leases (``beat``) or poll for aborts, then reap (``reap``)."""

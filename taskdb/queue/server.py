@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from taskdb.core.jobs import Claim, JobStatus
@@ -199,6 +200,7 @@ class JobQueueServer:
             clock=self._clock,
         )
         self._state = ServerState.RUNNING
+        self.beat()
         self._fetching = asyncio.ensure_future(self._claimer.run())
         self._maintaining = asyncio.ensure_future(keeper.run())
         log.info(
@@ -386,6 +388,14 @@ class JobQueueServer:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def beat(self) -> None:
+        """Touch the health file (a liveness probe reads its age)."""
+        if self.settings.health_file is not None:
+            try:
+                Path(self.settings.health_file).touch()
+            except OSError as exc:
+                log.warning("cannot touch the health file: %s", exc)
 
     # -- runs ------------------------------------------------------------------------
 

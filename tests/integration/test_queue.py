@@ -660,3 +660,22 @@ async def test_hurry_cuts_a_graceful_stop_short_and_gives_jobs_back(
     job = await handle.get()
     assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
     assert server.stats().released == 1
+
+
+async def test_the_health_file_is_touched_at_start_and_every_heartbeat(
+    db: taskdb.Database, tmp_path: Any
+) -> None:
+    health = tmp_path / "alive"
+
+    async def echo(value: Any, ctx: JobContext) -> Any:
+        return value
+
+    server = JobQueueServer(db, "q", echo, lease_seconds=0.3, health_file=str(health))
+    async with server:
+        assert health.exists()  # at start, before the first beat
+        first = health.stat().st_mtime_ns
+        await eventually(lambda: _mtime(health), lambda t: t > first, timeout=5)
+
+
+async def _mtime(path: Any) -> int:
+    return int(path.stat().st_mtime_ns)

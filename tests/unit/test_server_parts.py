@@ -385,6 +385,9 @@ class LeaseHost:
     def wake(self) -> None:
         self.woken += 1
 
+    def beat(self) -> None:
+        pass
+
 
 async def test_the_lease_keeper_cancels_lost_jobs_and_forwards_aborts() -> None:
     claims = [Claim(1, 1), Claim(2, 1), Claim(3, 2)]
