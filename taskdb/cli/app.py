@@ -13,8 +13,10 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import click
 
@@ -23,11 +25,20 @@ from taskdb.app import App
 from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, err, stop_on_signals
+from taskdb.cli.durations import parse_duration, parse_rate
 from taskdb.cli.jobs import job, jobs, submit, wait
 from taskdb.cli.stats import queue, stats
 from taskdb.cli.watch import watch
 from taskdb.errors import ConfigurationError, TaskdbError
-from taskdb.queue import JobQueueServer, ServerSettings
+from taskdb.queue import (
+    CompositeLimiter,
+    ConcurrencyLimiter,
+    JobQueueServer,
+    Limiter,
+    RateLimiter,
+    RetryPolicy,
+    ServerSettings,
+)
 from taskdb.store import Database, connect, head_revision
 
 
@@ -164,6 +175,20 @@ def load_target(spec: str) -> Any:
     help="On SIGINT/SIGTERM, seconds to let running jobs finish before releasing them.",
 )
 @click.option(
+    "--max-retries", type=click.IntRange(min=0), help="The most retries any job gets here."
+)
+@click.option("--retry-base", help="Backoff after the first failure, e.g. 1s (doubles each time).")
+@click.option("--retry-cap", help="The longest backoff, e.g. 5m.")
+@click.option("--rate", help="At most N job starts per period across every worker: N/period.")
+@click.option("--concurrency-limit", type=click.IntRange(min=1), help="At most N jobs at once.")
+@click.option(
+    "--scope",
+    type=click.Choice(["worker", "queue"]),
+    default="worker",
+    show_default=True,
+    help="--concurrency-limit counts this worker's jobs, or the queue's on every worker.",
+)
+@click.option(
     "--health-file",
     type=click.Path(dir_okay=False),
     help="Touch this file at start and every heartbeat (lease/3): a liveness probe.",
@@ -180,6 +205,12 @@ def worker(
     lease: float,
     poll: float,
     stop_timeout: float,
+    max_retries: int | None,
+    retry_base: str | None,
+    retry_cap: str | None,
+    rate: str | None,
+    concurrency_limit: int | None,
+    scope: Literal["worker", "queue"],
     health_file: str | None,
 ) -> None:
     """Serve queues until SIGINT/SIGTERM, then stop gracefully.
@@ -195,16 +226,38 @@ def worker(
     loaded = load_target(target)
     if not isinstance(loaded, App) and not queues:
         raise click.UsageError("a handler serves the queues named with --queue/-q")
+    policy = RetryPolicy()
+    if retry_base is not None:
+        policy = replace(policy, base_seconds=parse_duration(retry_base))
+    if retry_cap is not None:
+        policy = replace(policy, max_seconds=parse_duration(retry_cap))
+    rate_limit = None if rate is None else parse_rate(rate)
+
+    def limiter() -> Limiter | None:
+        """A fresh limiter for one queue's server (a limiter keeps state)."""
+        limits: list[Limiter] = []
+        if concurrency_limit is not None:
+            limits.append(ConcurrencyLimiter(concurrency_limit, scope=scope))
+        if rate_limit is not None:
+            limits.append(RateLimiter(*rate_limit))
+        if len(limits) > 1:
+            return CompositeLimiter(*limits)
+        return limits[0] if limits else None
+
     options = ServerSettings(
         workers=concurrency,
         lease_seconds=lease,
         poll_interval=poll,
         stop_timeout=stop_timeout,
         health_file=health_file,
+        max_retries=max_retries,
+        retry=policy,
     )
+
     # An App keeps its own database unless --db was given on the command line.
     explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
-    asyncio.run(_serve(loaded, target, db_url if explicit else None, queues, options, threads))
+    url = db_url if explicit else None
+    asyncio.run(_serve(loaded, target, url, queues, options, limiter, threads))
 
 
 def _handler(target: Any, spec: str, db: Database) -> Any:
@@ -229,6 +282,7 @@ async def _serve(
     db_url: str | None,
     queues: tuple[str, ...],
     options: ServerSettings,
+    limiter: Callable[[], Limiter | None],
     threads: int | None,
 ) -> None:
     """Run the worker: servers for ``queues`` until SIGINT/SIGTERM."""
@@ -241,11 +295,20 @@ async def _serve(
         pool = ThreadPoolExecutor(
             threads or options.workers * len(chosen), thread_name_prefix="taskdb-task"
         )
-        servers = target.servers(chosen, threads=pool, settings=options)
+        servers = [
+            server
+            for q in chosen
+            for server in target.servers(
+                [q], threads=pool, settings=options.replace(limiter=limiter())
+            )
+        ]
     else:
         db = connect(db_url)
         handler = _handler(target, spec, db)
-        servers = [JobQueueServer(db, q, handler, options) for q in dict.fromkeys(queues)]
+        servers = [
+            JobQueueServer(db, q, handler, options.replace(limiter=limiter()))
+            for q in dict.fromkeys(queues)
+        ]
     stop = asyncio.Event()
     try:
         await db.check()  # unreachable, or behind head: one line, before any claim

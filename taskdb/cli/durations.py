@@ -24,6 +24,14 @@ def parse_duration(text: str) -> float:
     )
 
 
+def parse_rate(text: str) -> tuple[int, float]:
+    """``N/period`` (``100/1m``, ``5/s``): at most N starts per period, in seconds."""
+    count, slash, period = text.partition("/")
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise ConfigurationError(f"bad rate {text!r}: use N/period, e.g. 100/1m or 5/s")
+    return int(count), parse_duration(period if period[:1].isdigit() else f"1{period}")
+
+
 def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
     """A point in time: an ISO datetime with an offset, or a delay from ``now``
     such as ``10m``; ``None`` stays ``None``."""

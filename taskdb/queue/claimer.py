@@ -111,9 +111,10 @@ class Claimer:
 
     async def reserve(self, now: datetime) -> int:
         """Starts reserved for the free slots, for a claim riding on an outcome write
-        (0 when none is free or the limiter fails: the outcomes go on alone)."""
+        (0 when none is free or the limiter fails: the outcomes go on alone; and
+        under a queue-wide cap, which only the fetch loop's own claims count)."""
         want = self.wanted()
-        if want <= 0:
+        if want <= 0 or self.limiter.queue_cap is not None:
             return 0
         try:
             return await self.limiter.reserve(want, now)

@@ -34,7 +34,8 @@ class ServerSettings:
     ``host:pid:random``. ``reference_threshold_bytes``: binary outputs this
     large or larger become blobs behind a ref (negative: the default).
     ``health_file``: a file touched at start and at every heartbeat (a liveness
-    probe checks its age).
+    probe checks its age). ``max_retries``: the most retries any job gets on this
+    server, whatever it was submitted with (``None``: as submitted).
     """
 
     workers: int = 1
@@ -50,6 +51,7 @@ class ServerSettings:
     worker_id: str | None = None
     reference_threshold_bytes: int = settings.DEFAULT_REFERENCE_THRESHOLD
     health_file: str | None = None
+    max_retries: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -64,6 +66,12 @@ class ServerSettings:
             seconds(name, getattr(self, name), positive=True)
         for name in ("abort_grace_seconds", "stop_timeout"):
             seconds(name, getattr(self, name))
+        if self.max_retries is not None and (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
+            raise ConfigurationError(f"max_retries must be None or >= 0, got {self.max_retries!r}")
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
         if self.limiter is not None and not isinstance(self.limiter, Limiter):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
+from typing import Literal
 
 from taskdb.errors import ConfigurationError
 from taskdb.store.database import Database
@@ -34,6 +35,12 @@ class Limiter(ABC):
         """When a reserve that returned 0 may succeed (``None``: after a finish)."""
         return None
 
+    @property
+    def queue_cap(self) -> int | None:
+        """The most jobs of the queue that may run at once across every worker, which
+        the claim itself enforces (``None``: no such cap)."""
+        return None
+
 
 class NullLimiter(Limiter):
     """No limit."""
@@ -48,23 +55,39 @@ def _positive(name: str, value: float) -> None:
 
 
 class ConcurrencyLimiter(Limiter):
-    """At most ``max_concurrent`` jobs of this server run at once."""
+    """At most ``max_concurrent`` jobs run at once: of this server
+    (``scope="worker"``), or of the queue across every worker process and machine
+    (``scope="queue"``: the database counts the queue's running jobs in the claim's
+    transaction, under a lock per queue, so claims never overshoot)."""
 
-    def __init__(self, max_concurrent: int) -> None:
+    def __init__(
+        self, max_concurrent: int, *, scope: Literal["worker", "queue"] = "worker"
+    ) -> None:
         _positive("max_concurrent", max_concurrent)
+        if scope not in ("worker", "queue"):
+            raise ConfigurationError(f"scope must be 'worker' or 'queue', got {scope!r}")
         self.max_concurrent = max_concurrent
+        self.scope = scope
         self.active = 0
 
+    @property
+    def queue_cap(self) -> int | None:
+        return self.max_concurrent if self.scope == "queue" else None
+
     async def reserve(self, want: int, now: datetime) -> int:
+        if self.scope == "queue":
+            return want  # the claim counts the queue's running jobs itself
         grant = max(0, min(want, self.max_concurrent - self.active))
         self.active += grant
         return grant
 
     async def unreserve(self, count: int, now: datetime) -> None:
-        self.active -= count
+        if self.scope == "worker":
+            self.active -= count
 
     def on_finish(self) -> None:
-        self.active -= 1
+        if self.scope == "worker":
+            self.active -= 1
 
 
 class DelayLimiter(Limiter):
@@ -177,3 +200,8 @@ class CompositeLimiter(Limiter):
     def next_time(self, now: datetime) -> datetime | None:
         times = [t for t in (lim.next_time(now) for lim in self.limiters) if t is not None]
         return max(times) if times else None
+
+    @property
+    def queue_cap(self) -> int | None:
+        caps = [cap for cap in (lim.queue_cap for lim in self.limiters) if cap is not None]
+        return min(caps) if caps else None

@@ -49,7 +49,14 @@ def cancel_handler(run: Run) -> None:
         run.task.cancel()
 
 
-def failure(run: Run, exc: BaseException, *, clock: Clock, retry: RetryPolicy) -> Outcome:
+def failure(
+    run: Run,
+    exc: BaseException,
+    *,
+    clock: Clock,
+    retry: RetryPolicy,
+    max_retries: int | None = None,
+) -> Outcome:
     """What an attempt that raised ``exc`` leads to (an aborted job fails as aborted)."""
     if run.ctx.aborting:
         return Fail("aborted", AbortedJobError.__name__)
@@ -57,7 +64,7 @@ def failure(run: Run, exc: BaseException, *, clock: Clock, retry: RetryPolicy) -
     outcome = decide_failure(
         exc,
         attempts=job.attempts,
-        max_retries=job.max_retries,
+        max_retries=job.max_retries if max_retries is None else min(job.max_retries, max_retries),
         deadline=job.deadline,
         now=clock(),
         policy=retry,
@@ -95,7 +102,12 @@ def job_fields(job: Any) -> dict[str, Any]:
 
 
 async def execute(
-    run: Run, output_of: Callable[[Run], Awaitable[Any]], *, clock: Clock, retry: RetryPolicy
+    run: Run,
+    output_of: Callable[[Run], Awaitable[Any]],
+    *,
+    clock: Clock,
+    retry: RetryPolicy,
+    max_retries: int | None = None,
 ) -> Outcome | None:
     """Run ``output_of(run)`` (the handler, and storing its binary output) in the
     current task, which must be ``run.task``; ``None`` when nothing must be
@@ -114,7 +126,7 @@ async def execute(
                 output = await output_of(run)
     except TimeoutError as exc:
         if timer is None or not timer.expired():  # the handler raised it itself
-            return failure(run, exc, clock=clock, retry=retry)
+            return failure(run, exc, clock=clock, retry=retry, max_retries=max_retries)
         return Fail("deadline exceeded while running", DeadlineExceeded.__name__)
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -125,6 +137,6 @@ async def execute(
             return None
         return Fail("aborted", AbortedJobError.__name__)
     except Exception as exc:
-        return failure(run, exc, clock=clock, retry=retry)
+        return failure(run, exc, clock=clock, retry=retry, max_retries=max_retries)
     # Not JSON? The outcome write rejects it and fails only this job.
     return Complete(output)

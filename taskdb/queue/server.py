@@ -336,7 +336,12 @@ class JobQueueServer:
 
     async def claim_rows(self, limit: int, now: datetime) -> list[Any]:
         return await self._store.claim_rows(
-            self.queue, self.worker_id, limit, now, self.settings.lease_seconds
+            self.queue,
+            self.worker_id,
+            limit,
+            now,
+            self.settings.lease_seconds,
+            cap=self.limiter.queue_cap,
         )
 
     async def accept(self, jobs: Sequence[Any]) -> int:
@@ -421,7 +426,11 @@ class JobQueueServer:
         job = run.job
         try:
             outcome = await execute(
-                run, self._output_of, clock=self._clock, retry=self.settings.retry
+                run,
+                self._output_of,
+                clock=self._clock,
+                retry=self.settings.retry,
+                max_retries=self.settings.max_retries,
             )
             self._free_slot(run)
             if run.stream is not None:

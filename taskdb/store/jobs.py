@@ -336,17 +336,30 @@ class JobStore:
 
     @reconnecting
     async def claim_rows(
-        self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
+        self,
+        queue: str,
+        worker_id: str,
+        limit: int,
+        now: datetime,
+        lease_seconds: float,
+        cap: int | None = None,
     ) -> list[Any]:
         """Atomically take up to ``limit`` runnable jobs: highest priority, then
         ``run_after``, then submission order. No job is ever handed to two claims.
+        With a ``cap``, the queue never has more than ``cap`` jobs running after the
+        claim, whatever the workers claiming at the same time (they take turns).
 
         Returns the claimed rows as the database wrote them (the server's hot
         path); :meth:`claim` returns them as :class:`Job` models.
         """
         values = self._claim_values(queue, worker_id, limit, now, lease_seconds)
-        async with self.db.transaction(atomic=self._atomic) as conn:
-            rows = await self._write(conn, self._s.claim, values)
+        if cap is not None:  # counted under the queue's lock, in the claim's transaction
+            async with self.db.transaction() as conn:
+                await self._d.lock(conn, f"taskdb-cap:{queue}")
+                rows = await self._write(conn, self._s.claim_capped, values | params(cap=cap))
+        else:
+            async with self.db.transaction(atomic=self._atomic) as conn:
+                rows = await self._write(conn, self._s.claim, values)
         rows.sort(key=_claim_order)
         return rows
 

@@ -137,6 +137,9 @@ class JobStatements:
             kind: changes_from(jobs.c, kind, d.id_in(jobs.c.id)) for kind in ChangeKind
         }
         self.claim = self._recorded(self._claim_dml(), ChangeKind.CLAIMED, returning=list(jobs.c))
+        self.claim_capped = self._recorded(
+            self._claim_dml(capped=True), ChangeKind.CLAIMED, returning=list(jobs.c)
+        )
         self.finish = self._recorded(self._finish_dml())
         self.finish_and_claim = d.finish_and_claim(
             self._finish_dml().returning(*CHANGE_COLS),
@@ -168,7 +171,18 @@ class JobStatements:
     # -- statements --------------------------------------------------------------------
 
     @staticmethod
-    def _claim_dml() -> Any:
+    def _claim_dml(capped: bool = False) -> Any:
+        """Claim up to ``limit`` runnable jobs; ``capped``: and no more than ``cap``
+        minus the queue's running jobs (the caller holds the queue's cap lock)."""
+        limit: Any = bind("limit", Integer())
+        if capped:
+            running = (
+                select(func.count())
+                .where(jobs.c.queue == bind("queue"), status_is(*RUNNING_STATUSES))
+                .scalar_subquery()
+            )
+            room = bind("cap", Integer()) - running
+            limit = case((room < 0, 0), (room < limit, room), else_=limit)
         runnable = (
             select(jobs.c.id)
             .where(
@@ -179,7 +193,7 @@ class JobStatements:
                 ~exists().where(queues.c.name == bind("queue"), queues.c.paused),
             )
             .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.id)
-            .limit(bind("limit", Integer()))
+            .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return (

@@ -99,3 +99,13 @@ async def test_unbound_rate_limiter_says_so() -> None:
 def test_bad_limits_are_rejected(make: object) -> None:
     with pytest.raises(ConfigurationError):
         make()  # type: ignore[operator]
+
+
+async def test_a_queue_scoped_limit_is_the_claims_to_enforce() -> None:
+    queue_wide = ConcurrencyLimiter(2, scope="queue")
+    assert queue_wide.queue_cap == 2 and ConcurrencyLimiter(2).queue_cap is None
+    assert await queue_wide.reserve(8, T0) == 8  # the claim caps it in the database
+    both = CompositeLimiter(ConcurrencyLimiter(5, scope="queue"), queue_wide, NullLimiter())
+    assert both.queue_cap == 2
+    with pytest.raises(ConfigurationError, match="scope"):
+        ConcurrencyLimiter(2, scope="everywhere")  # type: ignore[arg-type]
