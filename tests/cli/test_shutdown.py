@@ -60,3 +60,17 @@ def test_a_second_ctrl_c_gives_running_jobs_back_at_once(db_url: str, tmp_path: 
     job = handle.get()
     assert (job.status, job.attempts, job.worker_id) == (JobStatus.PENDING, 0, None)
     client.db.close()
+
+
+def test_ctrl_c_while_the_handler_module_imports_is_one_line(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "interrupted.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "async def handler(value, ctx):\n    return value\n"
+    )
+    proc = taskdb_process("worker", "interrupted:handler", "-q", "q", db_url=db_url, cwd=tmp_path)
+    try:
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        reap(proc)
+    assert proc.returncode == 1
+    assert err.strip() == "Aborted!"
