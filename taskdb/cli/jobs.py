@@ -164,6 +164,11 @@ def _show_rows(row: Job) -> list[tuple[str, str]]:
         rows.append(("blobs", "\n".join(refs)))
     if row.error_traceback:
         rows.append(("traceback", row.error_traceback))
+    carrier = row.trace_context
+    if isinstance(carrier, dict) and isinstance(carrier.get("traceparent"), str):
+        # W3C traceparent: version-traceid-spanid-flags; the trace id finds it in a tracing UI
+        parts = carrier["traceparent"].split("-")
+        rows.append(("trace", parts[1] if len(parts) == 4 else carrier["traceparent"]))
     return rows
 
 

@@ -86,6 +86,7 @@ class Job(BaseModel):
     completed_at: datetime | None = None
     durable_stream: bool = False
     task: str | None = None
+    trace_context: Any = None  # W3C carrier, read leniently: a bad row must not hide the job
 
 
 class JobChange(BaseModel):
@@ -219,6 +220,8 @@ class JobOptions:
     job_run_id: str | None = None
     durable_stream: bool = False
     task: str | None = None
+    trace_context: dict[str, str] | None = None
+    """The W3C trace context of the submit (see :mod:`taskdb.queue.tracing`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from taskdb.errors import (
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
 from taskdb.queue.durable import closing_event
 from taskdb.queue.local import StreamCallback, StreamSource, Unsubscribe, hub_for, sleep_until
+from taskdb.queue.tracing import submit_span
 from taskdb.store.database import Database
 from taskdb.store.jobs import JobStore
 from taskdb.store.streams import StreamStore
@@ -230,9 +231,11 @@ class ClientBase:
         priority: int = 0,
         durable_stream: bool = False,
         task: str | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> tuple[JobOptions, list[NewJob]]:
         """The options and rows of a submit, checked (:class:`InvalidJobInput` names
-        what is wrong; nothing is stored then)."""
+        what is wrong; nothing is stored then). ``trace_context``: see
+        :func:`taskdb.queue.tracing.submit_span`."""
         require_aware("run_after", run_after)
         require_aware("deadline", deadline)
         retries = self.default_max_retries if max_retries is None else max_retries
@@ -255,6 +258,7 @@ class ClientBase:
             job_run_id=job_run_id,
             durable_stream=bool(durable_stream),
             task=task,
+            trace_context=trace_context,
         )
         if fingerprints is None:
             return options, [NewJob.of(value) for value in inputs]
@@ -296,8 +300,11 @@ class JobQueueClient(ClientBase):
     ) -> list[JobHandle]:
         """Enqueue many jobs in one transaction; one handle per input, in order."""
         now = self._clock()
-        job_options, new = self._prepare(inputs, now, fingerprints, **options)
-        ids = await self._store.submit(self.queue, job_options, new, now)
+        with submit_span(self.queue, len(inputs), options.get("task")) as carrier:
+            job_options, new = self._prepare(
+                inputs, now, fingerprints, trace_context=carrier, **options
+            )
+            ids = await self._store.submit(self.queue, job_options, new, now)
         hub_for(self.db).queue_has_work(self.queue)
         return [JobHandle(self, job_id) for job_id in ids]
 

@@ -48,6 +48,7 @@ from taskdb.queue.local import StreamCallback, Unsubscribe, hub_for, sleep_until
 from taskdb.queue.outcomes import OutcomeWriter
 from taskdb.queue.outputs import needs_storing, store_output
 from taskdb.queue.runs import Run, cancel_handler, execute
+from taskdb.queue.tracing import attempt_span
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.jobs import JobStore
@@ -425,13 +426,15 @@ class JobQueueServer:
     async def _run(self, run: Run) -> None:
         job = run.job
         try:
-            outcome = await execute(
-                run,
-                self._output_of,
-                clock=self._clock,
-                retry=self.settings.retry,
-                max_retries=self.settings.max_retries,
-            )
+            with attempt_span(job) as note:
+                outcome = await execute(
+                    run,
+                    self._output_of,
+                    clock=self._clock,
+                    retry=self.settings.retry,
+                    max_retries=self.settings.max_retries,
+                )
+                note(outcome)
             self._free_slot(run)
             if run.stream is not None:
                 await self._flush_stream(run)

@@ -19,6 +19,7 @@ from typing import Any, Unpack
 from taskdb.core.jobs import Job, input_digest
 from taskdb.errors import TaskdbError
 from taskdb.queue.client import ClientBase, SubmitOptions, job_result
+from taskdb.queue.tracing import submit_span
 from taskdb.store.jobs import SyncJobStore
 
 
@@ -80,8 +81,11 @@ class SyncJobQueueClient(ClientBase):
         """Enqueue many jobs in one transaction; one handle per input, in order."""
         refuse_in_event_loop("SyncJobQueueClient.submit", "JobQueueClient.submit")
         now = self._clock()
-        job_options, new = self._prepare(inputs, now, fingerprints, **options)
-        ids = self._store.submit(self.queue, job_options, new, now)
+        with submit_span(self.queue, len(inputs), options.get("task")) as carrier:
+            job_options, new = self._prepare(
+                inputs, now, fingerprints, trace_context=carrier, **options
+            )
+            ids = self._store.submit(self.queue, job_options, new, now)
         return [SyncJobHandle(self, job_id) for job_id in ids]
 
     def handle(self, job_id: int) -> SyncJobHandle:

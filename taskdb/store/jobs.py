@@ -110,6 +110,7 @@ class JobPlans:
             "job_run_id": options.job_run_id,
             "durable_stream": options.durable_stream,
             "task": options.task,
+            "trace_context": options.trace_context,
         }
 
     def _submit_batch(self, items: Sequence[NewJob]) -> str:
@@ -141,6 +142,7 @@ class JobPlans:
                 job_run_id=options.job_run_id,
                 durable_stream=options.durable_stream,
                 task=options.task,
+                trace_context=options.trace_context,
                 created_at=now,
                 updated_at=now,
             )

@@ -145,6 +145,8 @@ jobs = Table(
     Column("durable_stream", Boolean, nullable=False, server_default=false()),
     # the typed task the job runs (taskdb.App); NULL for a queue's plain handler
     Column("task", String(200), nullable=True),
+    # the W3C trace context of the submit that wrote the job (taskdb.queue.tracing)
+    Column("trace_context", _json(), nullable=True),
 )
 
 _pending = jobs.c.status == "PENDING"

@@ -71,6 +71,7 @@ _INSERTED = (
     "job_run_id",
     "durable_stream",
     "task",
+    "trace_context",
     "created_at",
     "updated_at",
 )
@@ -388,6 +389,7 @@ class JobStatements:
             bind("job_run_id"),
             bind("durable_stream", Boolean()),
             bind("task"),
+            bind("trace_context", jobs.c.trace_context.type),
             _now(),
             _now(),
         ).order_by(v.c.ord)
