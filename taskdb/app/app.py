@@ -208,11 +208,12 @@ class App:
         """The sync client of ``queue`` (made once; safe to share between threads)."""
         client = self._sync_clients.get(queue)
         if client is None:
+            db = self.db  # before the lock: opening the database takes it too
             with self._lock:
                 client = self._sync_clients.get(queue)
                 if client is None:
                     client = self._sync_clients[queue] = SyncJobQueueClient(
-                        self.db, queue, poll_interval=self.poll_interval
+                        db, queue, poll_interval=self.poll_interval
                     )
         return client
 
