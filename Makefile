@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 types: $(STAMP)
-	$(BIN)/mypy taskdb
+	$(BIN)/mypy taskdb examples tests/typing
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

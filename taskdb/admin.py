@@ -11,7 +11,6 @@ for an unknown job id.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,10 +22,11 @@ from taskdb.core.jobs import (
     ChangeCursor,
     Job,
     JobStatus,
+    check_job_id,
     check_queue,
     statuses_of,
 )
-from taskdb.errors import AbortedJobError, ConfigurationError, JobError, JobNotFound, WaitTimeout
+from taskdb.errors import AbortedJobError, ConfigurationError, WaitTimeout
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
 from taskdb.queue.client import JobQueueClient, purge_ended
 from taskdb.store.blobs import BlobInfo, BlobState, BlobStore, GcReport
@@ -64,18 +64,6 @@ class JobOutcome:
         if self.state == "completed":
             return f"job {self.job.id} completed"
         return f"job {self.job.id} {self.state}: {self.job.error_code}: {self.job.error}"
-
-
-_MAX_ID = 2**63 - 1  # job ids are BIGINT
-
-
-def check_job_id(job_id: int) -> int:
-    """``job_id`` if it can name a job; :class:`JobNotFound` for an id no job can have."""
-    if isinstance(job_id, bool) or not isinstance(job_id, int):
-        raise ConfigurationError(f"a job id is an int, got {job_id!r}")
-    if not 0 < job_id <= _MAX_ID:
-        raise JobNotFound(job_id)
-    return job_id
 
 
 def check_limit(limit: int) -> int:
@@ -123,17 +111,17 @@ class Admin:
 
     async def get_job(self, job_id: int) -> Job:
         """The job row; :class:`JobNotFound` for an unknown id."""
-        return await self._jobs.get(check_job_id(job_id))
+        return await self._jobs.get(job_id)
 
     async def retry_job(self, job_id: int) -> bool:
         """Put a FAILED job back to PENDING for one more run (its retry budget grows
         by one if it was used up). False when the job is not FAILED."""
-        return await self._jobs.retry_now(check_job_id(job_id), self._clock())
+        return await self._jobs.retry_now(job_id, self._clock())
 
     async def abort_job(self, job_id: int) -> bool:
         """Abort a job: a pending one fails at once, a running one's worker cancels
         it. False when the job had already ended."""
-        return bool(await self._jobs.abort(self._clock(), job_id=check_job_id(job_id)))
+        return bool(await self._jobs.abort(self._clock(), job_id=job_id))
 
     async def purge_jobs(
         self,
@@ -164,9 +152,12 @@ class Admin:
         """Wait until the job ends (or ``timeout`` seconds pass); how it ended and its
         row as it is then (the output as stored: refs stay refs)."""
         job = await self.get_job(job_id)
-        with contextlib.suppress(JobError, WaitTimeout):  # the row tells which
-            await JobQueueClient(self.db, job.queue).wait(job_id, timeout)
-        return JobOutcome.of(await self.get_job(job_id))
+        try:
+            return JobOutcome.of(
+                await JobQueueClient(self.db, job.queue).wait_ended(job_id, timeout)
+            )
+        except WaitTimeout:  # still running: as it is now
+            return JobOutcome.of(await self.get_job(job_id))
 
     async def stats(self) -> DatabaseStats:
         """Per-queue job counts by status, lag and throughput, and blob totals."""

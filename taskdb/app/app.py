@@ -18,17 +18,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from taskdb import settings
-from taskdb.app.tasks import TypedTask
+from taskdb.app.tasks import SyncTaskHandle, TaskHandle, TypedTask
 from taskdb.core.clock import seconds
+from taskdb.core.jobs import Job
 from taskdb.errors import ConfigurationError, TaskNotFound
 from taskdb.queue.client import JobQueueClient, SubmitOptions
 from taskdb.queue.config import ServerSettings
 from taskdb.queue.context import JobContext
 from taskdb.queue.server import JobQueueServer
-from taskdb.queue.sync import SyncJobQueueClient
+from taskdb.queue.sync import SyncJobQueueClient, refuse_in_event_loop
 from taskdb.store.database import Database, connect
 
 log = logging.getLogger("taskdb.app")
@@ -52,6 +53,17 @@ def _module_name(func: Callable[..., Any]) -> str:
         return str(spec.name)
     path = getattr(main, "__file__", None)
     return Path(path).stem if path else module
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: it keeps the function's return
+    type for the task (``TypedTask[R]``)."""
+
+    @overload
+    def __call__(self, func: Callable[..., Awaitable[R]], /) -> TypedTask[R]: ...
+
+    @overload
+    def __call__(self, func: Callable[..., R], /) -> TypedTask[R]: ...
 
 
 class AppHandler:
@@ -111,6 +123,7 @@ class App:
         self.tasks: dict[str, TypedTask[Any]] = {}
         """Registered tasks by name."""
         self._lock = threading.Lock()
+        self._owns_db = False  # opened here from a URL: close() closes it
         self._clients: dict[str, JobQueueClient] = {}
         self._sync_clients: dict[str, SyncJobQueueClient] = {}
 
@@ -125,12 +138,14 @@ class App:
             with self._lock:
                 if self._db is None:
                     self._db = connect(self._url)
+                    self._owns_db = True
         return self._db
 
     def bind(self, db: Database) -> None:
         """Use ``db`` from now on (a worker started with ``--db``)."""
         with self._lock:
             self._db = db
+            self._owns_db = False
             self._clients.clear()
             self._sync_clients.clear()
 
@@ -157,7 +172,7 @@ class App:
         max_retries: int | None = None,
         priority: int = 0,
         name: str | None = None,
-    ) -> Callable[[Callable[..., Any]], TypedTask[Any]]: ...
+    ) -> TaskDecorator: ...
 
     def task(
         self,
@@ -168,7 +183,7 @@ class App:
         max_retries: int | None = None,
         priority: int = 0,
         name: str | None = None,
-    ) -> TypedTask[Any] | Callable[[Callable[..., Any]], TypedTask[Any]]:
+    ) -> TypedTask[Any] | TaskDecorator:
         """Register ``func`` (an ``async def`` or a plain ``def``) as a task:
         ``@app.task`` or ``@app.task(queue=..., max_retries=..., priority=...,
         name=...)``. Its signature is its payload schema; its name defaults to
@@ -216,6 +231,49 @@ class App:
                         db, queue, poll_interval=self.poll_interval
                     )
         return client
+
+    def _task_of(self, job: Job) -> TypedTask[Any]:
+        task = self.tasks.get(job.task or "")
+        if task is None:
+            runs = f"task {job.task!r}" if job.task else "its queue's handler"
+            raise ConfigurationError(f"job {job.id} runs {runs}, which is not a task of {self!r}")
+        return task
+
+    async def handle(self, job_id: int) -> TaskHandle[Any]:
+        """The typed handle of a job of any of the app's tasks, by its id (read once:
+        :class:`~taskdb.JobNotFound`; :class:`~taskdb.ConfigurationError` for a job of
+        no task of this app). For a status endpoint that knows only the id."""
+        job = await self.client(self.default_queue).get(job_id)
+        return self._task_of(job).handle(job.id)
+
+    def sync_handle(self, job_id: int) -> SyncTaskHandle[Any]:
+        """:meth:`handle` from synchronous code."""
+        job = self.sync_client(self.default_queue).get(job_id)
+        return self._task_of(job).sync_handle(job.id)
+
+    async def aclose(self) -> None:
+        """Close the database if the app opened it (from a URL or ``TASKDB_URL``); one
+        given to it (``db=``, :meth:`bind`) is the giver's to close."""
+        db = self._opened()
+        if db is not None:
+            await db.aclose()
+
+    def close(self) -> None:
+        """:meth:`aclose` from synchronous code."""
+        refuse_in_event_loop("App.close", "await App.aclose()")
+        db = self._opened()
+        if db is not None:
+            db.close()
+
+    def _opened(self) -> Database | None:
+        """The database the app opened itself, forgotten (a later use opens it again)."""
+        with self._lock:
+            if not self._owns_db:
+                return None
+            db, self._db, self._owns_db = self._db, None, False
+            self._clients.clear()
+            self._sync_clients.clear()
+            return db
 
     # -- the worker side ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar, Unpack
 from taskdb.app.signature import TaskSignature
 from taskdb.core.jobs import Job
 from taskdb.errors import ConfigurationError
-from taskdb.queue.client import JobHandle, JobQueueClient, SubmitOptions
+from taskdb.queue.client import JobHandle, JobQueueClient, SubmitOptions, job_result
 from taskdb.queue.context import JobContext, SyncJobContext
 from taskdb.queue.sync import SyncJobHandle, SyncJobQueueClient, refuse_in_event_loop
 
@@ -72,10 +72,8 @@ class TaskHandle(_Handle[R, JobHandle]):
     async def result(self, timeout: float | None = None) -> R:
         """The task's return value once the job completed, as its declared type;
         raises the job's error class if it failed (:class:`~taskdb.WaitTimeout` on
-        timeout)."""
-        output = await self.job.wait(timeout)
-        value: R = self.task.signature.load_output(output)
-        return value
+        timeout; ``timeout=0``: no waiting). See :meth:`TypedTask.result_of`."""
+        return self.task.result_of(await self.job.client.wait_ended(self.id, timeout))
 
 
 class SyncTaskHandle(_Handle[R, SyncJobHandle]):
@@ -94,9 +92,9 @@ class SyncTaskHandle(_Handle[R, SyncJobHandle]):
         self.job.abort()
 
     def result(self, timeout: float | None = None) -> R:
-        """The task's return value once the job completed, as its declared type."""
-        value: R = self.task.signature.load_output(self.job.wait(timeout))
-        return value
+        """The task's return value once the job completed, as its declared type (see
+        :meth:`TaskHandle.result`)."""
+        return self.task.result_of(self.job.client.wait_ended(self.id, timeout))
 
 
 @dataclass(frozen=True)
@@ -217,6 +215,17 @@ class TypedTask(Generic[R]):
     def sync_handle(self, job_id: int) -> SyncTaskHandle[R]:
         """A handle (synchronous code) for a job of this task deferred earlier, by its id."""
         return SyncTaskHandle(self, self.app.sync_client(self.queue).handle(job_id))
+
+    def result_of(self, job: Job) -> R:
+        """The return value of ``job``, an ended job of this task, as the declared
+        type; raises the job's error class if it did not complete, and
+        :class:`~taskdb.ConfigurationError` for a job of another task (its output
+        has another type)."""
+        if job.task != self.name:
+            runs = f"task {job.task!r}" if job.task else "its queue's handler"
+            raise ConfigurationError(f"job {job.id} runs {runs}, not task {self.name!r}")
+        value: R = self.signature.load_output(job_result(job))
+        return value
 
     async def run(self, payload: Any, ctx: JobContext, threads: Executor | None) -> Any:
         """Run the function for a stored payload on a worker; returns the output to

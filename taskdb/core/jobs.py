@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from taskdb.errors import ConfigurationError, InvalidJobInput
+from taskdb.errors import ConfigurationError, InvalidJobInput, JobNotFound
 
 
 class JobStatus(StrEnum):
@@ -201,6 +201,19 @@ def statuses_of(statuses: Sequence[JobStatus | str], *, ended: bool = False) -> 
     if live:
         raise ConfigurationError(f"only ended jobs can be purged, not {', '.join(live)}")
     return found
+
+
+_MAX_ID = 2**63 - 1  # job ids are BIGINT
+
+
+def check_job_id(job_id: int) -> int:
+    """``job_id`` if it can name a job; :class:`JobNotFound` for an id no job can have
+    (the same on both dialects: a database would overflow on some)."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise ConfigurationError(f"a job id is an int, got {job_id!r}")
+    if not 0 < job_id <= _MAX_ID:
+        raise JobNotFound(job_id)
+    return job_id
 
 
 def require_aware(name: str, value: datetime | None) -> datetime | None:

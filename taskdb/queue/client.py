@@ -317,7 +317,13 @@ class JobQueueClient(ClientBase):
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """The job's output once it completed; raises the job's error class if it
-        failed (``AbortedJobError`` if aborted), :class:`WaitTimeout` on timeout.
+        failed (``AbortedJobError`` if aborted), :class:`WaitTimeout` on timeout
+        (see :meth:`wait_ended`)."""
+        return job_result(await self.wait_ended(job_id, timeout))
+
+    async def wait_ended(self, job_id: int, timeout: float | None = None) -> Job:
+        """The job once it ended, whatever its status; :class:`WaitTimeout` on timeout
+        (``timeout=0``: no waiting).
 
         Re-reads the job when a same-process server records it, on PostgreSQL when
         its queue changes (NOTIFY; at most every 20 ms), and every ``poll_interval``.
@@ -335,7 +341,7 @@ class JobQueueClient(ClientBase):
                 read_at = loop.time()
                 job = await self._store.get(job_id)
                 if job.status.terminal:
-                    return job_result(job)
+                    return job
                 if listener is not None and watched is None:
                     watched = job.queue
                     listener.watch(watched, changed)

@@ -98,12 +98,17 @@ class SyncJobQueueClient(ClientBase):
     def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """The job's output once it completed (polled every ``poll_interval``); raises
         the job's error class if it failed, :class:`WaitTimeout` on timeout."""
+        return job_result(self.wait_ended(job_id, timeout))
+
+    def wait_ended(self, job_id: int, timeout: float | None = None) -> Job:
+        """The job once it ended, whatever its status; :class:`WaitTimeout` on timeout
+        (``timeout=0``: no waiting)."""
         refuse_in_event_loop("SyncJobQueueClient.wait", "await JobQueueClient.wait")
         give_up = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self._store.get(job_id)
             if job.status.terminal:
-                return job_result(job)
+                return job
             left = None if give_up is None else give_up - time.monotonic()
             time.sleep(self._pause(job, left, timeout))
 

@@ -27,6 +27,7 @@ from taskdb.core.jobs import (
     JobOptions,
     JobStatus,
     NewJob,
+    check_job_id,
 )
 from taskdb.core.retry import Complete, Outcome, Retry
 from taskdb.errors import JobNotFound, LeaseLost, StorageError
@@ -173,6 +174,7 @@ class JobPlans:
 
     def get(self, job_id: int) -> PlanCall[Job]:
         """The job row; :class:`JobNotFound` for an unknown id."""
+        check_job_id(job_id)
         return PlanCall(lambda: self._get(job_id), write=False, atomic=False)
 
     @staticmethod
@@ -219,6 +221,8 @@ class JobPlans:
     ) -> PlanCall[int]:
         """Abort one job or a whole run: PENDING ends FAILED at once, running jobs
         become ABORTING (their worker cancels them). Returns how many changed."""
+        if job_id is not None:
+            check_job_id(job_id)
         return PlanCall(lambda: self._abort(now, job_id, job_run_id), atomic=self._atomic)
 
     def _abort(self, now: datetime, job_id: int | None, job_run_id: str | None) -> Plan[int]:
@@ -234,6 +238,7 @@ class JobPlans:
 
     def retry_now(self, job_id: int, now: datetime) -> PlanCall[bool]:
         """Put a FAILED job back to PENDING for one more run (admin action)."""
+        check_job_id(job_id)
         return PlanCall(lambda: self._retry_now(job_id, now), atomic=self._atomic)
 
     def _retry_now(self, job_id: int, now: datetime) -> Plan[bool]:

@@ -1,6 +1,9 @@
-"""An App opens its database on first use, whichever use comes first."""
+"""An App opens its database on first use, whichever use comes first, and closes
+only a database it opened."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -30,3 +33,21 @@ def test_a_sync_defer_can_be_the_first_use(
         )
     finally:
         app.db.close()
+
+
+async def test_close_closes_only_a_database_the_app_opened(
+    db_url: str, db: taskdb.Database
+) -> None:
+    opened = taskdb.App(db_url)
+    first = opened.db
+    await opened.aclose()
+    assert opened.db is not first  # a later use opens it again
+    with pytest.raises(taskdb.TaskdbError, match="aclose"):
+        opened.close()  # not from a running loop, and the database is kept
+    await asyncio.to_thread(opened.close)
+
+    given = taskdb.App(db=db)
+    await given.aclose()
+    await asyncio.to_thread(given.close)
+    assert given.db is db
+    assert await taskdb.JobQueueClient(db, "q").submit(1)  # still open

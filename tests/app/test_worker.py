@@ -123,3 +123,42 @@ async def test_configure_durable_stream_can_be_followed(app: taskdb.App, serve: 
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "one two"
     assert events[-1] == Finish({"output": 2})
     assert await handle.result(timeout=10) == 2
+
+
+async def test_the_app_finds_a_jobs_typed_handle_by_its_id(
+    db: taskdb.Database, app: taskdb.App, serve: Serve
+) -> None:
+    await serve()
+    deferred = await tasks_app.report.defer_async(size=3)
+    handle = await app.handle(deferred.id)  # a status endpoint knows only the id
+    assert handle.task is tasks_app.report
+    assert await handle.result(timeout=10) == tasks_app.Report(title="r", data=b"rrr")
+    job = await handle.get()
+    assert tasks_app.report.result_of(job) == tasks_app.Report(title="r", data=b"rrr")
+    sync = await asyncio.to_thread(app.sync_handle, deferred.id)
+    assert sync.task is tasks_app.report
+    assert await asyncio.to_thread(sync.result, 0) == tasks_app.Report(title="r", data=b"rrr")
+    with pytest.raises(taskdb.JobNotFound):
+        await app.handle(2**63)
+
+    raw = await JobQueueClient(db, "app").submit({"x": 1})
+    with pytest.raises(taskdb.ConfigurationError, match="its queue's handler"):
+        await app.handle(raw.id)
+    foreign = await JobQueueClient(db, "app").submit({"x": 1}, task="elsewhere.task")
+    with pytest.raises(taskdb.ConfigurationError, match=r"'elsewhere\.task'"):
+        await asyncio.to_thread(app.sync_handle, foreign.id)
+
+
+async def test_a_handle_of_the_wrong_task_refuses_to_type_its_result(
+    app: taskdb.App, serve: Serve
+) -> None:
+    await serve()
+    greeting = await greet.defer_async(name="ada")
+    assert await greeting.result(timeout=10) == "hello ada"
+    wrong = tasks_app.report.handle(greeting.id)  # a str would be read as a Report
+    with pytest.raises(taskdb.ConfigurationError, match=r"runs task '.*greet', not task"):
+        await wrong.result(timeout=10)
+    running = await until_aborted.defer_async()
+    with pytest.raises(taskdb.WaitTimeout):  # timeout=0: no waiting
+        await running.result(timeout=0)
+    await running.abort()

@@ -96,3 +96,17 @@ async def test_the_sync_client_rides_out_a_dropped_connection(db: taskdb.Databas
     second = await _in_thread(lambda: client.submit({"n": 2}))
     assert second.id > first.id
     assert (await _in_thread(second.get)).input == {"n": 2}
+
+
+@pytest.mark.parametrize("job_id", [0, -1, 2**63, 10**20])
+async def test_an_id_no_job_can_have_is_not_found_by_either_client(
+    db: taskdb.Database, job_id: int
+) -> None:
+    sync = SyncJobQueueClient(db, "q")
+    client = taskdb.JobQueueClient(db, "q")
+    for call in (lambda: client.get(job_id), lambda: client.abort(job_id)):
+        with pytest.raises(JobNotFound):
+            await call()
+    for work in (lambda: sync.get(job_id), lambda: sync.abort(job_id)):
+        with pytest.raises(JobNotFound):
+            await _in_thread(work)
