@@ -1094,18 +1094,18 @@ def _noisy(run: RunResult) -> bool:
 
 
 def _summarize(runs: list[RunResult]) -> RunResult:
-    """One row per (system, procs): the median processing and enqueue rates of the quiet
-    runs (of all runs if none was quiet), other columns from the run nearest that median,
-    and every run's processing rate in ``rates`` (noisy runs listed in ``noisy_runs``)."""
+    """One row per (system, procs): the median processing and enqueue rates of every
+    run that finished (noisy ones too: every run counts), other columns from the run
+    nearest that median, and every run's processing rate in ``rates`` (runs that
+    other processes disturbed listed in ``noisy_runs``, for the reader)."""
     good = [r for r in runs if not r.error and r.process_rate is not None]
     if not good:
         return runs[-1]
-    quiet = [r for r in good if not _noisy(r)] or good
-    middle = _median([r.process_rate or 0.0 for r in quiet])
+    middle = _median([r.process_rate or 0.0 for r in good])
     # The other columns come from the run closest to the median.
-    row = dataclasses.replace(min(quiet, key=lambda r: abs((r.process_rate or 0.0) - middle)))
+    row = dataclasses.replace(min(good, key=lambda r: abs((r.process_rate or 0.0) - middle)))
     row.process_rate = middle
-    enqueues = [r.enqueue_rate for r in quiet if r.enqueue_rate is not None]
+    enqueues = [r.enqueue_rate for r in good if r.enqueue_rate is not None]
     row.enqueue_rate = _median(enqueues) if enqueues else None
     row.rates = [r.process_rate or 0.0 for r in runs]
     row.noisy_runs = [i for i, r in enumerate(runs) if _noisy(r)]
@@ -1132,7 +1132,8 @@ def _report(console: Any, rows: list[RunResult], opts: Options) -> list[str]:
             "at exit).  CPU: all worker processes and all PostgreSQL server processes, per job, "
             "over the processing window.  PG xacts: transactions the workers ran, per job.  "
             "other: share of the machine's CPU used by unrelated processes during that window "
-            f"(noise; runs marked * used >= {NOISY:.0f}% and are left out of the median).  "
+            f"(noise; runs marked * used >= {NOISY:.0f}%; they count in the median like the "
+            "others).  "
             "errors: driver errors in taskdb workers (of which 'database is locked'); "
             "warnings: log records >= WARNING in the workers."
         ),
@@ -1240,11 +1241,11 @@ def _report(console: Any, rows: list[RunResult], opts: Options) -> list[str]:
             f"{len(noisy)} row(s) (column 'other CPU'): those rows are noisy; rerun on an "
             "idle machine"
         )
-    skipped = sum(len(r.noisy_runs) for r in rows if not _noisy(r))
-    if skipped:
+    disturbed = sum(len(r.noisy_runs) for r in rows if not _noisy(r))
+    if disturbed:
         lines.append(
-            f"[dim]note: {skipped} noisy run(s) (marked *: other processes used >= "
-            f"{NOISY:.0f}% of the CPU) were left out of the medians[/]"
+            f"[dim]note: {disturbed} run(s) marked * (other processes used >= {NOISY:.0f}% "
+            "of the CPU) count in the medians like every other run[/]"
         )
     return lines
 
@@ -1362,7 +1363,7 @@ def _setup_lines(opts: Options) -> list[str]:
         f"before each run: wait up to {opts.wait_quiet:.0f} s ({QUIET_BUDGET:.0f} s in all) "
         f"for the CPU to be idle (< "
         f"{QUIET_BUSY:.0f}% busy); runs during which other processes used >= {NOISY:.0f}% of "
-        f"the CPU are flagged and left out of the median of {opts.repeat} run(s)",
+        f"the CPU are flagged (*) but counted: the median is of all {opts.repeat} run(s)",
         "processing: from 'go' (every worker imported, connected and waiting) until the "
         "benchmark process's COUNT sees every job done (polled every 50 ms, 10 ms near the "
         "end); a fresh scratch database (or SQLite file) per run",
