@@ -62,6 +62,8 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 def holds(value: Any, leaf: Callable[[Any], bool]) -> bool:
     """Whether ``value`` or anything in its dicts, lists and tuples is a ``leaf``
     (iterative: any nesting depth; cheap for plain JSON, the common case)."""
+    if type(value) in _SCALARS:  # most outputs: no stack at all
+        return False
     stack = [value]
     while stack:
         item = stack.pop()

@@ -154,6 +154,8 @@ def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
     database could store it alike: not JSON (NaN, objects), a ``\\u0000`` in a
     string (PostgreSQL's jsonb refuses it, so SQLite refuses it too), or nested
     deeper than :data:`MAX_JSON_DEPTH`."""
+    if value is None:  # most outputs: no encoder call, nothing to check
+        return "null"
     try:
         text = encoder.encode(value)
     except (TypeError, ValueError) as exc:
