@@ -59,7 +59,12 @@ def read_payload(argument: str) -> Any:
 @click.option(
     "--durable-stream", is_flag=True, help="Store the job's stream events (taskdb watch --job)."
 )
-@click.option("--task", help="The typed task the job runs (an App task's name).")
+@click.option(
+    "--task",
+    help="The typed task the job runs (an App task's name). The payload is its keyword "
+    "arguments, checked on the worker. The task's own max_retries and priority are not "
+    "known here: give --max-retries and --priority.",
+)
 def submit(
     queue: str,
     payload: str,
@@ -162,8 +167,6 @@ def _show_rows(row: Job) -> list[tuple[str, str]]:
     refs = [f"{path or '.'}: {v['$ref']}" for path, v in binary_values(row.output) if "$ref" in v]
     if refs:
         rows.append(("blobs", "\n".join(refs)))
-    if row.error_traceback:
-        rows.append(("traceback", row.error_traceback))
     carrier = row.trace_context
     if isinstance(carrier, dict) and isinstance(carrier.get("traceparent"), str):
         # W3C traceparent: version-traceid-spanid-flags; the trace id finds it in a tracing UI
@@ -192,6 +195,8 @@ def job_show(job_id: int, db_url: str, as_json: bool) -> None:
     for field, value in _show_rows(row):
         table.add_row(field, value)
     out.print(table)
+    if row.error_traceback:  # below the table, verbatim: a cell would wrap and cut its lines
+        click.echo(f"traceback of the last failure:\n{row.error_traceback}")
 
 
 @job.command("retry")

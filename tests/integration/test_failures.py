@@ -3,6 +3,7 @@ every failed attempt, and the last traceback on the job row."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -47,6 +48,9 @@ async def test_a_failing_handler_logs_each_attempt_and_keeps_the_traceback(
 def test_the_cli_shows_the_traceback(db_url: str) -> None:
     job_id = run_job(db_url, boom, {"n": "x"}, max_retries=0)
     shown = invoke("job", "show", str(job_id), "--db", db_url)
-    assert "traceback" in shown.output and "in _parse" in shown.output
+    stored = json.loads(invoke("job", "show", str(job_id), "--db", db_url, "--json").output)
+    # every line whole, as stored: not wrapped or cut by the table
+    assert stored["error_traceback"] in shown.output, shown.output
+    assert "in _parse" in shown.output
     listed = invoke("jobs", "--db", db_url)
     assert "invalid" in listed.output and "Traceback" not in listed.output  # one line
