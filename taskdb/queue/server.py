@@ -47,7 +47,7 @@ from taskdb.queue.limiters import NullLimiter
 from taskdb.queue.local import StreamCallback, Unsubscribe, hub_for, sleep_until
 from taskdb.queue.outcomes import OutcomeWriter
 from taskdb.queue.outputs import needs_storing, store_output
-from taskdb.queue.runs import Run, cancel_handler, execute
+from taskdb.queue.runs import Run, cancel_handler, execute, failure
 from taskdb.queue.tracing import attempt_span
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
@@ -425,6 +425,7 @@ class JobQueueServer:
 
     async def _run(self, run: Run) -> None:
         job = run.job
+        recorded = False
         try:
             with attempt_span(job) as note:
                 outcome = await execute(
@@ -438,12 +439,16 @@ class JobQueueServer:
             self._free_slot(run)
             if run.stream is not None:
                 await self._flush_stream(run)
+            recorded = True  # from here on the outcome is written, or must not be
             if outcome is not None:
                 status = await self._record(run, outcome)
                 if run.stream is not None and status in (JobStatus.COMPLETED, JobStatus.FAILED):
                     await self._close_stream(run)
-        except Exception:
-            log.exception("job %s: unexpected error in the server", job.id)
+        except Exception as exc:
+            if recorded or run.releasing or run.lost:
+                log.exception("job %s: unexpected error in the server", job.id)
+            else:  # logged with its traceback as a failed attempt
+                await self._record_failure(run, exc)
         finally:
             self._free_slot(run)
             if run.cancel_timer is not None:
@@ -456,6 +461,21 @@ class JobQueueServer:
             if run.stream is not None:
                 run.stream.abandon()
             self._wake.set()
+
+    async def _record_failure(self, run: Run, exc: Exception) -> None:
+        """An attempt that broke in taskdb itself counts as a failed attempt (retried by
+        the policy, its traceback on the job), rather than waiting for its lease."""
+        outcome = failure(
+            run,
+            exc,
+            clock=self._clock,
+            retry=self.settings.retry,
+            max_retries=self.settings.max_retries,
+        )
+        try:
+            await self._record(run, outcome)
+        except Exception:
+            log.exception("job %s: cannot record the failure; its lease will expire", run.job.id)
 
     def _free_slot(self, run: Run) -> None:
         """The handler returned: its slot can take the next job while the outcome is

@@ -13,6 +13,7 @@ that drops the submit span, nothing is stored on the jobs.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -26,6 +27,8 @@ except ImportError:  # the optional extra is absent: every call is a no-op
     trace = None  # type: ignore[assignment]
 
 NoteOutcome = Callable[[Outcome | None], None]
+
+log = logging.getLogger("taskdb.tracing")
 
 _TRACER = "taskdb"
 
@@ -93,10 +96,22 @@ def attempt_span(job: Any) -> AbstractContextManager[NoteOutcome]:
     return _attempt_span(tracer, job)
 
 
+def _parent_of(carrier: Any) -> Any:
+    """The trace context stored on a job; ``None`` (a new trace) for a missing or
+    malformed one: a bad row must never keep its job from running."""
+    if not isinstance(carrier, dict):
+        return None
+    strings = {k: v for k, v in carrier.items() if isinstance(k, str) and isinstance(v, str)}
+    try:
+        return propagate.extract(strings)
+    except Exception:  # a propagator's own parsing error
+        log.warning("ignoring a malformed trace context: %r", carrier)
+        return None
+
+
 @contextlib.contextmanager
 def _attempt_span(tracer: Any, job: Any) -> Iterator[NoteOutcome]:
-    carrier = getattr(job, "trace_context", None)
-    parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
+    parent = _parent_of(getattr(job, "trace_context", None))
     attributes: dict[str, Any] = {
         "taskdb.queue": job.queue,
         "taskdb.job_id": job.id,
