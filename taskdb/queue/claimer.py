@@ -176,9 +176,14 @@ class Claimer:
                 jobs = await self.claiming(grant, now, host.claim_rows(grant, now))
                 await self.took(jobs, grant, now)
                 failures = 0
-            except TaskdbError as exc:
+            except Exception as exc:
+                # A storage error is expected (outages); anything else is a bug, in a
+                # limiter plugin or here, that must not stop the worker from claiming.
                 failures += 1
-                log.warning("claim failed (%s); retrying", exc)
+                if isinstance(exc, TaskdbError):
+                    log.warning("claim failed (%s); retrying", exc)
+                else:
+                    log.exception("claim failed unexpectedly; retrying")
                 await host.sleep(min(self._poll * 2**failures, MAX_BACKOFF))
                 continue
             # Short of runnable jobs: from now on, wake on NOTIFY of new work, and

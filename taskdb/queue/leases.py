@@ -121,9 +121,12 @@ class LeaseKeeper:
             beat, reap = schedule.due(now)
             try:
                 await self.once(beat=beat, reap=reap)
-            except TaskdbError as exc:
-                log.warning("lease maintenance failed (%s); retrying", exc)
-                continue  # not done: try again next tick
+            except Exception as exc:  # not done: try again next tick
+                if isinstance(exc, TaskdbError):
+                    log.warning("lease maintenance failed (%s); retrying", exc)
+                else:
+                    log.exception("lease maintenance failed unexpectedly; retrying")
+                continue
             schedule.done(now, beat=beat, reap=reap)
             if beat:
                 self.host.beat()

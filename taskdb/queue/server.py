@@ -165,7 +165,7 @@ class JobQueueServer:
         self._listening = False  # for work notifications (only while idle)
         self._fetching: asyncio.Task[None] | None = None
         self._maintaining: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Future[None] | None = None  # done when a stop() ends
+        self._stopping: asyncio.Task[None] | None = None  # the drain of a stop() under way
         self._stats = ServerStats(queue, self.worker_id, config.workers)
 
     def __repr__(self) -> str:
@@ -189,9 +189,13 @@ class JobQueueServer:
         self._state = ServerState.STARTING
         self._wake = asyncio.Event()
         self._hurried = asyncio.Event()
-        self.limiter.bind(self.db, self.queue)
+        try:
+            self.limiter.bind(self.db, self.queue)
+            self._listener = self.db.listener()
+        except BaseException:
+            self._state = ServerState.STOPPED
+            raise
         self._hub.watch_queue(self.queue, self._wake)
-        self._listener = self.db.listener()
         keeper = LeaseKeeper(
             self,
             self._store,
@@ -216,24 +220,20 @@ class JobQueueServer:
         """Stop gracefully: claim nothing more (jobs a claim in flight returns go
         back to PENDING at once), let running jobs finish for up to ``timeout``
         seconds (default ``stop_timeout``), then cancel the rest and release them
-        back to PENDING for another worker."""
-        if self._state is ServerState.DRAINING and self._stopped is not None:
-            await asyncio.shield(self._stopped)  # another caller is stopping it
-            return
-        if self._state is not ServerState.RUNNING:
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
-        try:
-            await self._drain(timeout)
-        finally:
-            self._stopped.set_result(None)
-            self._stopped = None
+        back to PENDING for another worker.
+
+        A cancelled ``stop()`` cancels only the wait: the drain goes on to STOPPED
+        (a half-stopped server would hold its jobs until their leases expire)."""
+        if self._state is ServerState.RUNNING:
+            self._state = ServerState.DRAINING
+            self._wake.set()
+            self._stopping = asyncio.ensure_future(self._drain(timeout))
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
 
     async def _drain(self, timeout: float | None) -> None:
         fetch, maintain = self._fetching, self._maintaining
         assert fetch is not None and maintain is not None
-        self._state = ServerState.DRAINING
-        self._wake.set()
         wait = self.settings.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         # A claim in flight may commit: let it return so its jobs are given back
@@ -255,7 +255,7 @@ class JobQueueServer:
         await asyncio.gather(maintain, return_exceptions=True)
         self._hub.unwatch_queue(self.queue, self._wake)
         self.listen_for_work(False)
-        self._fetching = self._maintaining = None
+        self._fetching = self._maintaining = self._stopping = None
         self._state = ServerState.STOPPED
         s = self.stats()
         log.info(
