@@ -1,7 +1,10 @@
 """Import time: ``python -c "import taskdb"`` against a bare interpreter, same run.
 
-Each command runs ``--runs`` times in a fresh interpreter, interleaved (so a
-busy moment of the machine hits every command alike); every run counts. It
+Each command first runs once untimed (a warm-up: it writes any missing
+``.pyc`` and fills the OS file cache), then ``--runs`` times in a fresh
+interpreter, interleaved, with the order of the commands rotated each round (so
+a busy moment of the machine, or going first, hits every command alike); every
+timed run counts. It
 reports the median and the min-max of the wall time, and what taskdb adds to
 the bare interpreter. ``import taskdb`` loads only the error classes; the
 first use of a name loads its subpackage, so the cost of
@@ -41,11 +44,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="runs per command (15)")
     args = parser.parse_args()
     samples: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for _ in range(args.runs):
-        for name, code in COMMANDS.items():
-            samples[name].append(_time(code))
+    names = list(COMMANDS)
+    for name in names:  # warm-up round, untimed: .pyc writes, file cache
+        _time(COMMANDS[name])
+    for round_ in range(args.runs):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(_time(COMMANDS[name]))
     bare = statistics.median(samples["bare interpreter (python -c pass)"])
-    print(f"import time, {args.runs} interleaved runs each, Python {sys.version.split()[0]}")
+    print(
+        f"import time, {args.runs} interleaved runs each (order rotated, after one "
+        f"untimed warm-up round), Python {sys.version.split()[0]}"
+    )
     print(f"{'command':<62} {'median s':>9} {'min-max s':>15} {'+ over bare':>12}")
     for name, runs in samples.items():
         median = statistics.median(runs)

@@ -105,7 +105,8 @@ class RunResult:
     check: str = ""
     per_worker: list[int] = dataclasses.field(default_factory=list)
     error: str | None = None
-    rates: list[float] = dataclasses.field(default_factory=list)  # every repeat
+    # Every repeat's processing rate; None for a run that failed.
+    rates: list[float | None] = dataclasses.field(default_factory=list)
     noisy_runs: list[int] = dataclasses.field(default_factory=list)  # indexes into rates
 
 
@@ -1000,12 +1001,12 @@ def _machine_facts(opts: Options) -> list[tuple[str, str]]:
     ]
     with psycopg.connect(opts.pg_url, autocommit=True) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
-        settings = dict(
-            conn.execute(
-                "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN "
-                "('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')"
-            ).fetchall()
-        )
+        # SHOW gives each value in its natural unit ('128MB', 'on'); pg_settings.setting
+        # is in the unit's multiples (shared_buffers: a count of 8kB pages).
+        settings = {
+            name: (conn.execute(f"SHOW {name}").fetchone() or ("?",))[0]
+            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
+        }
     facts.append(
         (
             "PostgreSQL",
@@ -1096,18 +1097,23 @@ def _noisy(run: RunResult) -> bool:
 def _summarize(runs: list[RunResult]) -> RunResult:
     """One row per (system, procs): the median processing and enqueue rates of every
     run that finished (noisy ones too: every run counts), other columns from the run
-    nearest that median, and every run's processing rate in ``rates`` (runs that
-    other processes disturbed listed in ``noisy_runs``, for the reader)."""
+    nearest that median, and every run's processing rate in ``rates`` (``None`` for a
+    run that failed; runs that other processes disturbed listed in ``noisy_runs``, for
+    the reader)."""
     good = [r for r in runs if not r.error and r.process_rate is not None]
+    every = [None if r.error or r.process_rate is None else r.process_rate for r in runs]
     if not good:
-        return runs[-1]
+        row = dataclasses.replace(runs[-1])
+        row.rates = every
+        row.noisy_runs = [i for i, r in enumerate(runs) if _noisy(r)]
+        return row
     middle = _median([r.process_rate or 0.0 for r in good])
     # The other columns come from the run closest to the median.
     row = dataclasses.replace(min(good, key=lambda r: abs((r.process_rate or 0.0) - middle)))
     row.process_rate = middle
     enqueues = [r.enqueue_rate for r in good if r.enqueue_rate is not None]
     row.enqueue_rate = _median(enqueues) if enqueues else None
-    row.rates = [r.process_rate or 0.0 for r in runs]
+    row.rates = every
     row.noisy_runs = [i for i, r in enumerate(runs) if _noisy(r)]
     row.db_errors = sum(r.db_errors for r in runs)
     row.locked_errors = sum(r.locked_errors for r in runs)
@@ -1134,8 +1140,16 @@ def _report(console: Any, rows: list[RunResult], opts: Options) -> list[str]:
             "other: share of the machine's CPU used by unrelated processes during that window "
             f"(noise; runs marked * used >= {NOISY:.0f}%; they count in the median like the "
             "others).  "
-            "errors: driver errors in taskdb workers (of which 'database is locked'); "
-            "warnings: log records >= WARNING in the workers."
+            + (
+                "enqueue and process jobs/s: medians of every run that finished ('failed' in "
+                "the per-run list: a run that failed, left out of the median); peak RSS, CPU, "
+                "PG xacts, other CPU, check and jobs per process: from the run nearest the "
+                "median.  "
+                if opts.repeat > 1
+                else ""
+            )
+            + "errors: driver errors in taskdb workers (of which 'database is locked'); "
+            "warnings: log records >= WARNING in the workers; both summed over every run."
         ),
     )
     columns = [
@@ -1188,7 +1202,8 @@ def _report(console: Any, rows: list[RunResult], opts: Options) -> list[str]:
             cells.insert(
                 5,
                 " ".join(
-                    _fmt_rate(x) + ("*" if i in r.noisy_runs else "") for i, x in enumerate(r.rates)
+                    ("failed" if x is None else _fmt_rate(x)) + ("*" if i in r.noisy_runs else "")
+                    for i, x in enumerate(r.rates)
                 ),
             )
         table.add_row(*cells)

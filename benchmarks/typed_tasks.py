@@ -1,18 +1,24 @@
 """Typed tasks: what validation costs, against the raw client in the same run.
 
 For each dialect (a scratch database: PostgreSQL ``CREATE DATABASE``, an SQLite
-file in a temporary directory), interleaved, ``--repeat`` times each:
+file in a temporary directory), interleaved, ``--repeat`` times each, raw first
+on even runs and typed first on odd ones:
 
 - enqueue, one at a time: ``task.defer(...)`` (sync) against
   ``SyncJobQueueClient.submit``, and ``await task.defer_async(...)`` against
   ``await JobQueueClient.submit`` (``--single`` jobs each);
 - enqueue, batched: ``task.defer_many(...)`` against
   ``SyncJobQueueClient.submit_batch`` and ``defer_many_async`` against
-  ``JobQueueClient.submit_batch`` (``--jobs`` jobs, calls of 1,000);
+  ``JobQueueClient.submit_batch`` (``--jobs`` jobs, calls of 1,000).
+  Every path (sync and async, on the async side in its own event loop) is warmed
+  up untimed first, and every timed section starts on emptied job tables
+  (PostgreSQL ``TRUNCATE``, SQLite ``DELETE`` + ``VACUUM`` + WAL checkpoint), so
+  neither side inserts into rows the other left;
 - worker CPU per job: one worker process (``JobQueueServer(workers=32)``) runs
   ``--jobs`` jobs of a typed ``async def`` task (three validated arguments, a
   pydantic model returned) and then as many of a raw handler doing the same
-  work on a dict; each worker reports its own CPU time (``getrusage``).
+  work on a dict, each on its own fresh scratch database; each worker reports
+  its own CPU time (``time.process_time``).
 
 Every run counts: the report gives the median and the min-max of all of them.
 The typed payload is ``{"url": str, "width": int, "tags": list[str]}``, the raw
@@ -27,14 +33,14 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +108,45 @@ def _timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def _enqueue(url: str, single: int, batch: int) -> dict[str, float]:
-    """Seconds per job of each way to enqueue (each measured on the same database)."""
+async def _timed_async(work: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await work()
+    return time.perf_counter() - started
+
+
+def _empty(url: str) -> None:
+    """Untimed: empty the tables a submit writes, so the next timed section starts
+    from the same state whichever side ran before it."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30)) as c:
+            c.execute("DELETE FROM taskdb_jobs")
+            c.execute("DELETE FROM taskdb_job_changes")
+            c.commit()
+            # Without VACUUM the freed pages would be reused by whichever side runs
+            # next, while the side before it had to grow the file.
+            c.execute("VACUUM")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '30s'")
+        conn.execute("TRUNCATE taskdb_jobs, taskdb_job_changes")
+
+
+def _enqueue(url: str, single: int, batch: int, typed_first: bool) -> dict[str, float]:
+    """Seconds per job of each way to enqueue, every section on emptied tables."""
     db = taskdb.connect(url)
     app.bind(db)
     sync = taskdb.SyncJobQueueClient(db, QUEUE)
     per_job: dict[str, float] = {}
     calls = [_args(i) for i in range(batch)]
-    sync.submit_batch([_args(0)] * 100)  # warm both paths up (untimed)
-    thumb.defer_many(calls[:100])
+    chunks = [calls[i : i + 1000] for i in range(0, batch, 1000)]
+    order = ("typed", "raw") if typed_first else ("raw", "typed")
+
+    # Warm every sync path up (untimed): connection, statements, one full-size chunk.
+    sync.submit(_args(0), task="bench.thumb")
+    thumb.defer(**_args(0))
+    sync.submit_batch(chunks[0], task="bench.thumb")
+    thumb.defer_many(chunks[0])
 
     def raw_sync() -> None:
         for i in range(single):
@@ -120,32 +156,56 @@ def _enqueue(url: str, single: int, batch: int) -> dict[str, float]:
         for i in range(single):
             thumb.defer(**_args(i))
 
-    per_job["sync one at a time, raw"] = _timed(raw_sync) / single
-    per_job["sync one at a time, typed"] = _timed(typed_sync) / single
-    chunks = [calls[i : i + 1000] for i in range(0, batch, 1000)]
-    per_job["sync batched, raw"] = (
-        _timed(lambda: [sync.submit_batch(c, task="bench.thumb") for c in chunks]) / batch
-    )
-    per_job["sync batched, typed"] = _timed(lambda: [thumb.defer_many(c) for c in chunks]) / batch
+    def raw_sync_batched() -> None:
+        for chunk in chunks:
+            sync.submit_batch(chunk, task="bench.thumb")
+
+    def typed_sync_batched() -> None:
+        for chunk in chunks:
+            thumb.defer_many(chunk)
+
+    sync_work = {
+        "sync one at a time": ({"raw": raw_sync, "typed": typed_sync}, single),
+        "sync batched": ({"raw": raw_sync_batched, "typed": typed_sync_batched}, batch),
+    }
+    for how, (work, n) in sync_work.items():
+        for kind in order:
+            _empty(url)
+            per_job[f"{how}, {kind}"] = _timed(work[kind]) / n
 
     async def asynchronous() -> None:
+        # Async engines are per event loop: this loop's is created and connected here,
+        # by an untimed warm-up of every async path.
         client = taskdb.JobQueueClient(db, QUEUE)
-        started = time.perf_counter()
-        for i in range(single):
-            await client.submit(_args(i), task="bench.thumb")
-        per_job["async one at a time, raw"] = (time.perf_counter() - started) / single
-        started = time.perf_counter()
-        for i in range(single):
-            await thumb.defer_async(**_args(i))
-        per_job["async one at a time, typed"] = (time.perf_counter() - started) / single
-        started = time.perf_counter()
-        for chunk in chunks:
-            await client.submit_batch(chunk, task="bench.thumb")
-        per_job["async batched, raw"] = (time.perf_counter() - started) / batch
-        started = time.perf_counter()
-        for chunk in chunks:
-            await thumb.defer_many_async(chunk)
-        per_job["async batched, typed"] = (time.perf_counter() - started) / batch
+        await client.submit(_args(0), task="bench.thumb")
+        await thumb.defer_async(**_args(0))
+        await client.submit_batch(chunks[0], task="bench.thumb")
+        await thumb.defer_many_async(chunks[0])
+
+        async def raw_async() -> None:
+            for i in range(single):
+                await client.submit(_args(i), task="bench.thumb")
+
+        async def typed_async() -> None:
+            for i in range(single):
+                await thumb.defer_async(**_args(i))
+
+        async def raw_async_batched() -> None:
+            for chunk in chunks:
+                await client.submit_batch(chunk, task="bench.thumb")
+
+        async def typed_async_batched() -> None:
+            for chunk in chunks:
+                await thumb.defer_many_async(chunk)
+
+        async_work = {
+            "async one at a time": ({"raw": raw_async, "typed": typed_async}, single),
+            "async batched": ({"raw": raw_async_batched, "typed": typed_async_batched}, batch),
+        }
+        for how, (work, n) in async_work.items():
+            for kind in order:
+                _empty(url)
+                per_job[f"{how}, {kind}"] = await _timed_async(work[kind]) / n
         await db.aclose()
 
     asyncio.run(asynchronous())
@@ -158,7 +218,7 @@ def _enqueue(url: str, single: int, batch: int) -> dict[str, float]:
 
 def _worker_main(url: str, kind: str, jobs: int) -> None:
     """In a fresh process: run ``jobs`` jobs with the typed task or the raw handler;
-    print this process's CPU seconds and the wall time as JSON."""
+    print this process's CPU seconds and the wall time while serving them as JSON."""
 
     async def run() -> tuple[float, float]:
         db = taskdb.connect(url)
@@ -178,8 +238,7 @@ def _worker_main(url: str, kind: str, jobs: int) -> None:
         return cpu, wall
 
     cpu, wall = asyncio.run(run())
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu": cpu, "wall": wall, "total_cpu": usage.ru_utime + usage.ru_stime}))
+    print(json.dumps({"cpu": cpu, "wall": wall}))
 
 
 def _worker_cpu(url: str, kind: str, jobs: int) -> dict[str, float]:
@@ -232,16 +291,18 @@ def main() -> None:
     verdicts: list[str] = []
     print(
         f"typed tasks vs the raw client, {args.repeat} interleaved runs each (median and "
-        f"min-max); {args.jobs:,} jobs batched, {args.single:,} one at a time"
+        f"min-max; raw first on even runs, typed first on odd); {args.jobs:,} jobs batched, "
+        f"{args.single:,} one at a time"
     )
     for dialect in args.dialects.split(","):
         enqueue: dict[str, list[float]] = {}
         worker: dict[str, dict[str, list[float]]] = {"typed": {}, "raw": {}}
-        for _ in range(args.repeat):
+        for rep in range(args.repeat):
+            typed_first = rep % 2 == 1
             with _scratch(dialect, args.pg_url) as url:
-                for key, value in _enqueue(url, args.single, args.jobs).items():
+                for key, value in _enqueue(url, args.single, args.jobs, typed_first).items():
                     enqueue.setdefault(key, []).append(value)
-            for kind in ("typed", "raw"):
+            for kind in ("typed", "raw") if typed_first else ("raw", "typed"):
                 with _scratch(dialect, args.pg_url) as url:
                     for key, value in _worker_cpu(url, kind, args.jobs).items():
                         worker[kind].setdefault(key, []).append(value)
