@@ -26,6 +26,7 @@ from taskdb.core.jobs import (
     check_queue,
     statuses_of,
 )
+from taskdb.core.schedules import ScheduleInfo, check_schedule_name
 from taskdb.errors import AbortedJobError, ConfigurationError, WaitTimeout
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
 from taskdb.queue.client import JobQueueClient, purge_ended
@@ -34,6 +35,7 @@ from taskdb.store.database import Database
 from taskdb.store.feed import ChangeFeed
 from taskdb.store.jobs import JobStore
 from taskdb.store.queues import QueueStore
+from taskdb.store.schedules import ScheduleStore
 from taskdb.store.stats import DatabaseStats, collect_stats
 
 __all__ = ["Admin", "JobOutcome"]
@@ -83,6 +85,7 @@ class Admin:
         self._clock = clock
         self._jobs = JobStore(db)
         self._blobs = BlobStore(db)
+        self._schedules = ScheduleStore(db)
 
     def __repr__(self) -> str:
         return f"Admin({self.db!r})"
@@ -162,6 +165,33 @@ class Admin:
     async def stats(self) -> DatabaseStats:
         """Per-queue job counts by status, lag and throughput, and blob totals."""
         return await collect_stats(self.db, self._clock())
+
+    # -- periodic schedules ------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every stored schedule by name: its cadence, next and last tick, the last
+        tick's job and its status, paused, orphaned (no scheduler has it lately)."""
+        return await self._schedules.infos(self._clock())
+
+    async def pause_schedule(self, name: str) -> None:
+        """Stop enqueueing ``name``'s ticks (every scheduler, from its next pass);
+        :class:`~taskdb.ScheduleNotFound` for an unknown name."""
+        await self._schedules.set_paused(check_schedule_name(name), True, self._clock())
+
+    async def resume_schedule(self, name: str) -> None:
+        """Enqueue ``name``'s ticks again from now on (the ticks it missed while
+        paused do not run)."""
+        await self._schedules.set_paused(check_schedule_name(name), False, self._clock())
+
+    async def trigger_schedule(self, name: str) -> int:
+        """Enqueue a job of ``name`` now, outside its ticks (its tick argument is now;
+        paused or not); returns the job's id."""
+        return await self._schedules.trigger(check_schedule_name(name), self._clock())
+
+    async def delete_schedule(self, name: str) -> None:
+        """Forget ``name`` (an orphaned schedule, removed from code); a scheduler that
+        still has it registers it again."""
+        await self._schedules.delete(check_schedule_name(name))
 
     # -- the change feed ---------------------------------------------------------------
 

@@ -6,11 +6,13 @@ Every error taskdb raises derives from :class:`TaskdbError`; driver errors
 
     TaskdbError
     ├── ConfigurationError          bad URL, bad option value
+    │   └── InvalidSchedule         bad cron, time zone, interval or catch-up policy
     ├── StorageError                the database failed or is unreachable
     │   └── SchemaOutOfDate         schema behind head: run `taskdb migrate`
     ├── InvalidJobInput             input/output not JSON, naive datetimes, ...
     ├── InvalidCacheRef             a value passed as a CacheRef is not one
     ├── JobNotFound                 unknown job id
+    ├── ScheduleNotFound            unknown schedule name
     ├── WaitTimeout                 wait() gave up (also a TimeoutError)
     ├── LeaseLost                   this worker no longer owns the job (fencing)
     ├── GraphError                  a task graph is malformed or its run failed
@@ -71,6 +73,18 @@ class JobNotFound(TaskdbError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class InvalidSchedule(ConfigurationError):
+    """A periodic schedule's definition is wrong (cron, time zone, interval, policy)."""
+
+
+class ScheduleNotFound(TaskdbError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} not found")
+        self.name = name
 
 
 class WaitTimeout(TaskdbError, TimeoutError):

@@ -14,20 +14,23 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, overload
 
 from taskdb import settings
 from taskdb.app.tasks import SyncTaskHandle, TaskHandle, TypedTask
 from taskdb.core.clock import seconds
-from taskdb.core.jobs import Job
-from taskdb.errors import ConfigurationError, TaskNotFound
+from taskdb.core.jobs import Job, canonical_json
+from taskdb.core.schedules import MAX_CATCH_UP, Cadence, CatchUp, Schedule, check_catch_up
+from taskdb.errors import ConfigurationError, InvalidJobInput, InvalidSchedule, TaskNotFound
 from taskdb.queue.client import JobQueueClient, SubmitOptions
 from taskdb.queue.config import ServerSettings
 from taskdb.queue.context import JobContext
+from taskdb.queue.scheduler import Scheduler
 from taskdb.queue.server import JobQueueServer
 from taskdb.queue.sync import SyncJobQueueClient, refuse_in_event_loop
 from taskdb.store.database import Database, connect
@@ -64,6 +67,24 @@ class TaskDecorator(Protocol):
 
     @overload
     def __call__(self, func: Callable[..., R], /) -> TypedTask[R]: ...
+
+
+class PeriodicDecorator(Protocol):
+    """What ``@app.periodic(...)`` returns: it takes a task (or a function, which it
+    registers as a task first) and gives the task back."""
+
+    @overload
+    def __call__(self, func: TypedTask[R], /) -> TypedTask[R]: ...
+
+    @overload
+    def __call__(self, func: Callable[..., Awaitable[R]], /) -> TypedTask[R]: ...
+
+    @overload
+    def __call__(self, func: Callable[..., R], /) -> TypedTask[R]: ...
+
+
+TICK = "tick"
+"""The parameter a periodic task's tick goes to, if it has one."""
 
 
 class AppHandler:
@@ -122,6 +143,8 @@ class App:
         self.poll_interval = seconds("poll_interval", poll_interval, positive=True)
         self.tasks: dict[str, TypedTask[Any]] = {}
         """Registered tasks by name."""
+        self.schedules: dict[str, Schedule] = {}
+        """Periodic schedules by name (see :meth:`periodic`)."""
         self._lock = threading.Lock()
         self._owns_db = False  # opened here from a URL: close() closes it
         self._clients: dict[str, JobQueueClient] = {}
@@ -207,6 +230,73 @@ class App:
             return task
 
         return register if func is None else register(func)
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        catch_up: CatchUp = "latest",
+        max_catch_up: int = MAX_CATCH_UP,
+        name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> PeriodicDecorator:
+        """Run a task periodically: ``cron`` (five fields, or six with seconds first;
+        ``@daily`` and the like) in ``timezone``, or ``every`` (whole seconds, at
+        least one). Stack it on ``@app.task(...)``, or give it a function to register
+        as a task (of the schedule's ``name``, if given). Each tick enqueues exactly
+        one job however many schedulers run; the task gets the tick (an aware
+        datetime) if it has a ``tick`` parameter, and ``kwargs`` as its other
+        arguments (checked now). ``catch_up`` says what
+        ticks missed while no scheduler ran do: ``latest`` (the newest runs),
+        ``all`` (up to ``max_catch_up``) or ``none``. ``name`` defaults to the
+        task's and must be unique in the app."""
+        cadence = Cadence(cron=cron, every=every, timezone=timezone)
+        check_catch_up(catch_up, max_catch_up)
+
+        def register(func: Any) -> TypedTask[Any]:
+            # A function becomes a task first, named like the schedule if that has a name.
+            task: TypedTask[Any] = (
+                func if isinstance(func, TypedTask) else self.task(name=name)(func)
+            )
+            schedule_name = name or task.name
+            if schedule_name in self.schedules:
+                raise InvalidSchedule(f"schedule {schedule_name!r} is defined twice")
+            fields = task.signature.args.model_fields
+            tick_param = TICK if TICK in fields else None
+            call = dict(kwargs or {})
+            if tick_param is not None:
+                if TICK in call:
+                    raise InvalidSchedule(f"schedule {schedule_name!r}: the tick is not a kwarg")
+                call[TICK] = datetime(2000, 1, 1, tzinfo=UTC)
+            try:
+                (payload,) = task.signature.dump_args([call])
+            except InvalidJobInput as exc:
+                raise InvalidSchedule(f"schedule {schedule_name!r}: {exc}") from None
+            payload.pop(TICK, None)
+            retries = task.options.get("max_retries")
+            self.schedules[schedule_name] = Schedule(
+                name=schedule_name,
+                task=task.name,
+                queue=task.queue,
+                cadence=cadence,
+                catch_up=catch_up,
+                max_catch_up=max_catch_up,
+                args_json=canonical_json(payload),
+                tick_param=tick_param,
+                priority=task.options.get("priority", 0),
+                max_retries=self.default_max_retries if retries is None else retries,
+            )
+            return task
+
+        return register
+
+    def scheduler(self, **options: Any) -> Scheduler:
+        """A :class:`~taskdb.queue.scheduler.Scheduler` of the app's schedules
+        (``options``: its ``clock``, ``sleep``, ``grace``); ``await
+        scheduler.run()`` runs it here, or run ``taskdb scheduler module:app``."""
+        return Scheduler(self.db, list(self.schedules.values()), **options)
 
     # -- clients -----------------------------------------------------------------------
 

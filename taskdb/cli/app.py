@@ -27,6 +27,7 @@ from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, err, stop_on_signals
 from taskdb.cli.durations import parse_duration, parse_rate
 from taskdb.cli.jobs import job, jobs, submit, wait
+from taskdb.cli.schedules import schedule, schedules
 from taskdb.cli.stats import queue, stats
 from taskdb.cli.watch import watch
 from taskdb.errors import ConfigurationError, TaskdbError
@@ -84,7 +85,7 @@ def cli() -> None:
     """taskdb: durable jobs, task graphs and binary streams in PostgreSQL or SQLite."""
 
 
-for _command in (submit, jobs, job, wait, watch, stats, queue, blob, gc):
+for _command in (submit, jobs, job, wait, watch, stats, queue, blob, gc, schedules, schedule):
     cli.add_command(_command)
 
 
@@ -146,7 +147,7 @@ def load_target(spec: str) -> Any:
 )
 @click.option(
     "--threads",
-    type=int,
+    type=click.IntRange(min=1),
     help="Threads running an App's plain `def` tasks (default: one per slot).",
 )
 @click.option(
@@ -193,6 +194,11 @@ def load_target(spec: str) -> Any:
     type=click.Path(dir_okay=False),
     help="Touch this file at start and every heartbeat (lease/3): a liveness probe.",
 )
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not enqueue an App's periodic jobs here (another process runs the scheduler).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -212,14 +218,16 @@ def worker(
     concurrency_limit: int | None,
     scope: Literal["worker", "queue"],
     health_file: str | None,
+    no_scheduler: bool,
 ) -> None:
     """Serve queues until SIGINT/SIGTERM, then stop gracefully.
 
     TARGET is `module:app`, an App: its tasks run on every queue they name (or the
-    `-q` ones); or `module:function`, an async `function(input, ctx)` serving each
-    `-q` queue; or `module:Class`, made with the database: `taskdb:GraphJobHandler`
-    runs submitted task graphs (add `--import` for the module registering their
-    task types).
+    `-q` ones), and its periodic schedules are enqueued here too (one job per tick
+    however many workers run; `--no-scheduler` to leave that to others); or
+    `module:function`, an async `function(input, ctx)` serving each `-q` queue; or
+    `module:Class`, made with the database: `taskdb:GraphJobHandler` runs submitted
+    task graphs (add `--import` for the module registering their task types).
     """
     for module_name in imports:
         _import(module_name)
@@ -257,7 +265,7 @@ def worker(
     # An App keeps its own database unless --db was given on the command line.
     explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
     url = db_url if explicit else None
-    asyncio.run(_serve(loaded, target, url, queues, options, limiter, threads))
+    asyncio.run(_serve(loaded, target, url, queues, options, limiter, threads, not no_scheduler))
 
 
 def _handler(target: Any, spec: str, db: Database) -> Any:
@@ -284,14 +292,19 @@ async def _serve(
     options: ServerSettings,
     limiter: Callable[[], Limiter | None],
     threads: int | None,
+    with_scheduler: bool,
 ) -> None:
-    """Run the worker: servers for ``queues`` until SIGINT/SIGTERM."""
+    """Run the worker: servers for ``queues`` (and an App's scheduler) until
+    SIGINT/SIGTERM."""
     pool = None
+    scheduler = None
     if isinstance(target, App):
         if db_url is not None:
             target.bind(connect(db_url))
         db = target.db
         chosen = list(dict.fromkeys(queues)) or target.queues
+        if not chosen:
+            raise ConfigurationError(f"{target!r} has no task, so no queue to serve")
         pool = ThreadPoolExecutor(
             threads or options.workers * len(chosen), thread_name_prefix="taskdb-task"
         )
@@ -302,6 +315,8 @@ async def _serve(
                 [q], threads=pool, settings=options.replace(limiter=limiter())
             )
         ]
+        if with_scheduler and target.schedules:
+            scheduler = target.scheduler()
     else:
         db = connect(db_url)
         handler = _handler(target, spec, db)
@@ -321,13 +336,18 @@ async def _serve(
         with stop_on_signals(stop, again=hurry):
             for server in servers:
                 await server.start()
+            ticking = None if scheduler is None else asyncio.ensure_future(scheduler.run())
             served = ", ".join(repr(s.queue) for s in servers)
+            schedules = "" if scheduler is None else f" and {len(scheduler.schedules)} schedule(s)"
             err.print(
-                f"worker {servers[0].worker_id} serving {served} on {db.safe_url} "
+                f"worker {servers[0].worker_id} serving {served}{schedules} on {db.safe_url} "
                 f"with {options.workers} slot(s) each; Ctrl-C to stop"
             )
             await stop.wait()
             err.print("stopping: letting running jobs finish (Ctrl-C again to give them back)")
+            if scheduler is not None and ticking is not None:
+                scheduler.stop()
+                await ticking
             await asyncio.gather(*(server.stop() for server in servers))
         totals = [s.stats() for s in servers]
         err.print(
@@ -338,6 +358,46 @@ async def _serve(
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        await db.aclose()
+
+
+@cli.command("scheduler")
+@click.argument("target", metavar="MODULE:APP")
+@db_option
+@click.pass_context
+def scheduler_command(ctx: click.Context, target: str, db_url: str) -> None:
+    """Enqueue an App's periodic jobs until SIGINT/SIGTERM, without running any job:
+    one job per tick however many schedulers and workers run (each `taskdb worker`
+    of the App runs one too, unless `--no-scheduler`)."""
+    app = load_target(target)
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{target!r} is not an App: only an App has schedules")
+    if not app.schedules:
+        raise ConfigurationError(f"{target!r} has no schedule: define them with @app.periodic")
+    if ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE:
+        app.bind(connect(db_url))
+    asyncio.run(_schedule(app))
+
+
+async def _schedule(app: App) -> None:
+    db = app.db
+    stop = asyncio.Event()
+    try:
+        await db.check()
+        scheduler = app.scheduler()
+        with stop_on_signals(stop):
+            ticking = asyncio.ensure_future(scheduler.run())
+            err.print(
+                f"scheduler of {len(scheduler.schedules)} schedule(s) on {db.safe_url}; "
+                "Ctrl-C to stop"
+            )
+            await asyncio.wait(
+                [ticking, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            scheduler.stop()
+            await ticking
+        err.print(f"stopped: {scheduler.enqueued} job(s) enqueued")
+    finally:
         await db.aclose()
 
 

@@ -20,12 +20,14 @@ from taskdb.core.refs import (
     resolve_output,
 )
 from taskdb.core.retry import Complete, Fail, Outcome, Retry, RetryPolicy, decide_failure
+from taskdb.core.schedules import Cadence, Schedule, ScheduleInfo
 
 __all__ = [
     "CACHE_REF_KIND",
     "MAX_SECONDS",
     "CacheRef",
     "CacheRefResolver",
+    "Cadence",
     "ChangeKind",
     "Claim",
     "Clock",
@@ -39,6 +41,8 @@ __all__ = [
     "Outcome",
     "Retry",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleInfo",
     "decide_failure",
     "decode_binary_values",
     "encode_binary_values",

@@ -26,6 +26,7 @@ from taskdb.queue.limiters import (
     NullLimiter,
     RateLimiter,
 )
+from taskdb.queue.scheduler import Scheduler
 from taskdb.queue.server import JobQueueServer, ServerState, ServerStats
 from taskdb.queue.sync import SyncJobHandle, SyncJobQueueClient
 
@@ -52,6 +53,7 @@ __all__ = [
     "RateLimiter",
     "RetryPolicy",
     "RetryableJobError",
+    "Scheduler",
     "ServerSettings",
     "ServerState",
     "ServerStats",

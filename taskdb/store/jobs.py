@@ -67,12 +67,13 @@ class JobPlans:
         keyed = any(n.fingerprint is not None for n in new)
         # Plain jobs are one statement where the dialect records in one (changes too).
         return PlanCall(
-            lambda: self._submit(queue, options, new, now), atomic=self._atomic or keyed
+            lambda: self.submit_plan(queue, options, new, now), atomic=self._atomic or keyed
         )
 
-    def _submit(
+    def submit_plan(
         self, queue: str, options: JobOptions, new: Sequence[NewJob], now: datetime
     ) -> Plan[list[int]]:
+        """The plan of :meth:`submit`, for a plan that submits in its own transaction."""
         ids: list[int] = [0] * len(new)
         plain = [i for i, n in enumerate(new) if n.fingerprint is None]
         keyed = [i for i, n in enumerate(new) if n.fingerprint is not None]

@@ -314,4 +314,31 @@ queues = Table(
     PrimaryKeyConstraint("name", name="pk_taskdb_queues"),
 )
 
+schedules = Table(
+    "taskdb_schedules",
+    metadata,
+    # a periodic schedule, upserted by every scheduler that has it in code
+    Column("name", String(200), nullable=False),
+    Column("task", String(200), nullable=False),
+    Column("queue", String(200), nullable=False),
+    Column("cron", String(200), nullable=True),  # or every_seconds
+    Column("every_seconds", Integer, nullable=True),
+    Column("timezone", String(64), nullable=False),
+    Column("catch_up", String(8), nullable=False),
+    Column("max_catch_up", Integer, nullable=False),
+    Column("args", Text, nullable=False),  # canonical JSON: every job's fixed arguments
+    Column("tick_param", String(200), nullable=True),  # the argument the tick goes to
+    Column("priority", Integer, nullable=False),
+    Column("max_retries", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    # ticks at or before max(last_tick, not_before) are never enqueued: the last one
+    # enqueued is the fence that keeps every tick to one job
+    Column("not_before", UtcDateTime, nullable=False),
+    Column("last_tick", UtcDateTime, nullable=True),
+    Column("last_job_id", _id(), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("seen_at", UtcDateTime, nullable=False),  # a scheduler last registered it
+    PrimaryKeyConstraint("name", name="pk_taskdb_schedules"),
+)
+
 VERSION_TABLE = "taskdb_alembic_version"

@@ -4,6 +4,7 @@ the API promises is lost."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, assert_type
 
 from pydantic import BaseModel
@@ -53,3 +54,19 @@ async def async_view() -> None:
     assert_type(await plain.defer_many_async([{"text": "a"}]), list[TaskHandle[list[str]]])
     assert_type(await app.handle(1), TaskHandle[Any])
     assert_type(await handle.get(), taskdb.Job)
+
+
+@app.periodic(cron="*/5 * * * *", timezone="Europe/Paris")
+@app.task(queue="reports", name="typing_rollup")
+async def rollup(tick: datetime) -> Thumb:
+    return Thumb(width=1)
+
+
+assert_type(rollup, TypedTask[Thumb])
+
+
+def ping() -> int:
+    return 1
+
+
+assert_type(app.periodic(every=timedelta(seconds=10), name="typing_ping")(ping), TypedTask[int])
