@@ -39,6 +39,8 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class Complete:
     output: object
+    refs: tuple[str, ...] = ()
+    """The keys of the blobs ``output`` refers to: linked to the job with it."""
 
 
 @dataclass(frozen=True, slots=True)

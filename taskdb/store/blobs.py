@@ -41,6 +41,7 @@ from collections.abc import (
     Coroutine,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from contextlib import asynccontextmanager
@@ -490,12 +491,21 @@ class BlobStore:
     async def link(self, conn: AsyncConnection, keys: Iterable[str], holder: str) -> list[str]:
         """Record, in ``conn``'s transaction, that ``holder`` refers to the blobs
         ``keys``; returns the keys that name no blob (those are not linked)."""
-        wanted = sorted(set(keys))
+        return await self.link_holders(conn, {holder: keys})
+
+    async def link_holders(
+        self, conn: AsyncConnection, holders: Mapping[str, Iterable[str]]
+    ) -> list[str]:
+        """:meth:`link` for several holders at once (their blobs locked in one key
+        order); returns the keys that name no blob."""
+        pairs = {(k, holder) for holder, keys in holders.items() for k in keys}
+        wanted = sorted({k for k, _ in pairs})
         if not wanted:
             return []
         found = await self._lock(conn, wanted)
-        if found:
-            await conn.execute(self._link, [{"blob_key": k, "holder": holder} for k in found])
+        rows = [{"blob_key": k, "holder": h} for k, h in sorted(pairs) if k in found]
+        if rows:
+            await conn.execute(self._link, rows)
         return [k for k in wanted if k not in found]
 
     async def relink(self, conn: AsyncConnection, holder: str, keys: Iterable[str]) -> int:
