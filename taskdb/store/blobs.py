@@ -10,8 +10,8 @@ and committed a few MiB at a time in short transactions (a long one would
 block every SQLite writer, or hold back PostgreSQL's xmin horizon), each in
 the background while the producer makes the next few MiB; the row flips to
 ``'committed'`` with its size at the end. Only committed blobs
-are readable. A stream that raises or is cancelled takes its row and bytes
-with it; a writer that died leaves a ``'writing'`` row that :meth:`BlobStore.gc`
+are readable. A stream that raises or is cancelled (even as its last commit
+returns) takes its row and bytes with it; a writer that died leaves a ``'writing'`` row that :meth:`BlobStore.gc`
 reclaims once it has not been touched for ``stale_seconds`` (live writers
 touch it on every commit, and every ``touch_interval`` while their producer
 is silent).
@@ -26,8 +26,10 @@ PostgreSQL runs at READ COMMITTED, so whatever may delete a blob first locks
 its row and checks for links in a *later* statement, whose snapshot sees every
 link committed before the lock was granted; ``link`` locks the rows it links
 to. Locks are taken in key order, so these transactions cannot deadlock on
-blob rows. Two concurrent releases of a blob's last two holders may both
-keep it: ``gc`` reclaims it.
+blob rows. Of two concurrent releases of a blob's last two holders, the one
+that locks second sees the other's unlink and frees the blob. A link that
+finds its blob gone (``gc`` took it first) says so: the job store then
+refuses the outcome rather than store a dangling ref.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ class _Statements:
             .values(state=COMMITTED, size=bind("size"), updated_at=now, committed_at=now)
         )
         gone = (b.c.id, b.c.oid, b.c.size)
-        self.discard = delete(b).where(*mine).returning(*gone)
+        # a writer's own blob, committed or not, never linked (its key never escaped)
+        self.discard = delete(b).where(b.c.id == bind("id"), unlinked).returning(*gone)
         self.by_key = select(b).where(b.c.key == bind("key"))
         self.lock_keys = (
             select(b.c.key)

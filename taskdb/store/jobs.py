@@ -30,7 +30,7 @@ from taskdb.core.jobs import (
     check_job_id,
 )
 from taskdb.core.retry import Complete, Outcome, Retry
-from taskdb.errors import JobNotFound, LeaseLost, StorageError
+from taskdb.errors import InvalidJobInput, JobNotFound, LeaseLost, StorageError
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.dialect import Dialect, Recorded
@@ -479,7 +479,9 @@ class JobStore:
             for job_id, keys in refs.items()
             if statuses.get(job_id) is JobStatus.COMPLETED
         }
-        await self._blobs.link_holders(conn, completed)
+        missing = await self._blobs.link_holders(conn, completed)
+        if missing:  # never written, or gc took it before this outcome linked it
+            raise InvalidJobInput(f"the output refers to blobs that do not exist: {missing}")
 
     @reconnecting
     async def finish_and_claim(

@@ -34,6 +34,7 @@ from taskdb import (
     resolve_job_output,
 )
 from taskdb.core.clock import utcnow
+from taskdb.core.refs import make_cache_ref
 from taskdb.store.blobs import BlobStore
 from taskdb.store.jobs import JobStore
 from tests.conftest import PG_ADMIN_URL
@@ -107,6 +108,41 @@ async def test_a_worker_killed_between_its_blobs_and_its_outcome_leaks_nothing(
     resolved = await resolve_job_output(output, SqlTaskOutputRepository(db))
     assert bytes(resolved["data"]) == f"{handle.id}:{b.pid}".encode() * 100
     await procs.terminate(b)
+
+
+async def test_a_handler_returning_a_ref_to_no_blob_fails_clearly(
+    db: taskdb.Database, serve: Callable[..., Any]
+) -> None:
+    async def handler(value: Any, ctx: JobContext) -> Any:
+        return {"data": make_cache_ref("no-such-blob", size=3)}
+
+    await serve(handler)
+    handle = await JobQueueClient(db, "q", poll_interval=0.02).submit({}, max_retries=0)
+    with pytest.raises(taskdb.JobError, match="do not exist"):
+        await handle.wait(timeout=30)
+    job = await JobQueueClient(db, "q").get(handle.id)
+    assert (job.status, job.error_code) == (JobStatus.FAILED, "InvalidJobInput")
+
+
+async def test_an_abort_that_wins_over_a_completion_links_no_blob(
+    db: taskdb.Database, serve: Callable[..., Any]
+) -> None:
+    """The job is aborted as its handler returns: the outcome ends FAILED (aborted)
+    with no output, and its blob, never referred to, goes at gc."""
+    client = JobQueueClient(db, "q", poll_interval=0.02)
+
+    async def handler(value: Any, ctx: JobContext) -> Any:
+        await client.abort(ctx.job.id)  # ABORTING; no poll sees it before the outcome
+        return {"data": b"z" * 100}
+
+    await serve(handler, reference_threshold_bytes=0, abort_poll_interval=60, lease_seconds=120)
+    handle = await client.submit({})
+    with pytest.raises(taskdb.AbortedJobError):
+        await handle.wait(timeout=30)
+    job = await client.get(handle.id)
+    assert job.output is None
+    assert (await BlobStore(db).gc(grace_seconds=0)).blobs_removed == 1
+    assert await blob_keys(db) == set()
 
 
 # -- a database failing after the handler returned ---------------------------------------
