@@ -9,12 +9,12 @@ Writing: the row is inserted as ``'writing'``, the stream is cut into pieces
 and committed a few MiB at a time in short transactions (a long one would
 block every SQLite writer, or hold back PostgreSQL's xmin horizon), each in
 the background while the producer makes the next few MiB; the row flips to
-``'committed'`` with its size at the end. Only committed blobs
-are readable. A stream that raises or is cancelled (even as its last commit
-returns) takes its row and bytes with it; a writer that died leaves a ``'writing'`` row that :meth:`BlobStore.gc`
-reclaims once it has not been touched for ``stale_seconds`` (live writers
-touch it on every commit, and every ``touch_interval`` while their producer
-is silent).
+``'committed'`` with its size at the end. Only committed blobs are readable.
+A stream that raises or is cancelled (even as its last commit returns) takes
+its row and bytes with it; a writer that died leaves a ``'writing'`` row that
+:meth:`BlobStore.gc` reclaims once it has not been touched for
+``stale_seconds`` (live writers touch it on every commit, and every
+``touch_interval`` while their producer is silent).
 
 Links: a row holding refs (``'job:<id>'``, ``'cache:<id>'``) links their
 blobs in its own transaction (:meth:`BlobStore.link`); releasing a holder
