@@ -17,9 +17,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 from sqlalchemy import make_url
 
 import taskdb
+
+# Property tests: ~50 examples each in `make test` (TASKDB_HYPOTHESIS_EXAMPLES for more),
+# no deadline (a database round trip varies), derandomized in CI, seeds printed.
+settings.register_profile(
+    "taskdb",
+    max_examples=int(os.environ.get("TASKDB_HYPOTHESIS_EXAMPLES", "50")),
+    deadline=None,
+    derandomize=os.environ.get("CI") == "true",
+    print_blob=True,
+)
+settings.load_profile("taskdb")
 
 PG_URL = os.environ.get("TASKDB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("TASKDB_REQUIRE_PG") == "1"

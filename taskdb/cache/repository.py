@@ -3,8 +3,10 @@
 A :class:`TaskOutputRepository` keeps task outputs keyed by ``(namespace,
 task_type, inputs_fingerprint(inputs))``. ``namespace`` is ``""`` for the
 shared cache; :class:`RunPrivateCacheRepo` works in a namespace of its own
-(through the repository's :meth:`~TaskOutputRepository.with_namespace` hook),
-so one run's entries are invisible to every other run and to the shared cache.
+(through the repository's :meth:`~TaskOutputRepository.with_namespace` hook,
+or, for a repository without one, by folding the namespace into the inputs it
+keys by), so one run's entries are invisible to every other run and to the
+shared cache.
 Blobs (what ``CacheRef``\\ s point to) are not namespaced: a ref reads the same
 through any view of one store.
 """
@@ -17,7 +19,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 
 from taskdb.core.clock import Clock, seconds, utcnow
 from taskdb.core.refs import CacheRef, iter_cache_refs, make_cache_ref, new_blob_key, ref_key
@@ -26,7 +28,6 @@ from taskdb.streams.blob import Blob, BlobWriter, check_chunk
 
 Inputs = Mapping[str, object]
 Output = Mapping[str, object]
-C = TypeVar("C")
 
 NAMESPACE_MAX = 200  # taskdb_task_outputs.namespace
 TASK_TYPE_MAX = 200  # taskdb_task_outputs.task_type
@@ -159,14 +160,15 @@ class TaskOutputRepository(abc.ABC):
     async def clear_older_than(self, seconds: float) -> int:
         """Remove this namespace's entries saved more than ``seconds`` ago; returns how many."""
 
-    @abc.abstractmethod
-    def with_namespace(self, namespace: str) -> TaskOutputRepository:
+    def with_namespace(self, namespace: str) -> TaskOutputRepository | None:
         """A view of the same store whose entries live in ``namespace`` (nested in
-        this one's): what :class:`RunPrivateCacheRepo` is built on."""
+        this one's), what :class:`RunPrivateCacheRepo` is built on; ``None`` (the
+        default) when this repository keeps no namespaces."""
+        return None
 
     def supports_streaming(self) -> bool:
         """Whether ``save_output_stream`` is available."""
-        return self.save_output_stream is not None
+        return _capability(self, "save_output_stream") is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +283,28 @@ class MemoryTaskOutputRepository(TaskOutputRepository):
         return None if blob is None else aiter(blob)
 
 
-def _mirror(on_backing: object, on_view: C | None) -> C | None:
-    """A capability of the wrapper: the view's, present exactly when the backing's is."""
-    return None if on_backing is None else on_view
+def _capability(repo: object, name: str) -> Any:
+    """``repo``'s optional capability ``name``: a callable, or ``None`` (also when
+    the attribute is missing or not callable)."""
+    found = getattr(repo, name, None)
+    return found if callable(found) else None
+
+
+NAMESPACED = "taskdb/namespace"
+"""The key a self-namespacing :class:`RunPrivateCacheRepo` folds its namespace under."""
 
 
 class RunPrivateCacheRepo(TaskOutputRepository):
-    """``backing`` seen through the namespace ``run_id``: every method is forwarded to
-    ``backing.with_namespace(run_id)``, so this run's entries are invisible to other
-    runs and to the shared cache, and ``clear``/``size`` touch only this run's.
+    """``backing`` seen through the namespace ``run_id``, so this run's entries are
+    invisible to other runs and to the shared cache.
+
+    Every method is forwarded to ``backing.with_namespace(run_id)``, whose
+    ``clear``/``size`` touch only this run's entries. A backing without
+    namespaces (no ``with_namespace``, or one that returns ``None``) is
+    namespaced here: entries are keyed by ``{"taskdb/namespace": run_id,
+    "inputs": inputs}``; ``size`` then counts the entries this wrapper saved
+    that are still there, and ``clear``/``clear_older_than``, which such a
+    backing can only apply to everything, raise :class:`ConfigurationError`.
 
     Each optional capability is ``None`` here exactly when it is ``None`` (or
     missing) on ``backing``.
@@ -297,39 +312,84 @@ class RunPrivateCacheRepo(TaskOutputRepository):
 
     def __init__(self, backing: TaskOutputRepository, run_id: str) -> None:
         self.backing = backing
-        self.run_id = run_id
-        self._view = backing.with_namespace(run_id)
-        view = self._view
-        self.save_output_stream = _mirror(
-            getattr(backing, "save_output_stream", None), view.save_output_stream
-        )
-        self.get_output_by_ref = _mirror(
-            getattr(backing, "get_output_by_ref", None), view.get_output_by_ref
-        )
-        self.get_output_stream_by_ref = _mirror(
-            getattr(backing, "get_output_stream_by_ref", None), view.get_output_stream_by_ref
-        )
+        self.run_id = child_namespace("", run_id)
+        make_view = _capability(backing, "with_namespace")
+        view = make_view(run_id) if make_view is not None else None
+        self._view: TaskOutputRepository | None = view
+        self._saved: dict[tuple[str, str], dict[str, object]] = {}  # self-namespaced only
+        if view is None:
+            stream = _capability(backing, "save_output_stream")
+            self.save_output_stream = None if stream is None else self._save_stream(stream)
+            self.get_output_by_ref = _capability(backing, "get_output_by_ref")
+            self.get_output_stream_by_ref = _capability(backing, "get_output_stream_by_ref")
+            return
+        for name in ("save_output_stream", "get_output_by_ref", "get_output_stream_by_ref"):
+            if _capability(backing, name) is None:
+                setattr(self, name, None)
+            else:
+                setattr(self, name, _capability(view, name))
 
     def __repr__(self) -> str:
         return f"RunPrivateCacheRepo({self.backing!r}, run_id={self.run_id!r})"
 
     def with_namespace(self, namespace: str) -> TaskOutputRepository:
-        return self._view.with_namespace(namespace)
+        if self._view is None:
+            return RunPrivateCacheRepo(self.backing, child_namespace(self.run_id, namespace))
+        nested = self._view.with_namespace(namespace)
+        assert nested is not None  # a view keeps namespaces
+        return nested
 
     def supports_streaming(self) -> bool:
         return self.backing.supports_streaming()
 
+    def _inputs(self, inputs: Inputs) -> Inputs:
+        """``inputs`` as a self-namespacing wrapper keys them."""
+        if self._view is not None:
+            return inputs
+        if not isinstance(inputs, Mapping):
+            raise InvalidJobInput(f"task inputs must be a mapping, got {type(inputs).__name__}")
+        return {NAMESPACED: self.run_id, "inputs": dict(inputs)}
+
+    def _save_stream(self, save: SaveOutputStream) -> SaveOutputStream:
+        def save_stream(
+            task_type: str,
+            inputs: Inputs,
+            port: str,
+            chunks: AsyncIterable[bytes],
+            *,
+            mime: str | None = None,
+        ) -> Awaitable[CacheRef]:
+            return save(task_type, self._inputs(inputs), port, chunks, mime=mime)
+
+        return save_stream
+
+    def _own(self, what: str) -> TaskOutputRepository:
+        if self._view is None:
+            raise ConfigurationError(
+                f"cannot {what} only run {self.run_id!r}'s entries: "
+                f"{type(self.backing).__name__} keeps no namespaces (no with_namespace)"
+            )
+        return self._view
+
     async def save_output(self, task_type: str, inputs: Inputs, output: Output) -> None:
-        await self._view.save_output(task_type, inputs, output)
+        keyed = self._inputs(inputs)
+        await (self._view or self.backing).save_output(task_type, keyed, output)
+        if self._view is None:
+            self._saved[(task_type, inputs_fingerprint(keyed))] = dict(keyed)
 
     async def get_output(self, task_type: str, inputs: Inputs) -> dict[str, object] | None:
-        return await self._view.get_output(task_type, inputs)
+        return await (self._view or self.backing).get_output(task_type, self._inputs(inputs))
 
     async def clear(self) -> int:
-        return await self._view.clear()
+        return await self._own("clear").clear()
 
     async def size(self) -> int:
-        return await self._view.size()
+        if self._view is not None:
+            return await self._view.size()
+        found = 0
+        for (task_type, _), keyed in list(self._saved.items()):
+            found += await self.backing.get_output(task_type, keyed) is not None
+        return found
 
     async def clear_older_than(self, seconds: float) -> int:
-        return await self._view.clear_older_than(seconds)
+        return await self._own("clear entries of").clear_older_than(seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import traceback
 from dataclasses import dataclass
@@ -31,7 +32,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rand: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.max_seconds, self.base_seconds * self.factor ** max(0, attempt - 1))
+        try:
+            growth = self.factor ** max(0, attempt - 1)
+        except OverflowError:  # a thousand retries and more: capped anyway
+            growth = math.inf
+        raw = 0.0 if self.base_seconds == 0 else min(self.max_seconds, self.base_seconds * growth)
         r = (rand or random).random()
         return raw * (1.0 - self.jitter) + raw * self.jitter * r
 
@@ -39,6 +44,8 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class Complete:
     output: object
+    refs: tuple[str, ...] = ()
+    """The keys of the blobs ``output`` refers to: linked to the job with it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from taskdb.graph.registry import graph_from_json, graph_to_json
 from taskdb.graph.runner import RunConfig
 from taskdb.queue.client import JobHandle, JobQueueClient
 from taskdb.queue.context import JobContext
-from taskdb.queue.outputs import store_output
+from taskdb.queue.outputs import link_output, store_output
 from taskdb.settings import DEFAULT_REFERENCE_THRESHOLD
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
@@ -103,12 +103,14 @@ class GraphJobHandler:
             )
         finally:
             await progress.close()
-        # store (and link to this job) what the outputs hold before the run-private
-        # entries, which also link those blobs, go
+        blobs = BlobStore(self.db)
         output = await store_output(
-            {"outputs": result.outputs}, BlobStore(self.db), job.id, self.reference_threshold_bytes
+            {"outputs": result.outputs}, blobs, self.reference_threshold_bytes
         )
         if not self.keep_cache:
+            # link what the outputs hold to this job before the run-private entries,
+            # which also link those blobs, go
+            await link_output(output, blobs, job.id)
             await cache.clear()
         return cast(dict[str, Any], output)
 

@@ -11,7 +11,6 @@ outage is ridden out while the job's lease lasts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from taskdb.core.retry import Fail, Outcome
 from taskdb.errors import InvalidJobInput, StorageError
 from taskdb.queue.batcher import Batcher
 from taskdb.queue.claimer import Claimer
+from taskdb.store.errors import riding_out
 
 log = logging.getLogger("taskdb.server")
 
@@ -85,20 +85,11 @@ class OutcomeWriter:
         the job will be retried). The result maps the jobs written with it to their
         new status: ``claim``'s job is missing when its lease was lost."""
         give_up = time.monotonic() + self._lease
-        delay = 0.05
-        while True:
-            try:
-                return await self._batcher.submit((claim, outcome))
-            except StorageError as exc:
-                if time.monotonic() > give_up:
-                    log.error(
-                        "job %s: could not record its outcome (%s); its lease will expire",
-                        claim.job_id,
-                        exc,
-                    )
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        try:
+            return await riding_out(lambda: self._batcher.submit((claim, outcome)), give_up)
+        except StorageError as exc:
+            log.error("job %s: could not record its outcome: %s", claim.job_id, exc)
+            return None
 
     async def _flush(self, items: Sequence[Item]) -> Statuses:
         """Write a batch of outcomes and, in the same round trip, claim jobs for the

@@ -40,6 +40,12 @@ class Run:
     recording: bool = False  # the handler returned, its slot is free; the outcome is written
     cancel_timer: asyncio.TimerHandle | None = None
     stream: DurableStreamWriter | None = None  # the job was submitted with durable_stream
+    given_back: bool = False  # its output or outcome could not be stored: released
+
+
+class GiveBack(Exception):
+    """The handler returned but its output could not be stored (the database is
+    away): the job goes back to PENDING, its attempt not counted against it."""
 
 
 def cancel_handler(run: Run) -> None:
@@ -103,7 +109,7 @@ def job_fields(job: Any) -> dict[str, Any]:
 
 async def execute(
     run: Run,
-    output_of: Callable[[Run], Awaitable[Any]],
+    output_of: Callable[[Run], Awaitable[Complete]],
     *,
     clock: Clock,
     retry: RetryPolicy,
@@ -111,7 +117,7 @@ async def execute(
 ) -> Outcome | None:
     """Run ``output_of(run)`` (the handler, and storing its binary output) in the
     current task, which must be ``run.task``; ``None`` when nothing must be
-    written (released, lease lost)."""
+    written (released, given back, lease lost)."""
     job = run.job
     deadline = None
     if job.deadline is not None:
@@ -120,10 +126,10 @@ async def execute(
     timer = None if deadline is None else asyncio.timeout_at(deadline)
     try:
         if timer is None:
-            output = await output_of(run)
+            done = await output_of(run)
         else:
             async with timer:
-                output = await output_of(run)
+                done = await output_of(run)
     except TimeoutError as exc:
         if timer is None or not timer.expired():  # the handler raised it itself
             return failure(run, exc, clock=clock, retry=retry, max_retries=max_retries)
@@ -136,7 +142,11 @@ async def execute(
         if run.releasing or run.lost:
             return None
         return Fail("aborted", AbortedJobError.__name__)
+    except GiveBack as exc:
+        log.warning("job %s: %s; given back, its attempt not counted", job.id, exc)
+        run.releasing = run.given_back = True
+        return None
     except Exception as exc:
         return failure(run, exc, clock=clock, retry=retry, max_retries=max_retries)
     # Not JSON? The outcome write rejects it and fails only this job.
-    return Complete(output)
+    return done

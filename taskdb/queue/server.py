@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from taskdb.core.jobs import Claim, JobStatus
-from taskdb.core.retry import Outcome
-from taskdb.errors import InvalidJobInput, TaskdbError
+from taskdb.core.retry import Complete, Outcome
+from taskdb.errors import InvalidJobInput, StorageError, TaskdbError
 from taskdb.queue.claimer import Claimer, Slots
 from taskdb.queue.config import ServerSettings
 from taskdb.queue.context import JobContext, SyncJobContext
@@ -46,11 +46,12 @@ from taskdb.queue.leases import LeaseKeeper, LeaseSchedule
 from taskdb.queue.limiters import NullLimiter
 from taskdb.queue.local import StreamCallback, Unsubscribe, hub_for, sleep_until
 from taskdb.queue.outcomes import OutcomeWriter
-from taskdb.queue.outputs import needs_storing, store_output
-from taskdb.queue.runs import Run, cancel_handler, execute, failure
+from taskdb.queue.outputs import needs_storing, output_refs, store_output
+from taskdb.queue.runs import GiveBack, Run, cancel_handler, execute, failure
 from taskdb.queue.tracing import attempt_span
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
+from taskdb.store.errors import riding_out
 from taskdb.store.jobs import JobStore
 from taskdb.store.notify import Listener
 from taskdb.store.streams import StreamStore
@@ -457,7 +458,7 @@ class JobQueueServer:
                 del self._running[job.id]
                 self._listeners.pop(job.id, None)
             if run.releasing:
-                await self._release([run.claim])
+                await self._release([run.claim], patient=run.given_back)
             if run.stream is not None:
                 run.stream.abandon()
             self._wake.set()
@@ -486,18 +487,28 @@ class JobQueueServer:
             self.limiter.on_finish()
             self._wake.set()
 
-    async def _output_of(self, run: Run) -> Any:
-        """Run the handler; binary values in its output go to the blob store."""
+    async def _output_of(self, run: Run) -> Complete:
+        """Run the handler; binary values in its output go to the blob store. A
+        storage error there is not the handler's: it is retried for half the lease,
+        then the job is given back (:class:`GiveBack`)."""
         output = await self._call(run.job.input, run.ctx)
-        if needs_storing(output):
-            output = await store_output(output, self._blobs, run.job.id, self.settings.threshold)
-        return output
+        if not needs_storing(output):
+            return Complete(output)
+        until = time.monotonic() + self.settings.lease_seconds / 2
+        try:
+            stored = await store_output(
+                output, self._blobs, self.settings.threshold, retry_until=until
+            )
+        except StorageError as exc:
+            raise GiveBack(f"its output could not be stored: {exc}") from exc
+        return Complete(stored, output_refs(stored))
 
     async def _record(self, run: Run, outcome: Outcome) -> JobStatus | None:
         """Write the outcome; the job's new status (``None``: not written)."""
         job = run.job
         statuses = await self._outcomes.record(run.claim, outcome)
-        if statuses is None:
+        if statuses is None:  # the database stayed away: give the job back if it can
+            run.releasing = run.given_back = True
             return None
         status = statuses.get(job.id)
         if status is None:
@@ -529,10 +540,14 @@ class JobQueueServer:
         except TaskdbError as exc:  # a follower falls back on the job row
             log.warning("job %s: could not close its durable stream: %s", run.job.id, exc)
 
-    async def _release(self, claims: Sequence[Claim]) -> None:
-        """Give claimed jobs back to PENDING (the attempt does not count)."""
+    async def _release(self, claims: Sequence[Claim], *, patient: bool = False) -> None:
+        """Give claimed jobs back to PENDING (the attempt does not count); ``patient``:
+        through a database outage of up to half the lease."""
+        until = time.monotonic() + self.settings.lease_seconds / 2 if patient else None
         try:
-            released = await self._store.release(self.worker_id, claims, self._clock())
+            released = await riding_out(
+                lambda: self._store.release(self.worker_id, claims, self._clock()), until
+            )
             self._stats.released += released
         except TaskdbError as exc:
             ids = ", ".join(str(c.job_id) for c in claims)

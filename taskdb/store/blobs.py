@@ -9,12 +9,12 @@ Writing: the row is inserted as ``'writing'``, the stream is cut into pieces
 and committed a few MiB at a time in short transactions (a long one would
 block every SQLite writer, or hold back PostgreSQL's xmin horizon), each in
 the background while the producer makes the next few MiB; the row flips to
-``'committed'`` with its size at the end. Only committed blobs
-are readable. A stream that raises or is cancelled takes its row and bytes
-with it; a writer that died leaves a ``'writing'`` row that :meth:`BlobStore.gc`
-reclaims once it has not been touched for ``stale_seconds`` (live writers
-touch it on every commit, and every ``touch_interval`` while their producer
-is silent).
+``'committed'`` with its size at the end. Only committed blobs are readable.
+A stream that raises or is cancelled (even as its last commit returns) takes
+its row and bytes with it; a writer that died leaves a ``'writing'`` row that
+:meth:`BlobStore.gc` reclaims once it has not been touched for
+``stale_seconds`` (live writers touch it on every commit, and every
+``touch_interval`` while their producer is silent).
 
 Links: a row holding refs (``'job:<id>'``, ``'cache:<id>'``) links their
 blobs in its own transaction (:meth:`BlobStore.link`); releasing a holder
@@ -26,8 +26,10 @@ PostgreSQL runs at READ COMMITTED, so whatever may delete a blob first locks
 its row and checks for links in a *later* statement, whose snapshot sees every
 link committed before the lock was granted; ``link`` locks the rows it links
 to. Locks are taken in key order, so these transactions cannot deadlock on
-blob rows. Two concurrent releases of a blob's last two holders may both
-keep it: ``gc`` reclaims it.
+blob rows. Of two concurrent releases of a blob's last two holders, the one
+that locks second sees the other's unlink and frees the blob. A link that
+finds its blob gone (``gc`` took it first) says so: the job store then
+refuses the outcome rather than store a dangling ref.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from collections.abc import (
     Coroutine,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from contextlib import asynccontextmanager
@@ -152,7 +155,8 @@ class _Statements:
             .values(state=COMMITTED, size=bind("size"), updated_at=now, committed_at=now)
         )
         gone = (b.c.id, b.c.oid, b.c.size)
-        self.discard = delete(b).where(*mine).returning(*gone)
+        # a writer's own blob, committed or not, never linked (its key never escaped)
+        self.discard = delete(b).where(b.c.id == bind("id"), unlinked).returning(*gone)
         self.by_key = select(b).where(b.c.key == bind("key"))
         self.lock_keys = (
             select(b.c.key)
@@ -490,12 +494,21 @@ class BlobStore:
     async def link(self, conn: AsyncConnection, keys: Iterable[str], holder: str) -> list[str]:
         """Record, in ``conn``'s transaction, that ``holder`` refers to the blobs
         ``keys``; returns the keys that name no blob (those are not linked)."""
-        wanted = sorted(set(keys))
+        return await self.link_holders(conn, {holder: keys})
+
+    async def link_holders(
+        self, conn: AsyncConnection, holders: Mapping[str, Iterable[str]]
+    ) -> list[str]:
+        """:meth:`link` for several holders at once (their blobs locked in one key
+        order); returns the keys that name no blob."""
+        pairs = {(k, holder) for holder, keys in holders.items() for k in keys}
+        wanted = sorted({k for k, _ in pairs})
         if not wanted:
             return []
         found = await self._lock(conn, wanted)
-        if found:
-            await conn.execute(self._link, [{"blob_key": k, "holder": holder} for k in found])
+        rows = [{"blob_key": k, "holder": h} for k, h in sorted(pairs) if k in found]
+        if rows:
+            await conn.execute(self._link, rows)
         return [k for k in wanted if k not in found]
 
     async def relink(self, conn: AsyncConnection, holder: str, keys: Iterable[str]) -> int:

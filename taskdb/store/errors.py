@@ -11,9 +11,11 @@ database restart costs no caller an error.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -107,3 +109,25 @@ def reconnecting_sync(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
 
     return wrapper
+
+
+async def riding_out(
+    call: Callable[[], Awaitable[R]],
+    until: float | None,
+    *,
+    first_delay: float = 0.05,
+    max_delay: float = 2.0,
+) -> R:
+    """``call()``, called again after each :class:`StorageError` with exponential
+    backoff (``first_delay`` doubling up to ``max_delay``) until
+    ``time.monotonic()`` passes ``until`` (``None``: called once); the last error
+    propagates. Rides out an outage longer than :func:`reconnecting` does."""
+    delay = first_delay
+    while True:
+        try:
+            return await call()
+        except StorageError:
+            if until is None or time.monotonic() + delay > until:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)

@@ -30,7 +30,7 @@ from taskdb.core.jobs import (
     check_job_id,
 )
 from taskdb.core.retry import Complete, Outcome, Retry
-from taskdb.errors import JobNotFound, LeaseLost, StorageError
+from taskdb.errors import InvalidJobInput, JobNotFound, LeaseLost, StorageError
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.dialect import Dialect, Recorded
@@ -40,6 +40,13 @@ from taskdb.store.plans import Plan, PlanCall, Step
 from taskdb.store.rows import model
 from taskdb.store.schema import job_holder, job_streams, jobs
 from taskdb.store.statements import job_statements
+
+Statuses = dict[int, JobStatus]
+
+
+def _refs(items: Sequence[tuple[Claim, Outcome]]) -> dict[int, tuple[str, ...]]:
+    """The blob keys each completed output of ``items`` refers to (none: empty)."""
+    return {c.job_id: o.refs for c, o in items if isinstance(o, Complete) and o.refs}
 
 
 def _claim_order(row: Any) -> tuple[int, datetime, int]:
@@ -450,14 +457,32 @@ class JobStore:
 
         Fenced: only claims this worker still holds at that attempt are written;
         the result maps each written job id to its new status. A job being
-        aborted ends FAILED with ``AbortedJobError`` whatever its outcome.
+        aborted ends FAILED with ``AbortedJobError`` whatever its outcome. The
+        blobs of a completed output (:attr:`Complete.refs`) are linked to its job
+        in the same transaction: a fenced-off or aborted output links nothing.
         """
         if not items:
             return {}
         values = self._finish_values(worker_id, items, now)
-        async with self.db.transaction(atomic=self._atomic) as conn:
+        refs = _refs(items)
+        async with self.db.transaction(atomic=self._atomic or bool(refs)) as conn:
             done = await self._write(conn, self._s.finish, values)
-        return {r.id: JobStatus(r.status) for r in done}
+            statuses = {r.id: JobStatus(r.status) for r in done}
+            if refs:
+                await self._link_outputs(conn, refs, statuses)
+        return statuses
+
+    async def _link_outputs(
+        self, conn: AsyncConnection, refs: dict[int, tuple[str, ...]], statuses: Statuses
+    ) -> None:
+        completed = {
+            job_holder(job_id): keys
+            for job_id, keys in refs.items()
+            if statuses.get(job_id) is JobStatus.COMPLETED
+        }
+        missing = await self._blobs.link_holders(conn, completed)
+        if missing:  # never written, or gc took it before this outcome linked it
+            raise InvalidJobInput(f"the output refers to blobs that do not exist: {missing}")
 
     @reconnecting
     async def finish_and_claim(
@@ -475,7 +500,8 @@ class JobStore:
         an outcome of ``items`` puts back to PENDING is not claimed by this call."""
         values = self._finish_values(worker_id, items, now)
         values |= self._claim_values(queue, worker_id, limit, now, lease_seconds)
-        async with self.db.transaction(atomic=self._atomic) as conn:
+        refs = _refs(items)
+        async with self.db.transaction(atomic=self._atomic or bool(refs)) as conn:
             if self._s.finish_and_claim is None:  # claim first, as one statement's snapshot would
                 claimed = await self._write(conn, self._s.claim, values)
                 done = await self._write(conn, self._s.finish, values)
@@ -485,6 +511,8 @@ class JobStore:
                 claimed = [r for r in rows if r.finished is None]
                 (pairs,) = [r.finished for r in rows if r.finished is not None]
                 statuses = {job_id: JobStatus(status) for job_id, status in pairs}
+            if refs:
+                await self._link_outputs(conn, refs, statuses)
         claimed.sort(key=_claim_order)
         return statuses, claimed
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -249,3 +250,72 @@ def test_run_ids_are_checked() -> None:
         RunPrivateCacheRepo(MemoryTaskOutputRepository(), "")
     with pytest.raises(ConfigurationError):
         RunPrivateCacheRepo(MemoryTaskOutputRepository(), "x" * 201)
+
+
+# -- a backing that keeps no namespaces, or lacks optional attributes ----------------------
+
+
+class Minimal(SqlTaskOutputRepository):
+    """The real SQL repository with some attributes hidden (``getattr`` finds nothing):
+    the smallest repository SPEC §4 allows."""
+
+    def __init__(self, db: taskdb.Database, hidden: frozenset[str]) -> None:
+        self.hidden = hidden
+        super().__init__(db)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name != "hidden" and name in object.__getattribute__(self, "hidden"):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+async def test_a_backing_without_namespaces_is_namespaced_by_the_wrapper(
+    db: taskdb.Database,
+) -> None:
+    shared = Minimal(db, frozenset({"with_namespace"}))
+    assert not hasattr(shared, "with_namespace")
+    run_a, run_b = RunPrivateCacheRepo(shared, "run-a"), RunPrivateCacheRepo(shared, "run-b")
+    await run_a.save_output("t", {"x": 1}, {"who": "a"})
+    await shared.save_output("t", {"x": 1}, {"who": "shared"})
+    await run_b.save_output("t", {"x": 2}, {"who": "b"})
+    assert await run_a.get_output("t", {"x": 1}) == {"who": "a"}
+    assert await run_b.get_output("t", {"x": 1}) is None
+    assert await shared.get_output("t", {"x": 1}) == {"who": "shared"}
+    assert await shared.get_output("t", {"x": 2}) is None
+    assert (await run_a.size(), await run_b.size(), await shared.size()) == (1, 1, 3)
+    # the same run id sees the same entries again (a graph resumed elsewhere)
+    assert await RunPrivateCacheRepo(shared, "run-b").get_output("t", {"x": 2}) == {"who": "b"}
+    nested = run_a.with_namespace("inner")
+    await nested.save_output("t", {"x": 1}, {"who": "inner"})
+    assert await run_a.get_output("t", {"x": 1}) == {"who": "a"}
+    assert await nested.get_output("t", {"x": 1}) == {"who": "inner"}
+    # clearing one run's entries would take every entry of such a backing
+    with pytest.raises(ConfigurationError, match="keeps no namespaces"):
+        await run_a.clear()
+    with pytest.raises(ConfigurationError, match="keeps no namespaces"):
+        await run_a.clear_older_than(0)
+
+    for name in CAPABILITIES:  # the backing streams: so does the wrapper
+        assert callable(getattr(run_a, name)), name
+    assert run_a.supports_streaming()
+    ref = await save_stream(run_a, b"private bytes")
+    await run_a.save_output("t", {"x": 3}, {"out": ref})
+    assert run_a.get_output_by_ref is not None
+    assert await run_a.get_output_by_ref(ref) == Blob(b"private bytes")
+    assert await run_b.get_output("t", {"x": 3}) is None
+
+
+@pytest.mark.parametrize("with_namespace", [True, False])
+async def test_missing_capabilities_are_none_on_the_wrapper(
+    db: taskdb.Database, with_namespace: bool
+) -> None:
+    hidden = frozenset(CAPABILITIES) | (frozenset() if with_namespace else {"with_namespace"})
+    backing = Minimal(db, hidden)
+    wrapper = RunPrivateCacheRepo(backing, "run-1")
+    for name in CAPABILITIES:
+        assert getattr(wrapper, name) is None, name
+    assert not backing.supports_streaming() and not wrapper.supports_streaming()
+    await wrapper.save_output("t", {}, {"n": 1})
+    assert await wrapper.get_output("t", {}) == {"n": 1}
+    assert await backing.get_output("t", {}) is None
+    assert await wrapper.size() == 1

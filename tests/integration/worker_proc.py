@@ -42,7 +42,7 @@ from taskdb import (
     PermanentJobError,
 )
 
-MODES = ("record", "echo", "block", "sleep", "abortable", "ignore_abort", "fail")
+MODES = ("record", "echo", "block", "sleep", "abortable", "ignore_abort", "fail", "blob")
 log = logging.getLogger("worker_proc")
 
 
@@ -83,6 +83,8 @@ def make_handler(args: argparse.Namespace) -> Any:
             return {"pid": pid}
         if action == "echo":
             return {"pid": pid, "echo": input}
+        if action == "blob":  # bytes that become a ref (with --threshold 0)
+            return {"pid": pid, "data": f"{job_id}:{pid}".encode() * 100}
         if action == "fail":
             raise PermanentJobError(f"refused by {pid}: {input.get('why', '')}")
         if action == "block":
@@ -131,12 +133,15 @@ async def serve(args: argparse.Namespace) -> int:
         poll_interval=args.poll,
         abort_grace_seconds=args.abort_grace,
         stop_timeout=args.stop_timeout,
+        reference_threshold_bytes=args.threshold,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    if args.hang_before_outcome:
+        hang_before_outcome(server, Path(args.out))
     say("ready", {"pid": os.getpid(), "worker_id": server.worker_id})
     log.info("serving queue %r as %s", args.queue, server.worker_id)
     await stop.wait()
@@ -146,6 +151,18 @@ async def serve(args: argparse.Namespace) -> int:
     await db.aclose()
     log.info("stopped")
     return 0
+
+
+def hang_before_outcome(server: JobQueueServer, out: Path) -> None:
+    """A hook: once a run's output is stored (its blobs written), mark ``<job
+    id>.outcome`` and hang instead of writing the outcome (the test kills -9 then)."""
+    outcomes = server._outcomes
+
+    async def record(claim: Any, outcome: Any) -> Any:
+        mark(out, claim.job_id, "outcome")
+        await asyncio.Event().wait()
+
+    outcomes.record = record  # type: ignore[method-assign]
 
 
 async def wait_for(args: argparse.Namespace) -> int:
@@ -199,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep-retry", type=float, help="--mode sleep, attempts after the 1st")
     parser.add_argument("--cleanup", type=float, default=0.0, help="--mode sleep: on cancel")
     parser.add_argument("--abort-grace", type=float, default=2.0)
+    parser.add_argument("--threshold", type=int, default=-1, help="reference_threshold_bytes")
+    parser.add_argument("--hang-before-outcome", action="store_true")
     parser.add_argument("--stop-timeout", type=float, default=5.0)
     parser.add_argument("--wait-for", type=int, help="wait for this job id (no server)")
     parser.add_argument("--wait-timeout", type=float, default=30.0)

@@ -110,3 +110,10 @@ def test_a_long_traceback_is_cut_in_the_middle_and_says_so() -> None:
     marker = re.search(r"\n\.\.\. (\d+) characters cut \.\.\.\n", text)
     assert marker is not None
     assert int(marker.group(1)) == len(whole) - (len(text) - len(marker.group(0)))
+
+
+def test_backoff_after_a_thousand_attempts_is_capped_not_an_overflow() -> None:
+    """Found by hypothesis: 2.0 ** 1024 overflows a float."""
+    policy = RetryPolicy(base_seconds=1.0, factor=2.0, max_seconds=60.0, jitter=0.0)
+    assert policy.delay(1025) == 60.0
+    assert RetryPolicy(base_seconds=0.0, jitter=0.0).delay(5000) == 0.0

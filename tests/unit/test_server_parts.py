@@ -31,7 +31,7 @@ from taskdb.queue.context import JobContext
 from taskdb.queue.leases import LeaseKeeper, LeaseSchedule
 from taskdb.queue.limiters import ConcurrencyLimiter
 from taskdb.queue.outcomes import Item, OutcomeWriter, Statuses
-from taskdb.queue.runs import Run, cancel_handler, execute
+from taskdb.queue.runs import GiveBack, Run, cancel_handler, execute
 from tests.helpers import FakeClock
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -272,7 +272,7 @@ async def _execute(run: Run, body: Any, clock: FakeClock | None = None) -> Outco
 
 async def test_a_run_completes_fails_or_retries_by_the_policy() -> None:
     async def ok(run: Run) -> Any:
-        return {"ok": True}
+        return Complete({"ok": True})
 
     async def boom(run: Run) -> Any:
         raise ValueError("boom")
@@ -292,6 +292,15 @@ async def test_a_run_completes_fails_or_retries_by_the_policy() -> None:
         "PermanentJobError",
     )
     assert permanent.traceback is not None and "in final" in permanent.traceback
+
+
+async def test_a_run_whose_output_cannot_be_stored_is_given_back_uncounted() -> None:
+    async def unstorable(run: Run) -> Any:
+        raise GiveBack("the database is away")
+
+    run = _run(attempts=1, max_retries=0)
+    assert await _execute(run, unstorable) is None
+    assert (run.releasing, run.given_back) == (True, True)
 
 
 async def test_a_run_past_its_deadline_fails_with_deadline_exceeded() -> None:
