@@ -10,7 +10,6 @@ runs every job by the task name it carries.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sys
 import threading
@@ -34,8 +33,6 @@ from taskdb.queue.scheduler import Scheduler
 from taskdb.queue.server import JobQueueServer
 from taskdb.queue.sync import SyncJobQueueClient, refuse_in_event_loop
 from taskdb.store.database import Database, connect
-
-log = logging.getLogger("taskdb.app")
 
 R = TypeVar("R")
 
@@ -104,15 +101,13 @@ class AppHandler:
         name = ctx.task
         task = None if name is None else self.app.tasks.get(name)
         if task is None:
+            # The worker logs the failure (ERROR, permanent) with this message.
             known = ", ".join(sorted(self.app.tasks)) or "none"
-            log.error(
-                "job %s on queue %r runs task %r, which this worker does not know (it knows: %s)",
-                ctx.job.id,
-                self.queue,
-                name,
-                known,
+            what = "no task name (submitted without --task?)" if name is None else f"{name!r}"
+            raise TaskNotFound(
+                f"job {ctx.job.id} on queue {self.queue!r} runs {what}, which this "
+                f"worker's app does not have (it has: {known})"
             )
-            raise TaskNotFound(f"no task {name!r} in this worker's app (it knows: {known})")
         return await task.run(input, ctx, self.threads)
 
 

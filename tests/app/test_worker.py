@@ -56,7 +56,7 @@ async def test_a_def_task_reports_progress_and_sees_an_abort_from_its_thread(
 async def test_an_unknown_task_fails_at_once_and_is_logged(
     db: taskdb.Database, app: taskdb.App, serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="taskdb.app")
+    caplog.set_level(logging.ERROR, logger="taskdb")
     await serve("app")
     handle = await JobQueueClient(db, "app").submit({"x": 1}, task="tests.app.gone")
     with pytest.raises(TaskNotFound, match=r"'tests\.app\.gone'"):
@@ -64,8 +64,15 @@ async def test_an_unknown_task_fails_at_once_and_is_logged(
     job = await handle.get()
     assert (job.error_code, job.attempts) == ("TaskNotFound", 1)
     assert job.attempts < job.max_retries
-    logged = [r for r in caplog.records if r.name == "taskdb.app" and r.levelno == logging.ERROR]
-    assert any("'tests.app.gone'" in r.getMessage() for r in logged), caplog.text
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # one line, the worker's, saying which task and which ones it has
+    assert len(logged) == 1 and "'tests.app.gone'" in logged[0].getMessage(), caplog.text
+    assert "it has: " in (job.error or "")
+    nameless = await JobQueueClient(db, "app").submit(
+        {"x": 1}
+    )  # e.g. `taskdb submit` without --task
+    with pytest.raises(TaskNotFound, match="no task name"):
+        await nameless.wait(timeout=10)
 
 
 async def test_configure_queue_runs_the_task_on_that_queue(app: taskdb.App, serve: Serve) -> None:
