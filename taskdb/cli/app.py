@@ -25,11 +25,12 @@ from taskdb.app import App
 from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, err, stop_on_signals
-from taskdb.cli.durations import parse_duration, parse_rate
+from taskdb.cli.dashboard import dashboard
 from taskdb.cli.jobs import job, jobs, submit, wait
 from taskdb.cli.schedules import schedule, schedules
-from taskdb.cli.stats import queue, stats
+from taskdb.cli.stats import queue, stats, workers
 from taskdb.cli.watch import watch
+from taskdb.core.durations import parse_duration, parse_rate
 from taskdb.errors import ConfigurationError, TaskdbError
 from taskdb.queue import (
     CompositeLimiter,
@@ -85,7 +86,21 @@ def cli() -> None:
     """taskdb: durable jobs, task graphs and binary streams in PostgreSQL or SQLite."""
 
 
-for _command in (submit, jobs, job, wait, watch, stats, queue, blob, gc, schedules, schedule):
+for _command in (
+    submit,
+    jobs,
+    job,
+    wait,
+    watch,
+    stats,
+    queue,
+    blob,
+    gc,
+    schedules,
+    schedule,
+    dashboard,
+    workers,
+):
     cli.add_command(_command)
 
 
@@ -199,6 +214,11 @@ def load_target(spec: str) -> Any:
     is_flag=True,
     help="Do not enqueue an App's periodic jobs here (another process runs the scheduler).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve this worker's Prometheus metrics on this port (/metrics, every address).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -219,6 +239,7 @@ def worker(
     scope: Literal["worker", "queue"],
     health_file: str | None,
     no_scheduler: bool,
+    metrics_port: int | None,
 ) -> None:
     """Serve queues until SIGINT/SIGTERM, then stop gracefully.
 
@@ -265,7 +286,11 @@ def worker(
     # An App keeps its own database unless --db was given on the command line.
     explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
     url = db_url if explicit else None
-    asyncio.run(_serve(loaded, target, url, queues, options, limiter, threads, not no_scheduler))
+    asyncio.run(
+        _serve(
+            loaded, target, url, queues, options, limiter, threads, not no_scheduler, metrics_port
+        )
+    )
 
 
 def _handler(target: Any, spec: str, db: Database) -> Any:
@@ -293,9 +318,10 @@ async def _serve(
     limiter: Callable[[], Limiter | None],
     threads: int | None,
     with_scheduler: bool,
+    metrics_port: int | None = None,
 ) -> None:
     """Run the worker: servers for ``queues`` (and an App's scheduler) until
-    SIGINT/SIGTERM."""
+    SIGINT/SIGTERM, and its metrics on ``metrics_port``."""
     pool = None
     scheduler = None
     if isinstance(target, App):
@@ -334,6 +360,10 @@ async def _serve(
                 server.hurry()
 
         with stop_on_signals(stop, again=hurry):
+            if metrics_port is not None:
+                from taskdb.web import serve_worker_metrics  # the web stack loads lazily
+
+                serve_worker_metrics(metrics_port, lambda: [s.stats() for s in servers])
             for server in servers:
                 await server.start()
             ticking = None if scheduler is None else asyncio.ensure_future(scheduler.run())

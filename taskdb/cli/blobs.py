@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -14,10 +13,11 @@ from rich.table import Table
 
 from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
-from taskdb.cli.durations import parse_duration
-from taskdb.cli.format import binary_values, human_age, human_size
 from taskdb.core import decode_binary_values, ref_key
+from taskdb.core.durations import parse_duration
+from taskdb.core.format import binary_values, human_age, human_size
 from taskdb.errors import InvalidCacheRef
+from taskdb.json_views import blob_json, gc_json
 from taskdb.store import BlobInfo, Database, GcReport
 
 _KEY_LENGTH = 32  # blob keys are 32 hex digits; a shorter decimal is a job id
@@ -44,7 +44,7 @@ def blob_ls(db_url: str, as_json: bool, state: Any, limit: int) -> None:
 
     found = body(db_url)
     if as_json:
-        print_json([dataclasses.asdict(b) for b in found])
+        print_json([blob_json(b) for b in found])
         return
     table = Table("state", "size", "mime", "created", box=SIMPLE)
     table.add_column("key", no_wrap=True, min_width=_KEY_LENGTH)  # whole: it is copied
@@ -154,6 +154,6 @@ def gc(db_url: str, as_json: bool, dry_run: bool, grace: str, stale: str) -> Non
 
     report = body(db_url)
     if as_json:
-        print_json(report.model_dump())
+        print_json(gc_json(report))
         return
     click.echo(_gc_line(report))

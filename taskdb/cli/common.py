@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import datetime
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -16,6 +14,7 @@ import click
 from rich.console import Console
 
 from taskdb import settings
+from taskdb.json_views import dumps
 from taskdb.store import connect
 
 T = TypeVar("T")
@@ -60,18 +59,12 @@ def with_db(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     return wrapper
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=_json_default))
+    click.echo(dumps(value, indent=2))
 
 
 def json_line(value: Any) -> str:
-    return json.dumps(value, default=_json_default)
+    return dumps(value)
 
 
 @contextlib.contextmanager

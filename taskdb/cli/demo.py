@@ -39,8 +39,8 @@ from rich.text import Text
 
 from taskdb import settings
 from taskdb.admin import Admin
-from taskdb.cli.format import human_size
 from taskdb.core import Job, JobStatus
+from taskdb.core.format import human_size
 from taskdb.errors import AbortedJobError, RetryableJobError
 from taskdb.graph import Task, TaskContext, TaskGraph, register_task, submit_graph
 from taskdb.queue import JobContext, JobQueueClient

@@ -13,9 +13,10 @@ from rich.table import Table
 
 from taskdb.admin import Admin, JobOutcome
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
-from taskdb.cli.durations import parse_duration, parse_when
-from taskdb.cli.format import binary_values, human_age, render
 from taskdb.core import Job, JobStatus
+from taskdb.core.durations import parse_duration, parse_when
+from taskdb.core.format import binary_values, human_age, render
+from taskdb.json_views import job_json, jobs_json
 from taskdb.queue import JobQueueClient
 from taskdb.store import Database
 
@@ -116,7 +117,7 @@ def jobs(
 
     rows = body(db_url)
     if as_json:
-        print_json([j.model_dump(mode="json") for j in rows])
+        print_json(jobs_json(rows))
         return
     table = Table("id", "queue", "status", "attempts", "progress", "updated", "error")
     for j in rows:
@@ -189,7 +190,7 @@ def job_show(job_id: int, db_url: str, as_json: bool) -> None:
 
     row = body(db_url)
     if as_json:
-        print_json(row.model_dump(mode="json"))
+        print_json(job_json(row))
         return
     table = Table("field", "value", show_header=False)
     for field, value in _show_rows(row):

@@ -9,9 +9,10 @@ from rich.table import Table
 
 from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
-from taskdb.cli.format import human_seconds, human_size
 from taskdb.core import JobStatus
-from taskdb.store import Database, DatabaseStats
+from taskdb.core.format import human_age, human_seconds, human_size
+from taskdb.json_views import stats_json, worker_json
+from taskdb.store import Database, DatabaseStats, WorkerInfo
 
 _ALWAYS = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
 
@@ -29,7 +30,7 @@ def stats(db_url: str, as_json: bool) -> None:
 
     found = body(db_url)
     if as_json:
-        print_json(found.model_dump(mode="json"))
+        print_json(stats_json(found))
         return
     present = {status for q in found.queues for status in q.counts}
     statuses = [s.value for s in JobStatus if s.value in present or s.value in _ALWAYS]
@@ -82,3 +83,25 @@ def queue_resume(name: str, db_url: str) -> None:
 
     body(db_url)
     click.echo(f"queue {name!r} resumed")
+
+
+@click.command()
+@db_option
+@json_option
+def workers(db_url: str, as_json: bool) -> None:
+    """Running workers (one line per queue each serves) from their heartbeats; a
+    worker killed without stopping shows as stale."""
+
+    @with_db
+    async def body(db: Database) -> list[WorkerInfo]:
+        return await Admin(db).workers()
+
+    found = body(db_url)
+    if as_json:
+        print_json([worker_json(w) for w in found])
+        return
+    table = Table("worker", "queue", "running", "slots", "heartbeat", box=SIMPLE, pad_edge=False)
+    for w in found:
+        beat = human_age(w.heartbeat_at) + (" (stale)" if w.stale else "")
+        table.add_row(w.worker_id, w.queue, str(w.running), str(w.slots), beat)
+    out.print(table)

@@ -17,13 +17,14 @@ import click
 
 from taskdb.admin import Admin, JobOutcome
 from taskdb.cli.common import db_option, json_line, json_option, stop_on_signals, with_db
-from taskdb.cli.durations import parse_duration
 from taskdb.cli.jobs import WAIT_EXIT
 from taskdb.core import ChangeKind, Job, JobChange, JobStatus
+from taskdb.core.durations import parse_duration
 from taskdb.errors import JobNotFound
+from taskdb.json_views import change_json, stream_item_json
 from taskdb.queue import JobQueueClient
 from taskdb.store import Database
-from taskdb.streams import Finish, Phase, StreamError, TextDelta, event_to_json
+from taskdb.streams import Finish, Phase, StreamError, TextDelta
 
 Outcome = Literal["done", "signal", "timeout"]
 
@@ -39,7 +40,7 @@ class _Printer:
 
     async def __call__(self, change: JobChange) -> None:
         if self.as_json:
-            click.echo(json_line(change.model_dump(mode="json")))
+            click.echo(json_line(change_json(change)))
             return
         detail = ""
         if change.kind is ChangeKind.CLAIMED:
@@ -109,7 +110,7 @@ async def _follow_stream(db: Database, job: Job, as_json: bool) -> None:
     tail = "\n"
     async for offset, event in JobQueueClient(db, job.queue).follow(job.id):
         if as_json:
-            click.echo(json_line({"offset": offset, "event": event_to_json(event)}))
+            click.echo(json_line(stream_item_json(offset, event)))
         elif isinstance(event, TextDelta) and event.text:
             stdout.write(event.text)
             stdout.flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskdb.cli.format import binary_values, human_size, inline_size, render, summarize_binary
+from taskdb.core.format import binary_values, human_size, inline_size, render, summarize_binary
 from taskdb.core.inline import encode_inline
 from taskdb.core.refs import make_cache_ref
 from taskdb.streams.blob import Blob

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import taskdb
-from taskdb.cli.durations import parse_duration
+from taskdb.core.durations import parse_duration
 from taskdb.core.jobs import JobStatus, canonical_json, input_digest
 from taskdb.errors import (
     AbortedJobError,

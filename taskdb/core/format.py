@@ -8,7 +8,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from taskdb.core import is_cache_ref, is_inline_bytes
+from taskdb.core.inline import is_inline_bytes
+from taskdb.core.refs import is_cache_ref
+
+__all__ = [
+    "binary_values",
+    "human_age",
+    "human_seconds",
+    "human_size",
+    "inline_size",
+    "render",
+    "summarize_binary",
+]
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from taskdb.core import seconds
+from taskdb.core.clock import seconds
 from taskdb.errors import ConfigurationError
+
+__all__ = ["parse_duration", "parse_rate", "parse_when"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
