@@ -102,6 +102,8 @@ if TYPE_CHECKING:
         DatabaseStats,
         GcReport,
         QueueStats,
+        Throughput,
+        WorkerInfo,
         connect,
     )
     from taskdb.streams import (
@@ -164,6 +166,8 @@ _LAZY: dict[str, str] = {
     "DatabaseStats": "taskdb.store",
     "GcReport": "taskdb.store",
     "QueueStats": "taskdb.store",
+    "Throughput": "taskdb.store",
+    "WorkerInfo": "taskdb.store",
     "connect": "taskdb.store",
     "Blob": "taskdb.streams",
 }
@@ -255,8 +259,10 @@ __all__ = [
     "TaskOutputRepository",
     "TaskStatus",
     "TaskdbError",
+    "Throughput",
     "TypedTask",
     "WaitTimeout",
+    "WorkerInfo",
     "collect_garbage",
     "connect",
     "is_cache_ref",

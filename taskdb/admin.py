@@ -36,7 +36,8 @@ from taskdb.store.feed import ChangeFeed
 from taskdb.store.jobs import JobStore
 from taskdb.store.queues import QueueStore
 from taskdb.store.schedules import ScheduleStore
-from taskdb.store.stats import DatabaseStats, collect_stats
+from taskdb.store.stats import DatabaseStats, Throughput, collect_stats, collect_throughput
+from taskdb.store.workers import WorkerInfo, WorkerStore
 
 __all__ = ["Admin", "JobOutcome"]
 
@@ -99,10 +100,13 @@ class Admin:
         status: Sequence[JobStatus | str] = (),
         limit: int = 100,
         before: int | None = None,
+        task: str | None = None,
+        text: str | None = None,
     ) -> list[Job]:
-        """Jobs newest first: of ``queue`` and ``status`` (any of them) when given, at
-        most ``limit``, with ids below ``before`` (pass the last id of a page to
-        read the next one: a page stays correct while jobs arrive)."""
+        """Jobs newest first: of ``queue``, ``status`` (any of them) and ``task`` when
+        given, holding ``text`` (case-insensitive) in their task name, error or
+        fingerprint, at most ``limit``, with ids below ``before`` (pass the last id
+        of a page to read the next one: a page stays correct while jobs arrive)."""
         if before is not None:
             check_job_id(before)
         return await self._jobs.list_jobs(
@@ -110,6 +114,8 @@ class Admin:
             status=statuses_of(status),
             limit=check_limit(limit),
             before=before,
+            task=task,
+            text=text,
         )
 
     async def get_job(self, job_id: int) -> Job:
@@ -165,6 +171,17 @@ class Admin:
     async def stats(self) -> DatabaseStats:
         """Per-queue job counts by status, lag and throughput, and blob totals."""
         return await collect_stats(self.db, self._clock())
+
+    async def throughput(self, minutes: int = 60) -> Throughput:
+        """Jobs completed and failed per minute over the last ``minutes`` minutes."""
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
+            raise ConfigurationError(f"minutes must be an int from 1 to 1440, got {minutes!r}")
+        return await collect_throughput(self.db, self._clock(), minutes)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The running workers (one row per queue each serves), from their heartbeats;
+        a worker that died without stopping stays listed, ``stale``."""
+        return await WorkerStore(self.db).list_workers(self._clock())
 
     # -- periodic schedules ------------------------------------------------------------
 
@@ -233,6 +250,10 @@ class Admin:
         """The committed blob ``key`` as a stream of chunks (never whole in memory), or
         ``None`` when no committed blob has that key."""
         return await self._blobs.open_stream(key)
+
+    async def blob_info(self, key: str) -> BlobInfo | None:
+        """What the store knows of blob ``key`` (size, mime, state), or ``None``."""
+        return await self._blobs.info(key)
 
     async def gc(
         self,

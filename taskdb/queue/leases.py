@@ -12,6 +12,7 @@ back to PENDING (or fail), pending jobs past their deadline fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -68,6 +69,16 @@ class LeaseStore(Protocol):
     async def reap(self, queue: str, now: datetime) -> int: ...
 
 
+class WorkerRegistry(Protocol):
+    """Where a worker says it is alive (:class:`~taskdb.store.workers.WorkerStore`)."""
+
+    async def beat(
+        self, worker_id: str, queue: str, slots: int, lease_seconds: float, now: datetime
+    ) -> None: ...
+
+    async def remove(self, worker_id: str, queue: str) -> None: ...
+
+
 class LeaseHost(Protocol):
     """What a :class:`LeaseKeeper` asks of its server."""
 
@@ -104,8 +115,12 @@ class LeaseKeeper:
         worker_id: str,
         queue: str,
         clock: Clock,
+        registry: WorkerRegistry | None = None,
+        slots: int = 0,
     ) -> None:
         self.host = host
+        self._registry = registry
+        self._slots = slots
         self._store = store
         self.schedule = schedule
         self._worker_id = worker_id
@@ -113,7 +128,34 @@ class LeaseKeeper:
         self._clock = clock
 
     async def run(self) -> None:
-        """Beat, poll and reap on the schedule until cancelled."""
+        """Beat, poll and reap on the schedule until cancelled; the worker's registry
+        row is written first and deleted when cancelled (a clean stop)."""
+        try:
+            await self._announce()
+            await self._loop()
+        finally:
+            await self._withdraw()
+
+    async def _announce(self) -> None:
+        if self._registry is None:
+            return
+        try:
+            await self._registry.beat(
+                self._worker_id,
+                self._queue,
+                self._slots,
+                self.schedule.lease_seconds,
+                self._clock(),
+            )
+        except TaskdbError as exc:  # only the dashboard misses it: the next beat retries
+            log.warning("cannot register the worker (%s)", exc)
+
+    async def _withdraw(self) -> None:
+        if self._registry is not None:
+            with contextlib.suppress(TaskdbError, TimeoutError):
+                await asyncio.wait_for(self._registry.remove(self._worker_id, self._queue), 5)
+
+    async def _loop(self) -> None:
         schedule = self.schedule
         while True:
             await asyncio.sleep(schedule.tick)
@@ -130,6 +172,7 @@ class LeaseKeeper:
             schedule.done(now, beat=beat, reap=reap)
             if beat:
                 self.host.beat()
+                await self._announce()
 
     async def once(self, *, beat: bool, reap: bool) -> None:
         """One look: renew leases (``beat``) or poll for aborts, then reap (``reap``)."""

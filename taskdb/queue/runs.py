@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskdb.core.clock import Clock
@@ -41,6 +42,7 @@ class Run:
     cancel_timer: asyncio.TimerHandle | None = None
     stream: DurableStreamWriter | None = None  # the job was submitted with durable_stream
     given_back: bool = False  # its output or outcome could not be stored: released
+    started: float = field(default_factory=time.monotonic)
 
 
 class GiveBack(Exception):

@@ -55,6 +55,7 @@ from taskdb.store.errors import riding_out
 from taskdb.store.jobs import JobStore
 from taskdb.store.notify import Listener
 from taskdb.store.streams import StreamStore
+from taskdb.store.workers import WorkerStore
 from taskdb.streams.events import EVENT_TYPES, Phase
 
 log = logging.getLogger("taskdb.server")
@@ -89,6 +90,8 @@ class ServerStats:
     retried: int = 0
     lost: int = 0
     released: int = 0
+    handler_seconds: float = 0.0
+    """Seconds spent in handlers (claim to return), summed."""
 
 
 def is_async_callable(func: Any) -> bool:
@@ -204,6 +207,8 @@ class JobQueueServer:
             worker_id=self.worker_id,
             queue=self.queue,
             clock=self._clock,
+            registry=WorkerStore(self.db),
+            slots=self.workers,
         )
         self._state = ServerState.RUNNING
         self.beat()
@@ -483,6 +488,7 @@ class JobQueueServer:
         written (the write stays fenced; ``stop`` waits for it)."""
         if not run.recording:
             run.recording = True
+            self._stats.handler_seconds += time.monotonic() - run.started
             self._slots.executing -= 1
             self.limiter.on_finish()
             self._wake.set()

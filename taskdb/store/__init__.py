@@ -11,7 +11,8 @@ below.
 from taskdb.store.blobs import BlobInfo, BlobState, BlobStore, GcReport
 from taskdb.store.database import Database, connect
 from taskdb.store.migrate import head_revision
-from taskdb.store.stats import BlobTotals, DatabaseStats, QueueStats
+from taskdb.store.stats import BlobTotals, DatabaseStats, QueueStats, Throughput
+from taskdb.store.workers import WorkerInfo
 
 __all__ = [
     "BlobInfo",
@@ -22,6 +23,8 @@ __all__ = [
     "DatabaseStats",
     "GcReport",
     "QueueStats",
+    "Throughput",
+    "WorkerInfo",
     "connect",
     "head_revision",
 ]

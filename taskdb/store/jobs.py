@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskdb.core.jobs import (
@@ -198,13 +198,28 @@ class JobPlans:
         status: Sequence[str] | None = None,
         limit: int = 100,
         before: int | None = None,
+        task: str | None = None,
+        text: str | None = None,
     ) -> PlanCall[list[Job]]:
-        """Jobs newest first (of ``queue``, in ``status``, with ids below ``before``)."""
+        """Jobs newest first (of ``queue``, in ``status``, running ``task``, holding
+        ``text`` in their task name, error or fingerprint, with ids below ``before``)."""
         stmt = select(jobs)
         if queue is not None:
             stmt = stmt.where(jobs.c.queue == queue)
         if status:
             stmt = stmt.where(jobs.c.status.in_(status))
+        if task is not None:
+            stmt = stmt.where(jobs.c.task == task)
+        if text:
+            needle = text.lower()
+            stmt = stmt.where(
+                or_(
+                    *(
+                        func.lower(column).contains(needle, autoescape=True)
+                        for column in (jobs.c.task, jobs.c.error, jobs.c.fingerprint)
+                    )
+                )
+            )
         if before is not None:
             stmt = stmt.where(jobs.c.id < before)
         stmt = stmt.order_by(jobs.c.id.desc()).limit(limit)
@@ -320,9 +335,11 @@ class JobStore:
         status: Sequence[str] | None = None,
         limit: int = 100,
         before: int | None = None,
+        task: str | None = None,
+        text: str | None = None,
     ) -> list[Job]:
         """See :meth:`JobPlans.list_jobs`."""
-        return await self.db.run(self.plans.list_jobs(queue, status, limit, before))
+        return await self.db.run(self.plans.list_jobs(queue, status, limit, before, task, text))
 
     async def output_for_input(self, queue: str, digest: str) -> tuple[bool, Any]:
         """See :meth:`JobPlans.output_for_input`."""

@@ -191,6 +191,9 @@ Index(
 )
 Index("ix_taskdb_jobs_run_id", jobs.c.job_run_id, postgresql_where=_has_run, sqlite_where=_has_run)
 Index("ix_taskdb_jobs_completed", jobs.c.completed_at, postgresql_where=_ended, sqlite_where=_ended)
+# The dashboard: per-queue counts by status as an index-only scan, and a job list
+# filtered by queue and status read in id order (keyset pagination).
+Index("ix_taskdb_jobs_queue_status", jobs.c.queue, jobs.c.status, jobs.c.id)
 
 job_changes = Table(
     "taskdb_job_changes",
@@ -339,6 +342,23 @@ schedules = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("seen_at", UtcDateTime, nullable=False),  # a scheduler last registered it
     PrimaryKeyConstraint("name", name="pk_taskdb_schedules"),
+)
+
+workers = Table(
+    "taskdb_workers",
+    metadata,
+    # one row per running queue server (a worker process serving n queues has n),
+    # written by its lease keeper at start and every heartbeat, removed on a clean
+    # stop; a row whose heartbeat is old belongs to a worker that died
+    Column("worker_id", String(100), nullable=False),
+    Column("queue", String(200), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("lease_seconds", Float, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("heartbeat_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("worker_id", "queue", name="pk_taskdb_workers"),
 )
 
 VERSION_TABLE = "taskdb_alembic_version"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from taskdb.core.jobs import JobStatus
 from taskdb.store.database import Database
@@ -104,3 +104,58 @@ async def collect_stats(db: Database, now: datetime | None = None) -> DatabaseSt
         ],
         blobs=BlobTotals(count=int(blob_row[0]), bytes=int(blob_row[1]), writing=int(blob_row[2])),
     )
+
+
+class Throughput(BaseModel):
+    """Jobs that ended in each minute of a window: ``minutes[i]`` starts ``i`` minutes
+    after ``start``; the last one is the minute in progress."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: datetime
+    minutes: list[datetime]
+    completed: list[int]
+    failed: list[int]
+
+
+def _minute(db: Database, column: Any) -> ColumnElement[Any]:
+    """``column`` truncated to its minute, as the dialect stores it."""
+    if db.dialect == "postgresql":
+        return func.date_trunc("minute", column)
+    return func.substr(column, 1, 16)  # SQLite: 'YYYY-MM-DD HH:MM' of the stored text
+
+
+@reconnecting
+async def collect_throughput(db: Database, now: datetime, minutes: int = 60) -> Throughput:
+    """Jobs completed and failed per minute over the last ``minutes`` minutes (an index
+    range over ``completed_at``: the window's rows only)."""
+    end = now.astimezone(UTC).replace(second=0, microsecond=0)
+    start = end - timedelta(minutes=minutes - 1)
+    bucket = _minute(db, jobs.c.completed_at)
+    stmt = (
+        select(bucket, jobs.c.status, func.count())
+        .where(
+            jobs.c.completed_at.is_not(None),
+            jobs.c.completed_at >= start,
+            jobs.c.status.in_((JobStatus.COMPLETED.value, JobStatus.FAILED.value)),
+        )
+        .group_by(bucket, jobs.c.status)
+    )
+    async with db.transaction(write=False, atomic=False) as conn:
+        rows = (await conn.execute(stmt)).all()
+    slots = [start + timedelta(minutes=i) for i in range(minutes)]
+    index = {_minute_key(at): i for i, at in enumerate(slots)}
+    completed, failed = [0] * minutes, [0] * minutes
+    for row in rows:
+        at, status, n = row[0], row[1], int(row[2])
+        i = index.get(_minute_key(at))
+        if i is not None:
+            (completed if status == JobStatus.COMPLETED.value else failed)[i] += n
+    return Throughput(start=start, minutes=slots, completed=completed, failed=failed)
+
+
+def _minute_key(value: datetime | str) -> str:
+    """A minute as ``YYYY-MM-DD HH:MM`` in UTC, from a datetime or SQLite's text."""
+    if isinstance(value, str):
+        return value[:16].replace("T", " ")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
