@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from taskdb.core import Job, JobChange
+from taskdb.core import Job, JobChange, ScheduleInfo
 from taskdb.store import BlobInfo, DatabaseStats, GcReport, Throughput, WorkerInfo
 from taskdb.streams import StreamEvent, event_to_json
 
@@ -21,6 +21,7 @@ __all__ = [
     "gc_json",
     "job_json",
     "jobs_json",
+    "schedule_json",
     "stats_json",
     "stream_item_json",
     "throughput_json",
@@ -66,6 +67,11 @@ def blob_json(blob: BlobInfo) -> JsonObject:
 def gc_json(report: GcReport) -> JsonObject:
     """``taskdb gc --json``."""
     return report.model_dump(mode="json")
+
+
+def schedule_json(schedule: ScheduleInfo) -> JsonObject:
+    """A periodic schedule (``taskdb schedules --json`` prints a list of them)."""
+    return schedule.as_json()
 
 
 def worker_json(worker: WorkerInfo) -> JsonObject:

@@ -11,8 +11,9 @@ from rich.table import Table
 
 from taskdb.admin import Admin
 from taskdb.cli.common import db_option, json_option, out, print_json, with_db
-from taskdb.cli.format import human_age, human_seconds
 from taskdb.core import Cadence, ScheduleInfo
+from taskdb.core.format import human_age, human_seconds
+from taskdb.json_views import schedule_json
 from taskdb.store import Database
 
 
@@ -30,7 +31,7 @@ def schedules(db_url: str, as_json: bool) -> None:
 
     found = body(db_url)
     if as_json:
-        print_json([info.as_json() for info in found])
+        print_json([schedule_json(info) for info in found])
         return
     now = datetime.now(UTC)
     table = Table("schedule", "when", "next", "last tick", "state", box=SIMPLE, pad_edge=False)
