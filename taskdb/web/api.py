@@ -1,13 +1,14 @@
 """The JSON API under ``/api`` (the shapes of the CLI's ``--json``, from
 :mod:`taskdb.json_views`), its SSE endpoints, blob downloads and ``/metrics``.
 
-GET  /api/stats · /api/throughput?minutes= · /api/workers · /api/blobs
+GET  /api/stats · /api/throughput?minutes= · /api/workers · /api/blobs · /api/schedules
 GET  /api/jobs?queue=&status=&task=&q=&limit=&before=  (a list; ``Link: rel=next``)
 GET  /api/jobs/{id} · /api/blobs/{key} (the bytes, streamed)
 GET  /api/changes?queue=&job=   SSE of the change feed, ``id:`` = cursor
 GET  /api/jobs/{id}/stream       SSE of the job's durable stream, ``id:`` = offset
 POST /api/jobs/{id}/retry · /api/jobs/{id}/abort · /api/jobs/purge
 POST /api/queues/{name}/pause · /api/queues/{name}/resume
+POST /api/schedules/{name}/pause · .../resume · .../trigger (answers the new job's id)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from taskdb.json_views import (
     change_json,
     job_json,
     jobs_json,
+    schedule_json,
     stats_json,
     stream_item_json,
     throughput_json,
@@ -132,6 +134,26 @@ async def resume_queue(request: Request) -> Response:
     name = request.path_params["name"]
     await dashboard_of(request).admin.resume_queue(name)
     return JSONResponse({"queue": name, "paused": False})
+
+
+async def schedules(request: Request) -> Response:
+    found = await dashboard_of(request).admin.schedules()
+    return JSONResponse([schedule_json(s) for s in found])
+
+
+async def schedule_action(request: Request) -> Response:
+    """POST pause, resume or trigger of schedule ``{name}`` (404 for an unknown one)."""
+    name, action = request.path_params["name"], request.path_params["action"]
+    admin = dashboard_of(request).admin
+    if action == "trigger":
+        return JSONResponse({"schedule": name, "job_id": await admin.trigger_schedule(name)})
+    if action == "pause":
+        await admin.pause_schedule(name)
+    elif action == "resume":
+        await admin.resume_schedule(name)
+    else:
+        raise HTTPException(404, f"no schedule action {action!r}")
+    return JSONResponse({"schedule": name, "paused": action == "pause"})
 
 
 async def list_blobs(request: Request) -> Response:
@@ -241,6 +263,8 @@ def routes() -> list[Route]:
         Route("/api/changes", changes),
         Route("/api/queues/{name}/pause", pause_queue, methods=["POST"]),
         Route("/api/queues/{name}/resume", resume_queue, methods=["POST"]),
+        Route("/api/schedules", schedules),
+        Route("/api/schedules/{name}/{action}", schedule_action, methods=["POST"]),
         Route("/api/blobs", list_blobs),
         Route("/api/blobs/{key}", download_blob),
     ]

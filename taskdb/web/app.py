@@ -31,6 +31,7 @@ from taskdb.errors import (
     ConfigurationError,
     InvalidJobInput,
     JobNotFound,
+    ScheduleNotFound,
     StorageError,
     TaskdbError,
 )
@@ -94,7 +95,7 @@ def _error(path: str, status: int, message: str) -> Response:
 def _status_of(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, HTTPException):
         return exc.status_code, str(exc.detail)
-    if isinstance(exc, JobNotFound):
+    if isinstance(exc, JobNotFound | ScheduleNotFound):
         return 404, str(exc)
     if isinstance(exc, ConfigurationError | InvalidJobInput):
         return 400, str(exc)

@@ -167,6 +167,33 @@ async def queue_action(request: Request) -> Response:
     return _back(request, "/")
 
 
+async def schedules(request: Request) -> Response:
+    found = await dashboard_of(request).admin.schedules()
+    return _page(
+        request,
+        "schedules.html",
+        title="Schedules",
+        schedules=found,
+        now=datetime.now(UTC),
+        message=request.query_params.get("message"),
+    )
+
+
+async def schedule_action(request: Request) -> Response:
+    name, action = request.path_params["name"], request.path_params["action"]
+    admin = dashboard_of(request).admin
+    if action == "trigger":
+        job_id = await admin.trigger_schedule(name)
+        return _back(request, f"/jobs/{job_id}")
+    if action == "pause":
+        await admin.pause_schedule(name)
+    elif action == "resume":
+        await admin.resume_schedule(name)
+    else:
+        return error_page(request, 404, f"no schedule action {action!r}")
+    return _back(request, "/schedules")
+
+
 async def workers(request: Request) -> Response:
     found = await dashboard_of(request).admin.workers()
     return _page(request, "workers.html", title="Workers", workers=found, now=datetime.now(UTC))
@@ -219,6 +246,8 @@ def routes() -> list[Route]:
         Route("/jobs/{id}/abort", abort, methods=["POST"]),
         Route("/purge", purge, methods=["GET", "POST"]),
         Route("/queues/{name}/{action}", queue_action, methods=["POST"]),
+        Route("/schedules", schedules),
+        Route("/schedules/{name}/{action}", schedule_action, methods=["POST"]),
         Route("/workers", workers),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
