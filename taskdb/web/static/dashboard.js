@@ -10,6 +10,17 @@
 
   function $(id) { return document.getElementById(id); }
 
+  // Open streams are closed when the page goes away: a browser allows only six
+  // connections per host, and a page kept in the back-forward cache would hold its own.
+  const sources = [];
+  function open(url) {
+    const source = new EventSource(url);
+    sources.push(source);
+    return source;
+  }
+  window.addEventListener("pagehide", () => sources.forEach((s) => s.close()));
+  window.addEventListener("pageshow", (e) => { if (e.persisted) location.reload(); });
+
   function setBar(el, percent) {
     const p = Math.max(0, Math.min(100, Number(percent) || 0));
     el.style.width = p + "%";
@@ -21,7 +32,7 @@
   }
 
   function changes(query, onChange) {
-    const source = new EventSource(base + "/api/changes" + query);
+    const source = open(base + "/api/changes" + query);
     source.addEventListener("change", (e) => onChange(JSON.parse(e.data)));
     source.onopen = () => { if (live) live.classList.add("on"); };
     source.onerror = () => { if (live) live.classList.remove("on"); };
@@ -116,7 +127,7 @@
   function followStream(id) {
     const out = $("stream");
     const bytes = {};
-    const source = new EventSource(base + "/api/jobs/" + id + "/stream");
+    const source = open(base + "/api/jobs/" + id + "/stream");
     source.addEventListener("stream", (e) => {
       const event = JSON.parse(e.data).event;
       if (event.type === "text-delta") out.append(document.createTextNode(event.text));
