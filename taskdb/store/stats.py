@@ -118,6 +118,9 @@ class Throughput(BaseModel):
     failed: list[int]
 
 
+_ENDED = (JobStatus.COMPLETED.value, JobStatus.FAILED.value)
+
+
 def _minute(db: Database, column: Any) -> ColumnElement[Any]:
     """``column`` truncated to its minute, as the dialect stores it."""
     if db.dialect == "postgresql":
@@ -134,11 +137,7 @@ async def collect_throughput(db: Database, now: datetime, minutes: int = 60) -> 
     bucket = _minute(db, jobs.c.completed_at)
     stmt = (
         select(bucket, jobs.c.status, func.count())
-        .where(
-            jobs.c.completed_at.is_not(None),
-            jobs.c.completed_at >= start,
-            jobs.c.status.in_((JobStatus.COMPLETED.value, JobStatus.FAILED.value)),
-        )
+        .where(jobs.c.completed_at.is_not(None), jobs.c.completed_at >= start)
         .group_by(bucket, jobs.c.status)
     )
     async with db.transaction(write=False, atomic=False) as conn:
@@ -149,7 +148,7 @@ async def collect_throughput(db: Database, now: datetime, minutes: int = 60) -> 
     for row in rows:
         at, status, n = row[0], row[1], int(row[2])
         i = index.get(_minute_key(at))
-        if i is not None:
+        if i is not None and status in _ENDED:
             (completed if status == JobStatus.COMPLETED.value else failed)[i] += n
     return Throughput(start=start, minutes=slots, completed=completed, failed=failed)
 
