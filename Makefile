@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/follow_latency.py
 	$(BIN)/python benchmarks/stream_throughput.py
 	$(BIN)/python benchmarks/blob_refs.py
+	$(BIN)/python benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache taskdb.sqlite3*

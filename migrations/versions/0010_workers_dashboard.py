@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("worker_id", "queue", name="pk_taskdb_workers"),
     )
-    op.create_index("ix_taskdb_jobs_queue_status", "taskdb_jobs", ["queue", "status", "id"])
+    op.create_index("ix_taskdb_jobs_queue_status", "taskdb_jobs", ["queue", "status"])
 
 
 def downgrade() -> None:

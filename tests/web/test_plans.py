@@ -72,9 +72,7 @@ async def test_the_dashboards_reads_use_indexes(
     try:
         for n in range(60):
             await taskdb.JobQueueClient(db, f"q{n % 3}").submit({"n": n})
-        ended = (
-            "UPDATE taskdb_jobs SET status = 'COMPLETED', completed_at = now() WHERE id % 2 = 0"
-        )
+        ended = "UPDATE taskdb_jobs SET status = 'COMPLETED', completed_at = now() WHERE id % 2 = 0"
         plain = make_url(fresh_pg_url).set(drivername="postgresql")
         with psycopg.connect(plain.render_as_string(hide_password=False), autocommit=True) as c:
             c.execute(ended)  # type: ignore[arg-type]
