@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -14,7 +16,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 import taskdb
-from tests.cli.helpers import reap, taskdb_process
+from tests.cli.helpers import ROOT, reap, taskdb_process
 from tests.helpers import eventually
 from tests.web.conftest import free_port
 from tests.web.test_api import _fail, run_to_end
@@ -103,3 +105,26 @@ def test_taskdb_worker_serves_its_own_counters(db_url: str, tmp_path: Path) -> N
     assert found[("taskdb_worker_slots", (("queue", "w"),))] == 2
     assert found[("taskdb_worker_slots_busy", (("queue", "w"),))] == 0
     assert found[("taskdb_worker_handler_seconds_total", (("queue", "w"),))] > 0
+
+
+async def test_the_grafana_example_charts_only_metrics_taskdb_exports(
+    db: taskdb.Database, client: httpx.AsyncClient, app: Any
+) -> None:
+    from taskdb.queue import ServerStats
+    from taskdb.web.metrics import WorkerCollector
+
+    dashboard = json.loads((ROOT / "examples" / "grafana" / "dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"taskdb_[a-z_]+", target["expr"])
+    }
+    await taskdb.JobQueueClient(db, "g").submit({})
+    exported = {s[0] for s in samples((await client.get("/metrics")).text)}
+    worker = WorkerCollector(lambda: [ServerStats("g", "w", 1)])
+    exported |= {s.name for family in worker.collect() for s in family.samples}
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    for family in app.state.dashboard.metrics.registry.collect():  # labelled, not yet seen
+        exported |= {family.name + suffix for suffix in suffixes.get(family.type, [""])}
+    assert used and used <= exported, used - exported
