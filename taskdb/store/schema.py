@@ -147,6 +147,8 @@ jobs = Table(
     Column("task", String(200), nullable=True),
     # the W3C trace context of the submit that wrote the job (taskdb.queue.tracing)
     Column("trace_context", _json(), nullable=True),
+    # SQLite: never hand out a purged job's id again (migration 0011)
+    sqlite_autoincrement=True,
 )
 
 _pending = jobs.c.status == "PENDING"
