@@ -131,6 +131,7 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=F
 MAX_JSON_DEPTH = 512
 """The deepest nesting a stored JSON value may have (both databases store it)."""
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _depth(value: Any) -> int:
@@ -167,7 +168,35 @@ def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
         raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     if "\\u0000" in text and _NUL.search(text):
         raise InvalidJobInput(f"{what} holds a \\u0000 character, which PostgreSQL cannot store")
+    if _SURROGATE.search(text) if not text.isascii() else _escaped_surrogate(text, value):
+        raise InvalidJobInput(
+            f"{what} holds a lone surrogate (\\ud800-\\udfff, not UTF-8 text), "
+            "which PostgreSQL cannot store"
+        )
     return text
+
+
+def _escaped_surrogate(text: str, value: Any) -> bool:
+    """Whether ASCII JSON ``text`` of ``value`` escapes a lone surrogate (a pair is
+    how ``ensure_ascii`` writes a character beyond the BMP: ``value`` tells)."""
+    return "\\ud" in text and _has_lone_surrogate(value)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string (or dict key) in ``value`` holds a code point U+D800-U+DFFF (a
+    character beyond the BMP is one code point in Python: only lone halves match)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def canonical_json(value: Any) -> str:

@@ -27,6 +27,10 @@ def nested(depth: int) -> Any:
         ({"list": ["ok", "\x00"]}, "\\\\u0000"),
         (nested(MAX_JSON_DEPTH + 1), "nested deeper"),
         (nested(5000), "nested deeper"),
+        # found by hypothesis: PostgreSQL refused these, SQLite stored them
+        ({"lone": "\ud800"}, "lone surrogate"),
+        (["x\ude00y"], "lone surrogate"),
+        ({"key\udfff": 1}, "lone surrogate"),
     ],
 )
 async def test_unstorable_inputs_are_refused_on_both_dialects(
@@ -46,7 +50,11 @@ async def test_deep_and_escaped_values_within_the_limits_round_trip(
         return value
 
     await serve(echo)
-    value = {"deep": nested(MAX_JSON_DEPTH - 4), "backslash": "a\\u0000b", "unicode": "é\u2028"}
+    value = {
+        "deep": nested(MAX_JSON_DEPTH - 4),
+        "backslash": "a\\u0000b \\ud800",
+        "unicode": "é\u2028😀",
+    }
     assert await (await client.submit(value)).wait(timeout=10) == value
 
 
@@ -62,3 +70,4 @@ async def test_an_unstorable_output_fails_only_its_job(client: JobQueueClient, s
     job = await bad.get()
     assert (job.status, job.error_code) == (JobStatus.FAILED, "InvalidJobInput")
     assert job.error is not None and "\\u0000" in job.error
+
