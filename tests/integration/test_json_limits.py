@@ -71,3 +71,16 @@ async def test_an_unstorable_output_fails_only_its_job(client: JobQueueClient, s
     assert (job.status, job.error_code) == (JobStatus.FAILED, "InvalidJobInput")
     assert job.error is not None and "\\u0000" in job.error
 
+
+async def test_an_output_at_the_nesting_limit_is_stored_on_both_dialects(
+    client: JobQueueClient, serve: Any
+) -> None:
+    """Found by hypothesis: PostgreSQL's batch of outcomes counted its own two levels
+    against the limit, failing an output SQLite stored."""
+
+    async def echo(value: Any, ctx: JobContext) -> Any:
+        return value
+
+    await serve(echo)
+    value = nested(MAX_JSON_DEPTH)
+    assert await (await client.submit(value)).wait(timeout=10) == value
