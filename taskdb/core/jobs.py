@@ -150,11 +150,12 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
+def encode_json(encoder: json.JSONEncoder, value: Any, what: str, wrapping: int = 0) -> str:
     """``value`` as JSON text by ``encoder``, or :class:`InvalidJobInput` when no
     database could store it alike: not JSON (NaN, objects), a ``\\u0000`` in a
     string (PostgreSQL's jsonb refuses it, so SQLite refuses it too), or nested
-    deeper than :data:`MAX_JSON_DEPTH`."""
+    deeper than :data:`MAX_JSON_DEPTH` (plus ``wrapping`` levels that ``value``
+    itself adds around the values the limit is about, as a batch of rows does)."""
     if value is None:  # most outputs: no encoder call, nothing to check
         return "null"
     try:
@@ -164,7 +165,8 @@ def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
     except RecursionError:
         raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
     # Cheap checks first: deep nesting needs as many brackets, a NUL its escape.
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+    limit = MAX_JSON_DEPTH + wrapping
+    if text.count("[") + text.count("{") > limit and _depth(value) > limit:
         raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     if "\\u0000" in text and _NUL.search(text):
         raise InvalidJobInput(f"{what} holds a \\u0000 character, which PostgreSQL cannot store")

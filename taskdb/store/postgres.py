@@ -371,17 +371,9 @@ class PostgresDialect:
                 return found
             return value
 
-        # A value the row carries (an output) is encoded, and checked against the
-        # nesting limit, on its own: the batch array and row object around it are
-        # two levels more, which the limit is not about (SQLite's rows likewise).
-        parts = []
-        for row in rows:
-            value = row.get("output")
-            text = dumps({k: encode(v) for k, v in row.items() if k != "output"})
-            if value is not None:
-                text = f'{text[:-1]}{"," if len(text) > 2 else ""}"output":{dumps(value)}}}'
-            parts.append(text)
-        return f"[{','.join(parts)}]"
+        # the batch array and row object are two levels around a row's output that
+        # the nesting limit is not about
+        return dumps([{k: encode(v) for k, v in row.items()} for row in rows], wrapping=2)
 
     def embed_json(self, text: str) -> str:
         """As is: the batch is read as jsonb."""
