@@ -132,6 +132,10 @@ MAX_JSON_DEPTH = 512
 """The deepest nesting a stored JSON value may have (both databases store it)."""
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON string (skipped) or a number PostgreSQL's jsonb would not give back as
+# written: a float in exponent form (1e+16 comes back as the int 10000000000000000)
+# or negative zero (numeric has none).
+_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?e\+\d+|-0\.0(?![\deE]))')
 
 
 def _depth(value: Any) -> int:
@@ -153,7 +157,8 @@ def _depth(value: Any) -> int:
 def encode_json(encoder: json.JSONEncoder, value: Any, what: str, wrapping: int = 0) -> str:
     """``value`` as JSON text by ``encoder``, or :class:`InvalidJobInput` when no
     database could store it alike: not JSON (NaN, objects), a ``\\u0000`` in a
-    string (PostgreSQL's jsonb refuses it, so SQLite refuses it too), or nested
+    string or a lone surrogate (PostgreSQL's jsonb refuses them, so SQLite refuses
+    them too), negative zero (jsonb has none), or nested
     deeper than :data:`MAX_JSON_DEPTH` (plus ``wrapping`` levels that ``value``
     itself adds around the values the limit is about, as a batch of rows does)."""
     if value is None:  # most outputs: no encoder call, nothing to check
@@ -170,12 +175,26 @@ def encode_json(encoder: json.JSONEncoder, value: Any, what: str, wrapping: int 
         raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     if "\\u0000" in text and _NUL.search(text):
         raise InvalidJobInput(f"{what} holds a \\u0000 character, which PostgreSQL cannot store")
+    if "e+" in text or "-0.0" in text:
+        text = _NUMBER.sub(_exact_number, text)
     if _SURROGATE.search(text) if not text.isascii() else _escaped_surrogate(text, value):
         raise InvalidJobInput(
             f"{what} holds a lone surrogate (\\ud800-\\udfff, not UTF-8 text), "
             "which PostgreSQL cannot store"
         )
     return text
+
+
+def _exact_number(match: re.Match[str]) -> str:
+    """A float in exponent form written out with its digits (``1e+16`` as
+    ``10000000000000000.0``: jsonb keeps it a float); negative zero refused."""
+    number = match.group(1)
+    if number is None:  # a string
+        return match.group(0)
+    value = float(number)
+    if value == 0:
+        raise InvalidJobInput("-0.0 cannot be stored exactly (PostgreSQL has no negative zero)")
+    return f"{value:.1f}"
 
 
 def _escaped_surrogate(text: str, value: Any) -> bool:

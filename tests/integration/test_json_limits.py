@@ -84,3 +84,21 @@ async def test_an_output_at_the_nesting_limit_is_stored_on_both_dialects(
     await serve(echo)
     value = nested(MAX_JSON_DEPTH)
     assert await (await client.submit(value)).wait(timeout=10) == value
+
+
+async def test_floats_keep_their_type_and_negative_zero_is_refused(
+    client: JobQueueClient, serve: Any
+) -> None:
+    """Found by hypothesis: PostgreSQL's jsonb gave 1e16 back as an int, and -0.0 as
+    0.0 (numeric has no negative zero)."""
+
+    async def echo(value: Any, ctx: JobContext) -> Any:
+        return value
+
+    await serve(echo)
+    value = {"floats": [1e16, -1e16, 1.5e300, 1e308, 2.0**70, 1.5e-7, 0.1], "text": "1e+16 -0.0"}
+    output = await (await client.submit(value)).wait(timeout=10)
+    assert output == value
+    assert all(type(x) is float for x in output["floats"])
+    with pytest.raises(InvalidJobInput, match="negative zero"):
+        await client.submit({"x": [-0.0]})
