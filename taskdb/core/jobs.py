@@ -131,6 +131,11 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=F
 MAX_JSON_DEPTH = 512
 """The deepest nesting a stored JSON value may have (both databases store it)."""
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON string (skipped) or a number PostgreSQL's jsonb would not give back as
+# written: a float in exponent form (1e+16 comes back as the int 10000000000000000)
+# or negative zero (numeric has none).
+_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?e\+\d+|-0\.0(?![\deE]))')
 
 
 def _depth(value: Any) -> int:
@@ -149,11 +154,13 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
+def encode_json(encoder: json.JSONEncoder, value: Any, what: str, wrapping: int = 0) -> str:
     """``value`` as JSON text by ``encoder``, or :class:`InvalidJobInput` when no
     database could store it alike: not JSON (NaN, objects), a ``\\u0000`` in a
-    string (PostgreSQL's jsonb refuses it, so SQLite refuses it too), or nested
-    deeper than :data:`MAX_JSON_DEPTH`."""
+    string or a lone surrogate (PostgreSQL's jsonb refuses them, so SQLite refuses
+    them too), negative zero (jsonb has none), or nested
+    deeper than :data:`MAX_JSON_DEPTH` (plus ``wrapping`` levels that ``value``
+    itself adds around the values the limit is about, as a batch of rows does)."""
     if value is None:  # most outputs: no encoder call, nothing to check
         return "null"
     try:
@@ -163,11 +170,54 @@ def encode_json(encoder: json.JSONEncoder, value: Any, what: str) -> str:
     except RecursionError:
         raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
     # Cheap checks first: deep nesting needs as many brackets, a NUL its escape.
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+    limit = MAX_JSON_DEPTH + wrapping
+    if text.count("[") + text.count("{") > limit and _depth(value) > limit:
         raise InvalidJobInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     if "\\u0000" in text and _NUL.search(text):
         raise InvalidJobInput(f"{what} holds a \\u0000 character, which PostgreSQL cannot store")
+    if "e+" in text or "-0.0" in text:
+        text = _NUMBER.sub(_exact_number, text)
+    if _SURROGATE.search(text) if not text.isascii() else _escaped_surrogate(text, value):
+        raise InvalidJobInput(
+            f"{what} holds a lone surrogate (\\ud800-\\udfff, not UTF-8 text), "
+            "which PostgreSQL cannot store"
+        )
     return text
+
+
+def _exact_number(match: re.Match[str]) -> str:
+    """A float in exponent form written out with its digits (``1e+16`` as
+    ``10000000000000000.0``: jsonb keeps it a float); negative zero refused."""
+    number = match.group(1)
+    if number is None:  # a string
+        return match.group(0)
+    value = float(number)
+    if value == 0:
+        raise InvalidJobInput("-0.0 cannot be stored exactly (PostgreSQL has no negative zero)")
+    return f"{value:.1f}"
+
+
+def _escaped_surrogate(text: str, value: Any) -> bool:
+    """Whether ASCII JSON ``text`` of ``value`` escapes a lone surrogate (a pair is
+    how ``ensure_ascii`` writes a character beyond the BMP: ``value`` tells)."""
+    return "\\ud" in text and _has_lone_surrogate(value)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string (or dict key) in ``value`` holds a code point U+D800-U+DFFF (a
+    character beyond the BMP is one code point in Python: only lone halves match)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def canonical_json(value: Any) -> str:

@@ -22,10 +22,10 @@ IN_BATCH = 500
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
-def dumps(value: Any) -> str:
+def dumps(value: Any, wrapping: int = 0) -> str:
     """The JSON encoding used for every JSON column (strict: see
-    :func:`taskdb.core.jobs.encode_json`)."""
-    return encode_json(_ENCODER, value, "value")
+    :func:`taskdb.core.jobs.encode_json`; ``wrapping``: the levels a batch adds)."""
+    return encode_json(_ENCODER, value, "value", wrapping)
 
 
 def bind(name: str, type_: Any = None) -> BindParameter[Any]:

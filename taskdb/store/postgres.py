@@ -371,7 +371,9 @@ class PostgresDialect:
                 return found
             return value
 
-        return dumps([{k: encode(v) for k, v in row.items()} for row in rows])
+        # the batch array and row object are two levels around a row's output that
+        # the nesting limit is not about
+        return dumps([{k: encode(v) for k, v in row.items()} for row in rows], wrapping=2)
 
     def embed_json(self, text: str) -> str:
         """As is: the batch is read as jsonb."""
