@@ -24,7 +24,7 @@ from taskdb import settings
 from taskdb.app import App
 from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
-from taskdb.cli.common import db_option, err, stop_on_signals
+from taskdb.cli.common import db_option, stop_on_signals
 from taskdb.cli.dashboard import dashboard
 from taskdb.cli.jobs import job, jobs, submit, wait
 from taskdb.cli.schedules import schedule, schedules
@@ -355,7 +355,7 @@ async def _serve(
         await db.check()  # unreachable, or behind head: one line, before any claim
 
         def hurry() -> None:
-            err.print("stopping now: giving the running jobs back")
+            logs.status("stopping now: giving the running jobs back")
             for server in servers:
                 server.hurry()
 
@@ -369,18 +369,18 @@ async def _serve(
             ticking = None if scheduler is None else asyncio.ensure_future(scheduler.run())
             served = ", ".join(repr(s.queue) for s in servers)
             schedules = "" if scheduler is None else f" and {len(scheduler.schedules)} schedule(s)"
-            err.print(
+            logs.status(
                 f"worker {servers[0].worker_id} serving {served}{schedules} on {db.safe_url} "
                 f"with {options.workers} slot(s) each; Ctrl-C to stop"
             )
             await stop.wait()
-            err.print("stopping: letting running jobs finish (Ctrl-C again to give them back)")
+            logs.status("stopping: letting running jobs finish (Ctrl-C again to give them back)")
             if scheduler is not None and ticking is not None:
                 scheduler.stop()
                 await ticking
             await asyncio.gather(*(server.stop() for server in servers))
         totals = [s.stats() for s in servers]
-        err.print(
+        logs.status(
             f"stopped: {sum(t.completed for t in totals)} completed, "
             f"{sum(t.failed for t in totals)} failed, {sum(t.retried for t in totals)} "
             f"retried, {sum(t.released for t in totals)} released"
@@ -417,7 +417,7 @@ async def _schedule(app: App) -> None:
         scheduler = app.scheduler()
         with stop_on_signals(stop):
             ticking = asyncio.ensure_future(scheduler.run())
-            err.print(
+            logs.status(
                 f"scheduler of {len(scheduler.schedules)} schedule(s) on {db.safe_url}; "
                 "Ctrl-C to stop"
             )
@@ -426,7 +426,7 @@ async def _schedule(app: App) -> None:
             )
             scheduler.stop()
             await ticking
-        err.print(f"stopped: {scheduler.enqueued} job(s) enqueued")
+        logs.status(f"stopped: {scheduler.enqueued} job(s) enqueued")
     finally:
         await db.aclose()
 

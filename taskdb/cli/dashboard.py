@@ -6,7 +6,8 @@ import asyncio
 
 import click
 
-from taskdb.cli.common import db_option, err
+from taskdb.cli import logs
+from taskdb.cli.common import db_option
 from taskdb.store import connect
 
 TOKEN_ENV = "TASKDB_DASHBOARD_TOKEN"
@@ -50,7 +51,7 @@ def dashboard(
             )
             server = uvicorn.Server(config)
             shown = f"[{host}]" if ":" in host else host
-            err.print(
+            logs.status(
                 f"dashboard of {db.safe_url} at http://{shown}:{port}/"
                 f"{' (read-only)' if read_only else ''}; Ctrl-C to stop"
             )

@@ -17,6 +17,8 @@ FIELDS = ("job_id", "queue", "task", "attempt")
 """Record attributes taskdb sets on job-related lines (``extra=``), kept as JSON fields."""
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_json_lines = False  # --log-format json: stderr carries JSON lines only
+_status = logging.getLogger("taskdb.cli")
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,6 +44,8 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str, fmt: str) -> None:
     """Send taskdb's log records of ``level`` and above to stderr, as text or JSON
     lines (other libraries' from WARNING on)."""
+    global _json_lines
+    _json_lines = fmt == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT))
     root = logging.getLogger()
@@ -50,6 +54,16 @@ def configure(level: str, fmt: str) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("taskdb").setLevel(level.upper())
+
+
+def status(message: str) -> None:
+    """A command's own progress line for the operator (a worker serving, stopping):
+    plain text on stderr, or an INFO record under ``--log-format json`` so stderr
+    stays one JSON object per line."""
+    if _json_lines:
+        _status.info(message)
+    else:
+        click.echo(message, err=True)
 
 
 def _on_level(ctx: click.Context, _param: click.Parameter, value: str) -> str:

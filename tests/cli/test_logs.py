@@ -57,8 +57,11 @@ def test_a_failing_job_leaves_its_traceback_in_the_text_log(db_url: str, tmp_pat
 
 def test_json_log_lines_carry_the_job_and_the_traceback(db_url: str, tmp_path: Path) -> None:
     log = _run_worker(db_url, tmp_path, "--log-format", "json")
-    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    # every line is JSON, the worker's own start and stop lines too
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
     assert records and all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+    own = [r["message"] for r in records if r["logger"] == "taskdb.cli"]
+    assert any(m.startswith("stopped: ") for m in own), own
     failed = [r for r in records if r.get("job_id") == 1]
     assert [(r["level"], r["attempt"], r["queue"]) for r in failed] == [
         ("WARNING", 1, "q"),
