@@ -82,6 +82,11 @@ def test_three_workers_never_run_more_than_the_queue_limit(db_url: str, tmp_path
         assert len(seen) >= 50, f"only {len(seen)} samples taken"
         assert max(seen) == 2, f"running jobs sampled: {sorted(set(seen))}"
         for proc in workers:
+            # a worker slow to start (a loaded machine) may have had no job: it must
+            # be serving, its signal handlers set, before it is asked to stop
+            assert proc.stderr is not None
+            while "serving" not in (line := proc.stderr.readline()):
+                assert line, "a worker ended before serving"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
     finally:
