@@ -218,3 +218,33 @@ async def test_blob_download_has_the_type_length_and_bytes_of_the_blob(
     assert response.headers["content-length"] == str(len(response.content))
     assert response.headers["content-type"] == "application/octet-stream"
     assert 'filename="image"' in response.headers["content-disposition"]
+
+
+async def test_the_job_page_shows_each_attempt_from_the_feed(
+    db: taskdb.Database, client: httpx.AsyncClient
+) -> None:
+    failed = await run_to_end(db, "history", _fail)
+    await taskdb.Admin(db).retry_job(failed)
+    page = (await client.get(f"/jobs/{failed}")).text
+    rows = page[page.index('id="history"') : page.index("<h2>Input</h2>")]
+    kinds = [k for k in ("submitted", "claimed", "failed", "retried") if f"<td>{k}</td>" in rows]
+    assert kinds == ["submitted", "claimed", "failed", "retried"]
+    assert (await client.get("/jobs/424242")).status_code == 404
+
+
+async def test_purge_from_the_page_asks_for_confirmation_first(
+    db: taskdb.Database, client: httpx.AsyncClient
+) -> None:
+    done = await run_to_end(db, "old", _fail)
+    asked = await client.post("/purge", data={"older_than": "0s", "queue": "old"})
+    assert asked.status_code == 200
+    assert 'id="confirm-purge"' in asked.text and "cannot be undone" in asked.text
+    assert (await taskdb.Admin(db).get_job(done)).id == done  # nothing deleted yet
+    confirmed = await client.post(
+        "/purge", data={"older_than": "0s", "queue": "old", "status": "FAILED", "confirm": "yes"}
+    )
+    assert confirmed.status_code == 303
+    assert "purged%201%20job" in confirmed.headers["location"]
+    with pytest.raises(taskdb.JobNotFound):
+        await taskdb.Admin(db).get_job(done)
+    assert (await client.post("/purge", data={"older_than": "soon"})).status_code == 400
