@@ -248,3 +248,27 @@ async def test_purge_from_the_page_asks_for_confirmation_first(
     with pytest.raises(taskdb.JobNotFound):
         await taskdb.Admin(db).get_job(done)
     assert (await client.post("/purge", data={"older_than": "soon"})).status_code == 400
+
+
+async def test_mounted_in_fastapi_every_link_and_redirect_keeps_the_prefix(
+    db: taskdb.Database,
+) -> None:
+    from fastapi import FastAPI
+
+    service = FastAPI()
+    service.mount("/ops/taskdb", create_app(db, token="t0ken"))
+    job = await taskdb.JobQueueClient(db, "mounted").submit({})
+    async with client_of(service) as client:
+        login = await client.get("/ops/taskdb/jobs")
+        assert login.headers["location"] == "/ops/taskdb/login?next=/ops/taskdb/jobs"
+        signed = await client.post("/ops/taskdb/login", data={"token": "t0ken", "next": "/x"})
+        assert "Path=/ops/taskdb/" in signed.headers["set-cookie"]
+        page = await client.get(f"/ops/taskdb/jobs/{job.id}")
+        assert page.status_code == 200
+        assert 'href="/ops/taskdb/static/dashboard.css"' in page.text
+        assert 'data-base="/ops/taskdb"' in page.text
+        abort = await client.post(f"/ops/taskdb/jobs/{job.id}/abort")
+        assert abort.headers["location"] == f"/ops/taskdb/jobs/{job.id}"
+        listed = await client.get("/ops/taskdb/api/jobs?limit=1")
+        assert [j["id"] for j in listed.json()] == [job.id]
+        assert (await client.get("/ops/taskdb/static/dashboard.js")).status_code == 200
