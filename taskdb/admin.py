@@ -21,6 +21,7 @@ from taskdb.core.jobs import (
     TERMINAL_STATUSES,
     ChangeCursor,
     Job,
+    JobChange,
     JobStatus,
     check_job_id,
     check_queue,
@@ -211,6 +212,13 @@ class Admin:
         await self._schedules.delete(check_schedule_name(name))
 
     # -- the change feed ---------------------------------------------------------------
+
+    async def job_history(self, job_id: int, limit: int = 200) -> list[JobChange]:
+        """The first ``limit`` changes of job ``job_id`` in the feed, oldest first: its
+        submit, each attempt's claim and end, retries, progress (as long as the feed
+        keeps them); :class:`JobNotFound` for an unknown job."""
+        await self.get_job(check_job_id(job_id))
+        return await ChangeFeed(self.db).changes(0, job_id=job_id, limit=check_limit(limit))
 
     async def feed_head(self) -> ChangeCursor:
         """The change-feed cursor of now: :meth:`watch` after it sees what commits later."""

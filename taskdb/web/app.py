@@ -157,6 +157,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
+        await app.state.dashboard.metrics.aclose()
         await broadcaster.aclose()
 
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

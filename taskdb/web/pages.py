@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from taskdb.core import JobStatus
+from taskdb.core import ChangeKind, JobStatus
 from taskdb.core.format import binary_values, human_age, human_seconds, human_size, render
 from taskdb.errors import AbortedJobError
 from taskdb.web.api import job_id_of, purge_request
@@ -112,7 +112,9 @@ async def jobs(request: Request) -> Response:
 
 
 async def job(request: Request) -> Response:
-    row = await dashboard_of(request).admin.get_job(job_id_of(request))
+    admin = dashboard_of(request).admin
+    row = await admin.get_job(job_id_of(request))
+    history = [c for c in await admin.job_history(row.id) if c.kind is not ChangeKind.PROGRESS]
     refs = [(path or "output", v) for path, v in binary_values(row.output) if "$ref" in v]
     return _page(
         request,
@@ -120,6 +122,7 @@ async def job(request: Request) -> Response:
         title=f"Job {row.id}",
         job=row,
         refs=refs,
+        history=history,
         aborted=row.status is JobStatus.FAILED and row.error_code == AbortedJobError.__name__,
         message=request.query_params.get("message"),
     )

@@ -33,8 +33,11 @@ def client_of(app: Any, **options: Any) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def app(db: taskdb.Database) -> Starlette:
-    return create_app(db, poll_interval=0.05)
+async def app(db: taskdb.Database) -> AsyncIterator[Starlette]:
+    app = create_app(db, poll_interval=0.05)
+    yield app
+    await app.state.dashboard.metrics.aclose()  # what the lifespan's end does
+    await app.state.dashboard.broadcaster.aclose()
 
 
 @pytest.fixture

@@ -218,3 +218,57 @@ async def test_blob_download_has_the_type_length_and_bytes_of_the_blob(
     assert response.headers["content-length"] == str(len(response.content))
     assert response.headers["content-type"] == "application/octet-stream"
     assert 'filename="image"' in response.headers["content-disposition"]
+
+
+async def test_the_job_page_shows_each_attempt_from_the_feed(
+    db: taskdb.Database, client: httpx.AsyncClient
+) -> None:
+    failed = await run_to_end(db, "history", _fail)
+    await taskdb.Admin(db).retry_job(failed)
+    page = (await client.get(f"/jobs/{failed}")).text
+    rows = page[page.index('id="history"') : page.index("<h2>Input</h2>")]
+    kinds = [k for k in ("submitted", "claimed", "failed", "retried") if f"<td>{k}</td>" in rows]
+    assert kinds == ["submitted", "claimed", "failed", "retried"]
+    assert (await client.get("/jobs/424242")).status_code == 404
+
+
+async def test_purge_from_the_page_asks_for_confirmation_first(
+    db: taskdb.Database, client: httpx.AsyncClient
+) -> None:
+    done = await run_to_end(db, "old", _fail)
+    asked = await client.post("/purge", data={"older_than": "0s", "queue": "old"})
+    assert asked.status_code == 200
+    assert 'id="confirm-purge"' in asked.text and "cannot be undone" in asked.text
+    assert (await taskdb.Admin(db).get_job(done)).id == done  # nothing deleted yet
+    confirmed = await client.post(
+        "/purge", data={"older_than": "0s", "queue": "old", "status": "FAILED", "confirm": "yes"}
+    )
+    assert confirmed.status_code == 303
+    assert "purged%201%20job" in confirmed.headers["location"]
+    with pytest.raises(taskdb.JobNotFound):
+        await taskdb.Admin(db).get_job(done)
+    assert (await client.post("/purge", data={"older_than": "soon"})).status_code == 400
+
+
+async def test_mounted_in_fastapi_every_link_and_redirect_keeps_the_prefix(
+    db: taskdb.Database,
+) -> None:
+    from fastapi import FastAPI
+
+    service = FastAPI()
+    service.mount("/ops/taskdb", create_app(db, token="t0ken"))
+    job = await taskdb.JobQueueClient(db, "mounted").submit({})
+    async with client_of(service) as client:
+        login = await client.get("/ops/taskdb/jobs")
+        assert login.headers["location"] == "/ops/taskdb/login?next=/ops/taskdb/jobs"
+        signed = await client.post("/ops/taskdb/login", data={"token": "t0ken", "next": "/x"})
+        assert "Path=/ops/taskdb/" in signed.headers["set-cookie"]
+        page = await client.get(f"/ops/taskdb/jobs/{job.id}")
+        assert page.status_code == 200
+        assert 'href="/ops/taskdb/static/dashboard.css"' in page.text
+        assert 'data-base="/ops/taskdb"' in page.text
+        abort = await client.post(f"/ops/taskdb/jobs/{job.id}/abort")
+        assert abort.headers["location"] == f"/ops/taskdb/jobs/{job.id}"
+        listed = await client.get("/ops/taskdb/api/jobs?limit=1")
+        assert [j["id"] for j in listed.json()] == [job.id]
+        assert (await client.get("/ops/taskdb/static/dashboard.js")).status_code == 200

@@ -99,6 +99,20 @@
     return value === null || value === undefined ? "null" : JSON.stringify(value, null, 2);
   }
 
+  function addHistory(c) {
+    const body = document.querySelector("#history tbody");
+    if (c.kind === "progress" || body.querySelector('tr[data-seq="' + c.seq + '"]')) return;
+    const row = document.createElement("tr");
+    row.dataset.seq = String(c.seq);
+    for (const value of [c.at.slice(0, 19) + "+00:00", c.kind, c.status, String(c.attempts)]) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.append(cell);
+    }
+    row.lastChild.className = "num";
+    body.append(row);
+  }
+
   async function refreshJob(id) {
     const job = await getJSON("/api/jobs/" + id);
     const status = $("job-status");
@@ -152,6 +166,7 @@
     const refresh = throttled(() => refreshJob(id).catch(() => {}), 200);
     changes("?job=" + encodeURIComponent(id) + "&after=0", (c) => {
       if (c.progress !== null && c.progress !== undefined) setBar($("progress-bar"), c.progress);
+      addHistory(c);
       refresh();
     });
     if (body.dataset.durable === "yes") followStream(id);
