@@ -112,21 +112,22 @@ def create_app(url: str | None = None) -> FastAPI:
         if task is None:  # a job of this database, but not of this app's tasks
             raise taskdb.JobNotFound(job_id)
         handle = task.handle(job.id)  # the task's typed handle for a job deferred earlier
+        if wait > 0 and not job.status.terminal:
+            # WaitTimeout: still running; JobError: it failed. The row read next says
+            # which (it may have completed just after the wait timed out).
+            with suppress(taskdb.WaitTimeout, taskdb.JobError):
+                await handle.result(timeout=wait)
+            job = await handle.get()
         result: Any = None
         if job.status is taskdb.JobStatus.COMPLETED:
-            result = task.result_of(job)  # typed, from the row already read
-        elif wait > 0 and not job.status.terminal:
-            # WaitTimeout: still running; JobError: it failed. The row read next says which.
-            with suppress(taskdb.WaitTimeout, taskdb.JobError):
-                result = await handle.result(timeout=wait)
-            job = await handle.get()
+            result = task.result_of(job)  # typed, from the row read last
         return JobView(
             id=job.id,
             task=task.name,
             status=job.status,
             progress=job.progress,
             progress_message=job.progress_message,
-            result=result if job.status is taskdb.JobStatus.COMPLETED else None,
+            result=result,
             error=job.error,
         )
 

@@ -89,15 +89,14 @@ def create_app(url: str | None = None) -> Flask:
         if task is None:  # a job of this database, but not of this app's tasks
             raise taskdb.JobNotFound(job_id)
         handle = task.sync_handle(job.id)  # the task's typed handle for a job deferred earlier
-        result: Any = None
-        if job.status is taskdb.JobStatus.COMPLETED:
-            result = task.result_of(job)  # typed, from the row already read
-        elif wait > 0 and not job.status.terminal:
-            # WaitTimeout: still running; JobError: it failed. The row read next says which.
+        if wait > 0 and not job.status.terminal:
+            # WaitTimeout: still running; JobError: it failed. The row read next says
+            # which (it may have completed just after the wait timed out).
             with contextlib.suppress(taskdb.WaitTimeout, taskdb.JobError):
-                result = handle.result(timeout=wait)  # blocks this worker thread
+                handle.result(timeout=wait)  # blocks this worker thread
             job = handle.get()
         completed = job.status is taskdb.JobStatus.COMPLETED
+        result: Any = task.result_of(job) if completed else None  # typed, from the row
         return {
             "id": job.id,
             "task": task.name,

@@ -177,7 +177,7 @@ def encode_json(encoder: json.JSONEncoder, value: Any, what: str, wrapping: int 
         raise InvalidJobInput(f"{what} holds a \\u0000 character, which PostgreSQL cannot store")
     if "e+" in text or "-0.0" in text:
         text = _NUMBER.sub(_exact_number, text)
-    if _SURROGATE.search(text) if not text.isascii() else _escaped_surrogate(text, value):
+    if _raw_surrogate(text) if not text.isascii() else _escaped_surrogate(text, value):
         raise InvalidJobInput(
             f"{what} holds a lone surrogate (\\ud800-\\udfff, not UTF-8 text), "
             "which PostgreSQL cannot store"
@@ -195,6 +195,15 @@ def _exact_number(match: re.Match[str]) -> str:
     if value == 0:
         raise InvalidJobInput("-0.0 cannot be stored exactly (PostgreSQL has no negative zero)")
     return f"{value:.1f}"
+
+
+def _raw_surrogate(text: str) -> bool:
+    """Whether non-ASCII JSON ``text`` holds a lone surrogate (no UTF-8 for it)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _escaped_surrogate(text: str, value: Any) -> bool:

@@ -192,7 +192,10 @@ async def test_sigkill_mid_job_is_recovered_by_another_worker(
 async def test_stale_worker_cannot_overwrite_the_new_owner(
     db: taskdb.Database, client: JobQueueClient, procs: Procs
 ) -> None:
-    a = procs.start("A", mode="sleep", lease=1.0, extra=("--sleep", "2.0"))
+    # A's handler returns even when cancelled: on waking, A's heartbeat may find the
+    # lease lost before the handler's sleep ends (see below); either way A then
+    # tries to write its outcome, which must be refused.
+    a = procs.start("A", mode="sleep", lease=1.0, extra=("--sleep", "2.0", "--finish-cancelled"))
     await procs.ready(a)
     handle = await client.submit({"n": "fenced"}, max_retries=3)
     started = await procs.wait_until(
@@ -213,7 +216,10 @@ async def test_stale_worker_cannot_overwrite_the_new_owner(
     changes = await ChangeFeed(store.db).changes(0, job_id=handle.id)
 
     # Resume A only once its handler's sleep is over, so that on waking it returns
-    # and A tries to record its outcome (rather than its heartbeat cancelling it).
+    # and A tries to record its outcome. A heartbeat of A that was in flight when it
+    # was stopped may still win (on SQLite it runs in A's own, stopped, thread and
+    # only executes after SIGCONT, seeing B's completion): the handler is then
+    # cancelled as lost, and --finish-cancelled makes it return all the same.
     await asyncio.sleep(max(0.0, sleep_ends - time.monotonic()) + 0.05)
     assert _marker_text(procs.out, handle.id, "returned", a.pid) is None
     os.kill(a.pid, signal.SIGCONT)

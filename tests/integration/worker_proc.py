@@ -97,8 +97,10 @@ def make_handler(args: argparse.Namespace) -> Any:
             try:
                 await asyncio.sleep(seconds)
             except asyncio.CancelledError:
-                await asyncio.sleep(args.cleanup)  # e.g. closing a connection
-                raise
+                if not args.finish_cancelled:
+                    await asyncio.sleep(args.cleanup)  # e.g. closing a connection
+                    raise
+                mark(out, job_id, "cancelled")  # and returns all the same
             mark(out, job_id, "returned")
             return {"pid": pid, "slept": seconds, "attempt": ctx.job.attempts}
         if action == "abortable":
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=2.0, help="seconds, for --mode sleep")
     parser.add_argument("--sleep-retry", type=float, help="--mode sleep, attempts after the 1st")
     parser.add_argument("--cleanup", type=float, default=0.0, help="--mode sleep: on cancel")
+    parser.add_argument(
+        "--finish-cancelled", action="store_true", help="--mode sleep: return when cancelled"
+    )
     parser.add_argument("--abort-grace", type=float, default=2.0)
     parser.add_argument("--threshold", type=int, default=-1, help="reference_threshold_bytes")
     parser.add_argument("--hang-before-outcome", action="store_true")
