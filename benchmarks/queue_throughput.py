@@ -1409,8 +1409,8 @@ def _parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--untuned-jobs",
         type=int,
-        default=5_000,
-        help="cap on jobs per run of taskdb-pg / taskdb-sqlite with default settings (5000)",
+        default=2_000,
+        help="cap on jobs per run of taskdb-pg / taskdb-sqlite with default settings (2000)",
     )
     parser.add_argument(
         "--only",
