@@ -15,7 +15,9 @@ Sections (``--only``, default all):
   ``lo_create`` + ``lo_put`` per chunk on a plain psycopg connection, one
   transaction; SQLite: ``sqlite3`` chunk-row INSERTs in WAL mode, one
   transaction); then the read back through ``get_output_stream_by_ref``
-  against a raw read (``lo_get`` per chunk / one SELECT over the chunk rows).
+  against a raw read (``lo_get`` per chunk with binary-format results / one
+  SELECT over the chunk rows). ``blob_refs.py`` compares against every raw
+  PostgreSQL path (``lo_put``, ``lowrite``/``loread`` on a descriptor, bytea COPY).
 
 Before each measured run the database is checkpointed (``CHECKPOINT`` /
 ``wal_checkpoint(TRUNCATE)``) so that no run pays for the dirty pages of the
@@ -160,9 +162,10 @@ def _worker_raw_pg(spec: dict[str, Any]) -> dict[str, Any]:
 
             def read() -> dict[str, Any]:
                 offset, total = 0, spec["count"] * chunk
+                cur = conn.cursor(binary=True)  # bytea in text format is hex: twice the bytes
                 while offset < total:
-                    row = conn.execute("SELECT lo_get(%s, %s, %s)", (oid, offset, chunk))
-                    data = row.fetchone()
+                    sql = "SELECT lo_get(%s, %s, %s)"
+                    data = cur.execute(sql, (oid, offset, chunk), prepare=True).fetchone()
                     assert data is not None
                     offset += len(data[0])
                 conn.commit()

@@ -21,10 +21,20 @@ LISTEN_ENV = "TASKDB_LISTEN"
 """``0`` (or ``false``, ``no``, ``off``) turns PostgreSQL LISTEN wake-ups off: waits then
 only poll (for PgBouncer in transaction mode, which does not pass NOTIFY)."""
 
+BLOB_STORAGE_ENV = "TASKDB_BLOB_STORAGE"
+"""Where new blobs' bytes go when a ``BlobStore`` is not told: ``chunks`` (the default)
+or, on PostgreSQL, ``large_object``."""
+
 
 def resolve_url(url: str | None) -> str:
     """The URL to use: the argument, else ``$TASKDB_URL``, else the SQLite default."""
     return url or os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def resolve_blob_storage(storage: str | None) -> str | None:
+    """The blob storage to use: the argument, else ``$TASKDB_BLOB_STORAGE``, else ``None``
+    (the dialect's default)."""
+    return storage or os.environ.get(BLOB_STORAGE_ENV, "").strip() or None
 
 
 def resolve_listen(listen: bool | None) -> bool:

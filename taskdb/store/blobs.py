@@ -1,9 +1,10 @@
 """The blob store: binary payloads streamed into the database, and their lifecycle.
 
-Bytes live in a PostgreSQL large object (unlinked explicitly: large objects
-never cascade) or in SQLite chunk rows (:mod:`taskdb.store.blob_io`); a
+Bytes live in ``taskdb_blob_chunks`` rows (both dialects; the default) or in
+a PostgreSQL large object (``storage="large_object"``; unlinked explicitly:
+large objects never cascade), through the dialect's :class:`BlobIO`; a
 ``taskdb_blobs`` row names each blob by its public ``key``, the name inside a
-``CacheRef``.
+``CacheRef``, and its large object if it has one.
 
 Writing: the row is inserted as ``'writing'``, the stream is cut into pieces
 and committed a few MiB at a time in short transactions (a long one would
@@ -55,6 +56,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     Integer,
     Row,
+    case,
     delete,
     exists,
     func,
@@ -63,6 +65,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from taskdb import settings
 from taskdb.core.clock import Clock, seconds, utcnow
 from taskdb.core.refs import new_blob_key
 from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
@@ -129,25 +132,28 @@ def _info(row: Row[Any]) -> BlobInfo:
 class _Statements:
     """The statements both dialects share, built once."""
 
-    def __init__(self, oid_on_insert: Any) -> None:
+    def __init__(self, io: BlobIO) -> None:
         b, links = blobs, blob_links
         now = bind("now", UtcDateTime())
         unlinked = ~exists().where(links.c.blob_key == b.c.key)
-        self.insert = (
-            blobs.insert()
+        self.inserts = {  # by storage
+            storage: blobs.insert()
             .values(
                 key=bind("key"),
                 state=WRITING,
                 size=0,
                 mime=bind("mime"),
-                oid=oid_on_insert,
+                oid=io.new_oid(storage),
                 created_at=now,
                 updated_at=now,
             )
             .returning(b.c.id, b.c.oid)
-        )
+            for storage in io.storages
+        }
         mine = (b.c.id == bind("id"), b.c.state == WRITING)
-        self.progress = update(b).where(*mine).values(size=bind("size"), updated_at=now)
+        size = bind("size")  # commits in flight may finish in any order: size only grows
+        grown = case((b.c.size < size, size), else_=b.c.size)
+        self.progress = update(b).where(*mine).values(size=grown, updated_at=now)
         self.touch = update(b).where(*mine).values(updated_at=now)
         self.commit = (
             update(b)
@@ -205,7 +211,7 @@ def _statements(d: Dialect) -> tuple[_Statements, Any]:
     built = _BUILT.get(d.name)
     if built is None:
         link = d.insert(blob_links).on_conflict_do_nothing()
-        built = _BUILT[d.name] = (_Statements(d.blobs.oid_on_insert), link)
+        built = _BUILT[d.name] = (_Statements(d.blobs), link)
     return built
 
 
@@ -217,8 +223,9 @@ class _Writing:
     oid: int | None
     key: str
     size: int = 0
-    pieces: int = 0
     touched: float = 0.0  # time.monotonic() of the last commit or touch
+    sent: int = 0  # bytes handed to commits so far (in flight or done)
+    sent_pieces: int = 0
 
 
 class _Pieces:
@@ -290,6 +297,11 @@ class BlobStore:
     per transaction (a writer holds at most about two of these);
     ``touch_interval``: how often a writer whose producer is silent touches its
     row so that ``gc`` does not take it for dead (``None``: never).
+    ``storage``: where new blobs' bytes go (default ``$TASKDB_BLOB_STORAGE``,
+    else ``"chunks"``): ``"chunks"`` (rows of ``taskdb_blob_chunks``, bytea on
+    PostgreSQL, written with binary COPY) or, on PostgreSQL,
+    ``"large_object"``. Blobs are read from wherever they were written,
+    whatever this says.
     """
 
     def __init__(
@@ -300,7 +312,17 @@ class BlobStore:
         piece_bytes: int = PIECE_BYTES,
         commit_bytes: int = COMMIT_BYTES,
         touch_interval: float | None = TOUCH_INTERVAL,
+        storage: str | None = None,
     ) -> None:
+        self._io: BlobIO = db.backend.blobs
+        chosen = settings.resolve_blob_storage(storage)
+        if chosen is not None and chosen not in self._io.storages:
+            where = "" if storage else f" (${settings.BLOB_STORAGE_ENV})"
+            raise ConfigurationError(
+                f"blob storage {chosen!r}{where} is not one of {db.backend.name}'s: "
+                + ", ".join(self._io.storages)
+            )
+        self.storage = chosen or self._io.storages[0]
         if piece_bytes < 1 or commit_bytes < piece_bytes:
             raise ConfigurationError("need 1 <= piece_bytes <= commit_bytes")
         if touch_interval is not None and touch_interval <= 0:
@@ -311,7 +333,6 @@ class BlobStore:
         self.commit_bytes = commit_bytes
         self.touch_interval = touch_interval
         self._s, self._link = _statements(db.backend)
-        self._io: BlobIO = db.backend.blobs
 
     def __repr__(self) -> str:
         return f"BlobStore({self.db!r})"
@@ -324,31 +345,33 @@ class BlobStore:
         """Stream ``chunks`` into a new blob; returns it once committed.
 
         Each ``commit_bytes`` are committed in the background while the
-        producer makes the next ones, so memory stays within about twice
-        ``commit_bytes``. If ``chunks`` raises, the write fails or the caller
-        is cancelled, the blob is deleted (best effort: otherwise ``gc``
-        reclaims it) and the error propagates.
+        producer makes the next ones (on PostgreSQL's chunk rows two such
+        commits run at once, each on its own connection), so memory stays
+        within about three times ``commit_bytes``. If ``chunks`` raises, the
+        write fails or the caller is cancelled, the blob is deleted (best
+        effort: otherwise ``gc`` reclaims it) and the error propagates.
         """
         created = self._clock()
         key = new_blob_key()
         blob = await self._create(key, mime, created)
         pieces = _Pieces(self.piece_bytes, self.commit_bytes)
-        commit: asyncio.Future[datetime] | None = None  # the one commit in flight
+        most = self._io.commits_in_flight(self.storage)
+        commits: list[asyncio.Future[datetime]] = []  # in flight, oldest first
         try:
             async with self._keepalive(blob):
                 async for chunk in chunks:
                     for _ in pieces.feed(chunk):
                         ready = pieces.take()
-                        if commit is not None:
-                            await commit
-                        commit = asyncio.ensure_future(self._commit(blob, ready, final=False))
-                if commit is not None:
+                        if len(commits) >= most:
+                            await commits.pop(0)
+                        commits.append(asyncio.ensure_future(self._send(blob, ready)))
+                for commit in commits:
                     await commit
-                committed = await self._commit(blob, pieces.take(final=True), final=True)
+                committed = await self._send(blob, pieces.take(final=True), final=True)
         except BaseException:
-            if commit is not None and not commit.done():
+            for commit in commits:
                 commit.cancel()
-                await asyncio.gather(commit, return_exceptions=True)
+            await asyncio.gather(*commits, return_exceptions=True)
             await _shielded(self._discard(blob))
             raise
         return BlobInfo(key, COMMITTED, blob.size, mime, created, committed, committed)
@@ -357,16 +380,26 @@ class BlobStore:
     async def _create(self, key: str, mime: str | None, created: datetime) -> _Writing:
         async with self.db.transaction() as conn:
             values = {"p_key": key, "p_mime": mime, "p_now": created}
-            row = (await conn.execute(self._s.insert, values)).one()
+            row = (await conn.execute(self._s.inserts[self.storage], values)).one()
         return _Writing(row.id, row.oid, key, touched=time.monotonic())
 
+    def _send(self, blob: _Writing, pieces: list[bytes], *, final: bool = False) -> Any:
+        """Commit ``pieces`` after those already sent (their place fixed now: commits
+        in flight may finish in any order)."""
+        offset, seq = blob.sent, blob.sent_pieces
+        blob.sent += sum(len(p) for p in pieces)
+        blob.sent_pieces += len(pieces)
+        return self._commit(blob, pieces, offset, seq, final=final)
+
     @reconnecting
-    async def _commit(self, blob: _Writing, pieces: list[bytes], *, final: bool) -> datetime:
+    async def _commit(
+        self, blob: _Writing, pieces: list[bytes], offset: int, seq: int, *, final: bool
+    ) -> datetime:
         now = self._clock()
-        size = blob.size + sum(len(p) for p in pieces)
+        size = offset + sum(len(p) for p in pieces)
         async with self.db.transaction() as conn:
             if pieces:
-                await self._io.put(conn, blob, blob.size, blob.pieces, pieces)
+                await self._io.put(conn, blob, offset, seq, pieces)
             if not final:
                 await self._io.relax_commit(conn)
             stmt = self._s.commit if final else self._s.progress
@@ -376,7 +409,7 @@ class BlobStore:
                     f"blob {blob.key} was removed while being written "
                     "(gc took its writer for dead: raise stale_seconds?)"
                 )
-        blob.size, blob.pieces, blob.touched = size, blob.pieces + len(pieces), time.monotonic()
+        blob.size, blob.touched = max(blob.size, size), time.monotonic()
         return now
 
     @asynccontextmanager

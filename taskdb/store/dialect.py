@@ -103,10 +103,19 @@ class FeedCursors(Protocol):
 
 class BlobIO(Protocol):
     """Where blob bytes live. ``row`` is a ``taskdb_blobs`` row (``id``, ``oid``,
-    ``key``, ``size``)."""
+    ``key``, ``size``): a row with an ``oid`` names a PostgreSQL large object,
+    one without keeps its bytes in ``taskdb_blob_chunks`` rows."""
 
-    oid_on_insert: Any
-    """The ``oid`` of a new blob row (a new large object, or NULL)."""
+    storages: tuple[str, ...]
+    """The storages new blobs may be written to, the default first."""
+
+    def new_oid(self, storage: str) -> Any:
+        """The ``oid`` of a new blob row in ``storage`` (a new large object, or NULL)."""
+        ...
+
+    def commits_in_flight(self, storage: str) -> int:
+        """How many of a writer's commits to ``storage`` may run at once."""
+        ...
 
     async def put(
         self, conn: AsyncConnection, row: Any, offset: int, seq: int, pieces: Sequence[bytes]

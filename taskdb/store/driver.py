@@ -12,12 +12,15 @@ and result processors SQLAlchemy would.
 
 from __future__ import annotations
 
+import asyncio
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import CompoundSelect, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +28,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from taskdb.store.errors import connection_lost
 
 Processor = Callable[[Any], Any]
+
+
+@asynccontextmanager
+async def on_driver(
+    conn: AsyncConnection, where: str
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The psycopg connection beneath ``conn`` (in ``conn``'s transaction, if any).
+
+    A connection found broken meanwhile is invalidated in the pool and reported
+    as a retryable :class:`StorageError`; other driver errors propagate for
+    :func:`taskdb.store.errors.translate_error`. A connection left in the middle
+    of a command by a cancellation (a ``COPY`` cut short) is invalidated too.
+    """
+    pooled = conn.sync_connection.connection  # type: ignore[union-attr]
+    driver = cast(psycopg.AsyncConnection[Any], pooled.driver_connection)
+    try:
+        yield driver
+    except psycopg.Error as exc:
+        if driver.broken or driver.closed:
+            await conn.invalidate(exc)
+            raise connection_lost(exc, where) from exc
+        raise
+    except asyncio.CancelledError:
+        if driver.info.transaction_status == TransactionStatus.ACTIVE:
+            await conn.invalidate()
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +108,10 @@ class DriverStatement:
         for name, process in self.binds:
             named[name] = process(named[name])
         params = [named[name] for name in self.order]
-        pooled = conn.sync_connection.connection  # type: ignore[union-attr]
-        driver = cast(psycopg.AsyncConnection[Any], pooled.driver_connection)
-        try:
+        async with on_driver(conn, where) as driver:
             cursor = psycopg.AsyncRawCursor(driver)
             await cursor.execute(self.sql, params)
             raw = await cursor.fetchall()
-        except psycopg.Error as exc:
-            if driver.broken or driver.closed:
-                await conn.invalidate(exc)
-                raise connection_lost(exc, where) from exc
-            raise
         make = self.row._make
         if not self.results:
             return [make(r) for r in raw]

@@ -120,11 +120,17 @@ class _ChunkRows:
     """Chunk rows in ``taskdb_blob_chunks`` numbered from 0, read by a thread of
     their own (see :class:`_RowReader`)."""
 
-    oid_on_insert = null()
+    storages: tuple[str, ...] = ("chunks",)
 
     def __init__(self) -> None:
         self._put = blob_chunks.insert()
         self._drop = delete(blob_chunks).where(blob_chunks.c.blob_id.in_(bind_list("ids")))
+
+    def new_oid(self, storage: str) -> Any:
+        return null()
+
+    def commits_in_flight(self, storage: str) -> int:
+        return 1  # one writer at a time anyway
 
     async def put(
         self, conn: AsyncConnection, row: Any, offset: int, seq: int, pieces: Sequence[bytes]

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 import taskdb
-from taskdb import StorageError
+from taskdb import ConfigurationError, StorageError
 from taskdb.cache import BlobStore, SqlTaskOutputRepository, make_cache_ref
 from taskdb.store.blobs import _Pieces
 from tests.helpers import FakeClock, eventually
@@ -41,6 +41,19 @@ async def leftovers(db: taskdb.Database) -> tuple[int, int, int]:
     return int(rows or 0), int(chunks or 0), int(los or 0)
 
 
+@pytest.fixture(params=["chunks", "large_object"])
+def storage(request: pytest.FixtureRequest, db: taskdb.Database) -> str:
+    """Where blob bytes go: chunk rows (both dialects) or large objects (PostgreSQL)."""
+    if request.param == "large_object" and db.dialect != "postgresql":
+        pytest.skip("large objects are PostgreSQL's")
+    return str(request.param)
+
+
+def bytes_where(storage: str, blobs: int) -> tuple[int, int]:
+    """(chunk rows or more, large objects) that ``blobs`` blobs leave in ``storage``."""
+    return (0, blobs) if storage == "large_object" else (blobs, 0)
+
+
 async def read_all(store: BlobStore, key: str, chunk_size: int = MiB) -> bytes | None:
     stream = await store.open_stream(key, chunk_size)
     if stream is None:
@@ -48,8 +61,8 @@ async def read_all(store: BlobStore, key: str, chunk_size: int = MiB) -> bytes |
     return b"".join([chunk async for chunk in stream])
 
 
-async def test_stream_5_mib_and_read_it_back(db: taskdb.Database) -> None:
-    store = BlobStore(db)
+async def test_stream_5_mib_and_read_it_back(db: taskdb.Database, storage: str) -> None:
+    store = BlobStore(db, storage=storage)
     data = pattern(5 * MiB)
     info = await store.write(chunked(data, MiB), mime="application/octet-stream")
     assert (info.state, info.size, info.mime) == ("committed", 5 * MiB, "application/octet-stream")
@@ -66,16 +79,17 @@ async def test_stream_5_mib_and_read_it_back(db: taskdb.Database) -> None:
 
 
 @pytest.mark.parametrize("chunk", [1, 333_333, 3 * MiB + 5])
-async def test_odd_chunk_sizes(db: taskdb.Database, chunk: int) -> None:
-    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=256 * 1024)
+async def test_odd_chunk_sizes(db: taskdb.Database, storage: str, chunk: int) -> None:
+    # many small commits, two in flight at once on PostgreSQL's chunk rows
+    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=128 * 1024, storage=storage)
     data = pattern(100_000 if chunk == 1 else 2 * MiB + 17, seed=3)
     info = await store.write(chunked(data, chunk))
     assert info.size == len(data)
     assert await read_all(store, info.key, 100_000) == data
 
 
-async def test_a_failing_producer_leaves_nothing(db: taskdb.Database) -> None:
-    store = BlobStore(db)
+async def test_a_failing_producer_leaves_nothing(db: taskdb.Database, storage: str) -> None:
+    store = BlobStore(db, storage=storage)
 
     async def broken() -> AsyncIterator[bytes]:
         for _ in range(6):  # past the first commit: bytes are already in the database
@@ -91,9 +105,9 @@ async def test_a_failing_producer_leaves_nothing(db: taskdb.Database) -> None:
 
 @pytest.mark.parametrize("chunks_before_error", [1, 2, 3])
 async def test_an_error_while_a_commit_is_in_flight_leaves_nothing(
-    db: taskdb.Database, chunks_before_error: int
+    db: taskdb.Database, storage: str, chunks_before_error: int
 ) -> None:
-    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=64 * 1024)
+    store = BlobStore(db, piece_bytes=64 * 1024, commit_bytes=64 * 1024, storage=storage)
 
     async def broken() -> AsyncIterator[bytes]:
         for _ in range(chunks_before_error):
@@ -105,8 +119,8 @@ async def test_an_error_while_a_commit_is_in_flight_leaves_nothing(
     assert await leftovers(db) == (0, 0, 0)
 
 
-async def test_a_cancelled_writer_leaves_nothing(db: taskdb.Database) -> None:
-    store = BlobStore(db)
+async def test_a_cancelled_writer_leaves_nothing(db: taskdb.Database, storage: str) -> None:
+    store = BlobStore(db, storage=storage)
     never = asyncio.Event()
 
     async def stalls() -> AsyncIterator[bytes]:
@@ -153,9 +167,9 @@ async def test_an_abandoned_read_lets_go_of_its_reader(db: taskdb.Database) -> N
 
 
 async def test_a_blob_deleted_while_read_ends_the_stream_with_an_error(
-    db: taskdb.Database,
+    db: taskdb.Database, storage: str
 ) -> None:
-    store = BlobStore(db)
+    store = BlobStore(db, storage=storage)
     info = await store.write(chunked(pattern(12 * MiB), MiB))
     stream = await store.open_stream(info.key)
     assert stream is not None
@@ -202,9 +216,11 @@ async def test_a_cache_row_holds_only_the_ref(db: taskdb.Database) -> None:
     assert await repo.get_output("render", {"page": 1}) == {"image": ref, "pages": 1}
 
 
-async def test_gc_removes_orphans_past_the_grace_and_stale_writers(db: taskdb.Database) -> None:
+async def test_gc_removes_orphans_past_the_grace_and_stale_writers(
+    db: taskdb.Database, storage: str
+) -> None:
     clock = FakeClock()
-    store = BlobStore(db, clock=clock, commit_bytes=MiB)
+    store = BlobStore(db, clock=clock, commit_bytes=MiB, storage=storage)
     orphan = await store.write(chunked(pattern(1000), 1000))
     held = await store.write(chunked(pattern(2000), 1000))
     async with db.transaction() as conn:
@@ -237,12 +253,7 @@ async def test_gc_removes_orphans_past_the_grace_and_stale_writers(db: taskdb.Da
     release.set()
     with pytest.raises(StorageError):  # its row is gone: the writer cannot commit
         await writer
-    rows, chunks, los = await leftovers(db)
-    assert rows == 2
-    if db.dialect == "postgresql":
-        assert (chunks, los) == (0, 2)
-    else:
-        assert los == 0 and chunks == 2
+    assert await leftovers(db) == (2, *bytes_where(storage, 2))
 
 
 async def test_a_silent_producer_keeps_its_blob_alive(db: taskdb.Database) -> None:
@@ -358,3 +369,55 @@ def test_pieces_are_exact_and_memory_is_bounded() -> None:
     assert b"".join(out) == data and all(len(p) == 10 for p in out)
     with pytest.raises(taskdb.InvalidJobInput):
         list(pieces.feed("text"))  # type: ignore[arg-type]
+
+
+async def test_blobs_of_either_storage_are_read_and_freed_alike(db: taskdb.Database) -> None:
+    storages = ["chunks", "large_object"] if db.dialect == "postgresql" else ["chunks"]
+    written = {
+        s: await BlobStore(db, storage=s).write(chunked(pattern(3 * MiB, 5), MiB)) for s in storages
+    }
+    for reader in storages:  # a store reads a blob from wherever it was written
+        for info in written.values():
+            assert await read_all(BlobStore(db, storage=reader), info.key, 700_000) == pattern(
+                3 * MiB, 5
+            )
+    los = 1 if db.dialect == "postgresql" else 0
+    assert await leftovers(db) == (len(storages), 3, los)
+    report = await BlobStore(db).gc(grace_seconds=0)
+    assert report.blobs_removed == len(storages)
+    assert await leftovers(db) == (0, 0, 0)
+
+
+async def test_a_missing_chunk_row_ends_the_read_with_an_error(db: taskdb.Database) -> None:
+    store = BlobStore(db, piece_bytes=MiB, commit_bytes=MiB)
+    info = await store.write(chunked(pattern(10 * MiB), MiB))
+    async with db.transaction() as conn:
+        await conn.execute(text("DELETE FROM taskdb_blob_chunks WHERE seq = 6"))
+    stream = await store.open_stream(info.key)
+    assert stream is not None
+    got = 0
+    with pytest.raises(StorageError, match="misses chunk 6"):
+        async for chunk in stream:
+            got += len(chunk)
+    assert got == 6 * MiB  # every byte before the gap was handed over
+
+
+async def test_an_unknown_storage_is_refused(db: taskdb.Database) -> None:
+    with pytest.raises(ConfigurationError, match="blob storage 'tape'"):
+        BlobStore(db, storage="tape")
+    if db.dialect == "sqlite":
+        with pytest.raises(ConfigurationError, match="large_object"):
+            BlobStore(db, storage="large_object")
+
+
+async def test_the_environment_picks_the_storage(
+    db: taskdb.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKDB_BLOB_STORAGE", "large_object")
+    if db.dialect == "sqlite":
+        with pytest.raises(ConfigurationError, match=r"\$TASKDB_BLOB_STORAGE"):
+            BlobStore(db)
+        return
+    await BlobStore(db).write(chunked(pattern(1000), 1000))
+    assert BlobStore(db, storage="chunks").storage == "chunks"  # the argument wins
+    assert await leftovers(db) == (1, 0, 1)

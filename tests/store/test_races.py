@@ -145,8 +145,10 @@ class CancelledAsItCommits(BlobStore):
     """The writer's task is cancelled just as its final commit returns (the commit
     happened; the caller never sees the key)."""
 
-    async def _commit(self, blob: Any, pieces: list[bytes], *, final: bool) -> datetime:
-        done = await super()._commit(blob, pieces, final=final)
+    async def _commit(
+        self, blob: Any, pieces: list[bytes], offset: int, seq: int, *, final: bool
+    ) -> datetime:
+        done = await super()._commit(blob, pieces, offset, seq, final=final)
         if final:
             task = asyncio.current_task()
             assert task is not None
