@@ -599,7 +599,9 @@ class TaskdbPg(System):
         return min(self.opts.jobs, self.opts.untuned_jobs)
 
     def worker_opts(self) -> dict[str, Any]:
-        return {}  # JobQueueServer's defaults, as `taskdb worker mod:app` starts it
+        from taskdb import settings  # what `taskdb worker mod:app` starts
+
+        return {"workers": settings.DEFAULT_WORKER_SLOTS}
 
 
 class TaskdbPgTuned(TaskdbPg):
@@ -1409,8 +1411,8 @@ def _parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--untuned-jobs",
         type=int,
-        default=2_000,
-        help="cap on jobs per run of taskdb-pg / taskdb-sqlite with default settings (2000)",
+        default=20_000,
+        help="cap on jobs per run of taskdb-pg / taskdb-sqlite with default settings (20000)",
     )
     parser.add_argument(
         "--only",
@@ -1505,10 +1507,13 @@ def _raise_interrupt(_signum: int, _frame: Any) -> None:
 
 
 def _setup_lines(opts: Options) -> list[str]:
+    from taskdb import settings
+
     batch = f"calls of {opts.submit_batch:,}" if opts.submit_batch else "one call"
     return [
         f"taskdb-pg / taskdb-sqlite: JobQueueClient.submit_batch in {batch}; per process "
-        "JobQueueServer(db, queue, handler) with its defaults (what `taskdb worker mod:app` "
+        f"JobQueueServer(db, queue, handler, workers={settings.DEFAULT_WORKER_SLOTS}), its other "
+        "defaults (what `taskdb worker mod:app` "
         f"starts), no-op async handler; at most {min(opts.jobs, opts.untuned_jobs):,} jobs per run",
         f"taskdb-*-tuned: the same with workers={opts.taskdb_workers}, "
         f"poll_interval={opts.poll_interval}",

@@ -12,6 +12,10 @@ URL_ENV = "TASKDB_URL"
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_MAX_RETRIES = 3
+DEFAULT_WORKER_SLOTS = 16
+"""``taskdb worker --concurrency``: jobs one worker process runs at once per queue,
+chosen by measurement (``benchmarks/queue_throughput.py``: one slot spends a
+transaction and a wake-up per job). ``JobQueueServer``'s own default stays 1."""
 DEFAULT_REFERENCE_THRESHOLD = 65_536
 """Binary outputs of at least this many bytes are stored as blobs behind a ``CacheRef``;
 smaller ones are inlined in the row."""

@@ -158,7 +158,13 @@ def load_target(spec: str) -> Any:
     help="A queue to serve (repeatable). Default for an App: every queue of its tasks.",
 )
 @click.option(
-    "--concurrency", "-c", default=1, show_default=True, help="Concurrent jobs per queue."
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=settings.DEFAULT_WORKER_SLOTS,
+    show_default=True,
+    help="Jobs run at once per queue (async handlers on one event loop; plain `def` "
+    "tasks in as many threads).",
 )
 @click.option(
     "--threads",

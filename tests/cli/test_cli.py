@@ -124,7 +124,7 @@ def test_stats(db_url: str) -> None:
         (["worker", "json:dumps", "-q", "x", "--lease", "nan"], "lease_seconds must be a finite"),
         (["worker", "json:dumps", "-q", "x", "--poll", "inf"], "poll_interval must be a finite"),
         (["worker", "json:dumps", "-q", "x", "--stop-timeout", "-1"], "stop_timeout must be"),
-        (["worker", "json:dumps", "-q", "x", "--concurrency", "0"], "workers must be at least 1"),
+        (["worker", "json:dumps", "-q", "x", "--concurrency", "0"], "0 is not in the range x>=1"),
         (["worker", "json:dumps", "-q", "x", "--rate", "5"], "bad rate"),
         (["worker", "json:dumps", "-q", "x", "--rate", "0/s"], "bad rate"),
         (["worker", "json:dumps", "-q", "x", "--retry-base", "soon"], "bad duration"),

@@ -104,7 +104,7 @@ async def test_a_dead_workers_slot_is_free_once_its_lease_expired(
     client = taskdb.JobQueueClient(db, "q", poll_interval=0.02)
     first = await client.submit("first", max_retries=3)
     doomed = taskdb_process(
-        "worker", "blocking:block", "-q", "q", "--lease", "1", "--poll", "0.05",
+        "worker", "blocking:block", "-q", "q", "-c", "1", "--lease", "1", "--poll", "0.05",
         db_url=db_url, cwd=tmp_path,
     )  # fmt: skip
 
