@@ -54,12 +54,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
+    BigInteger,
     Integer,
     Row,
+    Text,
+    bindparam,
     case,
+    cast,
     delete,
     exists,
     func,
+    or_,
     select,
     update,
 )
@@ -67,13 +72,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskdb import settings
 from taskdb.core.clock import Clock, seconds, utcnow
+from taskdb.core.jobs import TERMINAL_STATUSES
 from taskdb.core.refs import new_blob_key
 from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
 from taskdb.store.database import Database
 from taskdb.store.dialect import BlobIO, Dialect
 from taskdb.store.errors import reconnecting
 from taskdb.store.params import batches, bind, bind_list
-from taskdb.store.schema import UtcDateTime, blob_links, blobs
+from taskdb.store.schema import UtcDateTime, blob_links, blobs, jobs
 from taskdb.streams.blob import DEFAULT_CHUNK_BYTES, Blob, BlobWriter, check_chunk
 
 log = logging.getLogger("taskdb.blobs")
@@ -115,6 +121,10 @@ class GcReport(BaseModel):
     stale_writers_removed: int
     """``'writing'`` blobs whose writer stopped touching them."""
     bytes_freed: int
+    stale_links_removed: int = 0
+    """Links of ended jobs whose stored output does not refer to the blob (a link
+    made before an outcome that never came: a graph job's worker died); the
+    blobs they alone held count in ``blobs_removed`` (not with ``dry_run``)."""
 
 
 def _info(row: Row[Any]) -> BlobInfo:
@@ -189,6 +199,24 @@ class _Statements:
         cutoff = bind("cutoff", UtcDateTime())
         orphan = (b.c.state == COMMITTED, b.c.committed_at < cutoff, unlinked)
         stale = (b.c.state == WRITING, b.c.updated_at < cutoff)
+        # links of ended jobs whose output does not name the blob
+        holder = links.c.holder
+        job_id = case((holder.like("job:%"), cast(func.substr(holder, 5), BigInteger)))
+        unreferenced = (
+            select(links.c.blob_key, holder)
+            .select_from(links.join(jobs, jobs.c.id == job_id))
+            .where(
+                jobs.c.status.in_(TERMINAL_STATUSES),
+                or_(jobs.c.output.is_(None), ~cast(jobs.c.output, Text).contains(links.c.blob_key)),
+            )
+        )
+        self.stale_links = unreferenced.limit(bind("limit", Integer())).with_for_update(
+            of=jobs, skip_locked=True
+        )
+        self.count_stale_links = select(func.count()).select_from(unreferenced.subquery())
+        self.unlink_pair = delete(links).where(
+            links.c.blob_key == bindparam("k"), links.c.holder == bindparam("h")
+        )
         self.sweeps: dict[str, tuple[Any, Any, Any]] = {
             kind: (
                 select(b.c.id)
@@ -518,11 +546,14 @@ class BlobStore:
 
     async def _free(self, conn: AsyncConnection, keys: Iterable[str]) -> int:
         """Delete the committed blobs among ``keys`` (locked) that nothing links."""
+        return len(await self._free_rows(conn, keys))
+
+    async def _free_rows(self, conn: AsyncConnection, keys: Iterable[str]) -> list[Row[Any]]:
         rows: list[Row[Any]] = []
         for batch in batches(sorted(set(keys))):
             rows.extend((await conn.execute(self._s.free, {"p_keys": batch})).all())
         await self._io.drop(conn, rows)
-        return len(rows)
+        return rows
 
     async def link(self, conn: AsyncConnection, keys: Iterable[str], holder: str) -> list[str]:
         """Record, in ``conn``'s transaction, that ``holder`` refers to the blobs
@@ -593,6 +624,8 @@ class BlobStore:
             "stale": now - timedelta(seconds=stale_seconds),
         }
         found: dict[str, tuple[int, int]] = {}
+        links = await (self._count_stale_links() if dry_run else self._sweep_stale_links())
+        found["links"] = links[1:]  # blobs and bytes freed with them
         for kind, cutoff in cutoffs.items():
             lock, remove, count = self._s.sweeps[kind]
             if dry_run:
@@ -601,10 +634,41 @@ class BlobStore:
                 found[kind] = await self._sweep(lock, remove, cutoff)
         return GcReport(
             dry_run=dry_run,
-            blobs_removed=found["orphans"][0],
+            blobs_removed=found["orphans"][0] + found["links"][0],
             stale_writers_removed=found["stale"][0],
-            bytes_freed=found["orphans"][1] + found["stale"][1],
+            bytes_freed=found["orphans"][1] + found["stale"][1] + found["links"][1],
+            stale_links_removed=links[0],
         )
+
+    @reconnecting
+    async def _count_stale_links(self) -> tuple[int, int, int]:
+        async with self.db.transaction(write=False) as conn:
+            return int(await conn.scalar(self._s.count_stale_links) or 0), 0, 0
+
+    async def _sweep_stale_links(self) -> tuple[int, int, int]:
+        """Delete the links of ended jobs whose output does not name their blob, in
+        batches; returns (links, blobs freed, bytes freed)."""
+        links = freed = size = 0
+        while True:
+            found, rows = await self._sweep_stale_links_batch()
+            links += found
+            freed += len(rows)
+            size += sum(int(r.size) for r in rows)
+            if found < GC_BATCH:
+                return links, freed, size
+
+    @reconnecting
+    async def _sweep_stale_links_batch(self) -> tuple[int, Sequence[Row[Any]]]:
+        async with self.db.transaction() as conn:
+            pairs = (await conn.execute(self._s.stale_links, {"p_limit": GC_BATCH})).all()
+            if not pairs:
+                return 0, []
+            unlink = [{"k": row.blob_key, "h": row.holder} for row in pairs]
+            await conn.execute(self._s.unlink_pair, unlink)
+            keys = sorted({str(row.blob_key) for row in pairs})
+            await self._lock(conn, keys)
+            rows = await self._free_rows(conn, keys)
+        return len(pairs), rows
 
     @reconnecting
     async def _count(self, count: Any, cutoff: datetime) -> tuple[int, int]:

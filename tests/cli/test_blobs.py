@@ -126,6 +126,7 @@ def test_gc_dry_run_then_real(db_url: str, image_job_id: str) -> None:
         "blobs_removed": 1,
         "stale_writers_removed": 0,
         "bytes_freed": MIB,
+        "stale_links_removed": 0,
     }
     assert orphan not in keys() and len(keys()) == 1  # the job's blob stays
     again = invoke("gc", "--dry-run", "--grace", "0s", "--db", db_url).output

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -165,8 +165,10 @@ def pg_connections(url: str, *, allowed: bool) -> None:
 class Outage:
     """A real database failure started from inside a handler, over ``seconds``
     later: on PostgreSQL the database's connections are killed and new ones
-    refused; on SQLite another connection holds the write lock for longer than
-    the busy timeout of :meth:`database`."""
+    refused; on SQLite another connection, in a thread of its own, holds the
+    write lock for longer than the busy timeout of :meth:`database` (taken on
+    the event loop, it would block the loop while a transaction of the worker
+    waits for the loop to commit)."""
 
     def __init__(self, url: str, seconds: float = 1.0) -> None:
         self.url = url
@@ -174,18 +176,27 @@ class Outage:
         self.over = asyncio.Event()
         self._pg = make_url(url).get_backend_name() == "postgresql"
         self._ending: asyncio.Task[None] | None = None
-        self._lite: Any = None
+        self._release = threading.Event()
+        self._holder: threading.Thread | None = None
 
     def database(self) -> taskdb.Database:
         return taskdb.connect(self.url, sqlite_busy_timeout=0.1)
+
+    def _hold_the_write_lock(self, taken: threading.Event) -> None:
+        lite = outside_writer(self.url)  # BEGIN IMMEDIATE (it waits for the lock)
+        taken.set()
+        self._release.wait()
+        lite.execute("COMMIT")
+        lite.close()
 
     async def start(self) -> None:
         if self._pg:
             await asyncio.to_thread(pg_connections, self.url, allowed=False)
         else:
-            lite = outside_writer(self.url)
-            assert isinstance(lite, sqlite3.Connection)
-            self._lite = lite
+            taken = threading.Event()
+            self._holder = threading.Thread(target=self._hold_the_write_lock, args=(taken,))
+            self._holder.start()
+            await asyncio.to_thread(taken.wait)
         self._ending = asyncio.ensure_future(self._end())
 
     async def _end(self) -> None:
@@ -195,9 +206,9 @@ class Outage:
     async def restore(self) -> None:
         if self._pg:
             await asyncio.to_thread(pg_connections, self.url, allowed=True)
-        elif not self.over.is_set():
-            self._lite.execute("COMMIT")
-            self._lite.close()
+        elif self._holder is not None:
+            self._release.set()
+            await asyncio.to_thread(self._holder.join)
         self.over.set()
 
 

@@ -211,3 +211,37 @@ async def test_a_lease_reaped_before_the_outcome_fences_it_off(db: taskdb.Databa
     assert await store.reap("q", NOW + timedelta(hours=1)) == 1
     assert await store.finish("w", [(claim, completed(key))], NOW) == {}
     assert (await BlobStore(db).gc(grace_seconds=0)).blobs_removed == 1
+
+
+# -- links an ended job's output does not refer to ---------------------------------------
+
+
+async def test_gc_reclaims_links_an_ended_jobs_output_does_not_name(db: taskdb.Database) -> None:
+    """A link made ahead of an outcome that never came (a graph job links its outputs
+    before clearing its run cache; its worker died) is reclaimed once the job has
+    ended with an output that does not refer to the blob; a running job's links
+    and the blobs an output refers to stay."""
+    kept, early, running, failed = [await blob(db) for _ in range(4)]
+    store, blobs = JobStore(db), BlobStore(db)
+    done, gone = await running_job(db), await running_job(db)
+    async with db.transaction() as conn:  # linked ahead of their outcomes
+        await blobs.link_holders(
+            conn, {f"job:{done.job_id}": [early], f"job:{gone.job_id}": [failed]}
+        )
+    statuses = await store.finish("w", [(done, completed(kept))], NOW)
+    assert statuses == {done.job_id: JobStatus.COMPLETED}
+    assert await store.reap("q", NOW + timedelta(hours=1)) == 1  # gone: FAILED, no output
+    busy = await running_job(db)  # still running: its early link stays
+    async with db.transaction() as conn:
+        await blobs.link_holders(conn, {f"job:{busy.job_id}": [running]})
+
+    dry = await blobs.gc(dry_run=True)
+    assert (dry.stale_links_removed, dry.blobs_removed) == (2, 0)
+    report = await blobs.gc()  # no orphan is past the grace: these are links
+    assert (report.stale_links_removed, report.blobs_removed) == (2, 2)
+    assert report.bytes_freed == 200
+    assert {b.key for b in await blobs.list_blobs()} == {kept, running}
+    async with db.transaction(write=False) as conn:
+        found = await conn.execute(text("SELECT blob_key, holder FROM taskdb_blob_links"))
+        links = {(row[0], row[1]) for row in found}
+    assert links == {(kept, f"job:{done.job_id}"), (running, f"job:{busy.job_id}")}
