@@ -22,12 +22,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from taskdb import settings
-from taskdb.errors import ConfigurationError, SchemaOutOfDate, TaskdbError
+from taskdb.errors import ConfigurationError, SchemaOutOfDate, StorageError, TaskdbError
 from taskdb.store import migrate as _migrate
 from taskdb.store import postgres, sqlite
 from taskdb.store.dialect import ConnectOptions, Dialect, DialectName
 from taskdb.store.errors import (
     DRIVER_ERRORS,
+    OutageLog,
     is_missing_table,
     reconnecting,
     reconnecting_sync,
@@ -120,6 +121,8 @@ class Database:
         self.listen = self.backend.listens and settings.resolve_listen(listen)
         """Whether waits wake on PostgreSQL NOTIFY (else they only poll)."""
         self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
+        self.outages = OutageLog(self.safe_url)
+        """Logs each outage of this database once (see :class:`OutageLog`)."""
 
     def __repr__(self) -> str:
         return f"Database({self.safe_url!r})"
@@ -151,7 +154,9 @@ class Database:
             for closed in [k for k in self._listeners if k.is_closed()]:
                 del self._listeners[closed]  # its task died with its loop
             listener = self._listeners[loop] = Listener(
-                self._listen_connection, lambda exc: str(translate_error(exc, self.safe_url))
+                self._listen_connection,
+                lambda exc: translate_error(exc, self.safe_url),
+                self.outages,
             )
         return listener
 
@@ -221,7 +226,10 @@ class Database:
                     yield conn
                     committing = True  # the commit may or may not happen: never retried
         except DRIVER_ERRORS as exc:
-            raise translate_error(exc, self.safe_url, retryable=not committing) from exc
+            err = translate_error(exc, self.safe_url, retryable=not committing)
+            self.outages.failed(err)
+            raise err from exc
+        self.outages.up()
 
     @asynccontextmanager
     async def transaction(
@@ -240,6 +248,7 @@ class Database:
             if not atomic and self.backend.standalone_statements:
                 async with self._engine(autocommit=True).connect() as conn:
                     yield conn
+                self.outages.up()
                 return
             async with self._engine().connect() as conn:
                 if not write:
@@ -256,8 +265,14 @@ class Database:
                 except DRIVER_ERRORS as exc:
                     # The commit may or may not have happened: never retried.
                     raise translate_error(exc, self.safe_url, retryable=False) from exc
+            self.outages.up()
         except DRIVER_ERRORS as exc:
-            raise translate_error(exc, self.safe_url) from exc
+            err = translate_error(exc, self.safe_url)
+            self.outages.failed(err)
+            raise err from exc
+        except StorageError as exc:
+            self.outages.failed(exc)
+            raise
 
     async def check(self) -> None:
         """Connect and check the schema now (a worker does before it claims anything):

@@ -43,6 +43,7 @@ class Findings:
     orphan_blobs: list[str] = field(default_factory=list)
     orphan_large_objects: list[int] = field(default_factory=list)
     orphan_chunks: int = 0
+    orphans_linked: int = 0  # of orphan_blobs: still linked to a row that does not refer to it
     stream_errors: list[str] = field(default_factory=list)
     streams_checked: int = 0
     blobs_checked: int = 0
@@ -54,7 +55,11 @@ class Findings:
             ("failed", self.failed),
             ("completed twice", self.completed_twice),
             ("wrong output", self.wrong_output),
-            ("orphan blobs after gc", self.orphan_blobs),
+            (
+                f"orphan blobs after gc ({self.orphans_linked} linked to a row not "
+                "referring to them)",
+                self.orphan_blobs,
+            ),
             ("orphan large objects after gc", self.orphan_large_objects),
             ("stream offsets/content", self.stream_errors),
         ]
@@ -165,6 +170,8 @@ async def _check_orphans(db: taskdb.Database, found: Findings) -> None:
             referenced.update(cache_refs(output))
     blobs = await _rows(db, "SELECT key FROM taskdb_blobs")
     found.orphan_blobs = sorted(r.key for r in blobs if r.key not in referenced)
+    linked = {r.blob_key for r in await _rows(db, "SELECT blob_key FROM taskdb_blob_links")}
+    found.orphans_linked = len(linked.intersection(found.orphan_blobs))
     if db.dialect == "postgresql":
         found.orphan_large_objects = [
             r.oid

@@ -93,6 +93,7 @@ class Result:
             f"({f.blobs_checked} blobs read back), streams checked {f.streams_checked} "
             f"with {len(f.stream_errors)} offset/content errors",
             f"  gc removed {self.gc_removed}; orphans after gc: {len(f.orphan_blobs)} blobs, "
+            f"({f.orphans_linked} still linked to a job not referring to them), "
             f"{len(f.orphan_large_objects)} large objects, {f.orphan_chunks} chunk rows",
         ]
         problems = self.problems()
