@@ -6,7 +6,9 @@ start their own cluster instead: ``initdb`` into a temporary directory (as the
 ``postgres`` user when run as root: initdb refuses root), a free port on
 127.0.0.1, its unix socket in that directory, ``fsync=off``. :meth:`PrivateCluster.stop`
 and :meth:`PrivateCluster.start` make the outage; :meth:`PrivateCluster.destroy`
-removes everything. Free of taskdb: the chaos harness uses it outside pytest too.
+removes everything. :class:`PgBouncer` runs Debian's ``pgbouncer`` in transaction
+pooling mode in front of a server. Free of taskdb: the chaos harness uses it
+outside pytest too.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import contextlib
 import glob
 import os
 import pwd
+import resource
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +157,77 @@ def private_cluster() -> Iterator[PrivateCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+def _many_files() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 16384 if hard == resource.RLIM_INFINITY else min(16384, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+class PgBouncer:
+    """``pgbouncer`` in transaction pooling mode on a free port of 127.0.0.1, in
+    front of the server at ``host:port`` (every database name passes through),
+    with its own ini and userlist in a temporary directory (run as ``postgres``
+    when we are root: it refuses root). :class:`ClusterUnavailable` when it
+    cannot start."""
+
+    def __init__(self, host: str, port: int, user: str = "postgres") -> None:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(binary).is_file():
+            raise ClusterUnavailable("pgbouncer is not installed (apt-get install pgbouncer)")
+        self.port = free_port()
+        self.user = user
+        self.root = Path(tempfile.mkdtemp(prefix="taskdb-pgbouncer-"))
+        (self.root / "userlist.txt").write_text(f'"{user}" ""\n')
+        (self.root / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={host} port={port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.root / 'userlist.txt'}\n"
+            "pool_mode = transaction\nmax_client_conn = 15000\ndefault_pool_size = 20\n"
+            # the server is shared: at most 20 connections a database (tests drop theirs),
+            # idle ones closed soon (max_user_connections leaked its count in 1.18 here)
+            "server_idle_timeout = 2\n"
+            f"logfile = {self.root / 'pgbouncer.log'}\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+        )
+        cmd = [binary, str(self.root / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            os.chown(self.root, pwd.getpwnam("postgres").pw_uid, -1)
+            for name in ("userlist.txt", "pgbouncer.ini"):
+                os.chown(self.root / name, pwd.getpwnam("postgres").pw_uid, -1)
+            # setpriv, not runuser: runuser's PAM session would reset the file limit
+            cmd = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *cmd]
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_many_files,  # a test session leaves many client connections open
+        )
+        give_up = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > give_up:
+                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                    self.close()
+                    raise ClusterUnavailable(f"pgbouncer did not start: {err.strip()}") from None
+                time.sleep(0.05)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -101,6 +101,7 @@ class Database:
         sqlite_busy_timeout: float = settings.SQLITE_BUSY_TIMEOUT_SECONDS,
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         listen: bool | None = None,
+        listen_url: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         self._url, self.backend = _parse_url(settings.resolve_url(url))
@@ -120,6 +121,12 @@ class Database:
         self._schema_ok = False
         self.listen = self.backend.listens and settings.resolve_listen(listen)
         """Whether waits wake on PostgreSQL NOTIFY (else they only poll)."""
+        self._listen_url = self._url
+        raw_listen_url = settings.resolve_listen_url(listen_url)
+        if self.listen and raw_listen_url:
+            self._listen_url, backend = _parse_url(raw_listen_url)
+            if backend is not self.backend:
+                raise ConfigurationError("the LISTEN URL must be a postgresql:// URL")
         self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
         self.outages = OutageLog(self.safe_url)
         """Logs each outage of this database once (see :class:`OutageLog`)."""
@@ -161,7 +168,7 @@ class Database:
         return listener
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[TupleRow]:
-        return await self.backend.listen_connection(self._engine().sync_engine, self._url)
+        return await self.backend.listen_connection(self._engine().sync_engine, self._listen_url)
 
     def _sync_engine(self, autocommit: bool = False) -> Engine:
         """The synchronous engine (thread-safe pool) of the sync client, made on first use."""
@@ -317,6 +324,7 @@ class Database:
     def _sync_connection(self) -> Iterator[Any]:
         try:
             engine = create_engine(self.backend.sync_url(self._url))
+            self.backend.configure_engine(engine, self._options)
         except NoSuchModuleError as exc:  # pragma: no cover - broken install
             raise ConfigurationError(str(exc)) from exc
         try:
@@ -409,8 +417,10 @@ def connect(url: str | None = None, **options: Any) -> Database:
     is never changed implicitly: call :meth:`Database.migrate` (or run
     ``taskdb migrate``) once; using a database behind head raises
     :class:`SchemaOutOfDate`. On PostgreSQL, waits wake on NOTIFY through one
-    extra connection per process and event loop; ``listen=False`` (or
-    ``TASKDB_LISTEN=0``) makes them poll only, e.g. behind PgBouncer in
-    transaction mode.
+    extra connection per process and event loop, to ``listen_url`` (default
+    ``$TASKDB_LISTEN_URL``, else ``url``); ``listen=False`` (or
+    ``TASKDB_LISTEN=0``) makes them poll only. Behind PgBouncer in transaction
+    mode: ``?prepare_threshold=none`` in ``url`` and ``listen_url`` a direct
+    connection to PostgreSQL (or ``listen=False``).
     """
     return Database(url, **options)
