@@ -10,8 +10,8 @@ ids (or blob keys) so the report can name them:
   the job's last claim (a stale worker's completion won);
 - wrong output: the stored output (refs resolved) differs from what the handler
   returns for that input, or carries a run token no handler run recorded;
-- orphans: blob rows no job or cache row refers to, large objects no blob row
-  holds, chunk rows of no blob;
+- orphans: blob rows no job or cache row refers to, chunk rows of no blob,
+  PostgreSQL large objects no blob row holds;
 - stream: offsets from ``follow`` not 0, 1, 2, ... or a last attempt whose
   events differ from what the handler emitted.
 """
@@ -181,9 +181,8 @@ async def _check_orphans(db: taskdb.Database, found: Findings) -> None:
                 "NOT IN (SELECT oid FROM taskdb_blobs WHERE oid IS NOT NULL)",
             )
         ]
-    else:
-        ((found.orphan_chunks,),) = await _rows(
-            db,
-            "SELECT count(*) FROM taskdb_blob_chunks "
-            "WHERE blob_id NOT IN (SELECT id FROM taskdb_blobs)",
-        )
+    ((found.orphan_chunks,),) = await _rows(
+        db,
+        "SELECT count(*) FROM taskdb_blob_chunks "
+        "WHERE blob_id NOT IN (SELECT id FROM taskdb_blobs)",
+    )

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,11 @@ async def test_in_process_components_ride_out_an_outage(
     assert noisy == [], caplog.text
 
 
+async def _ticks(db: taskdb.Database) -> list[datetime]:
+    jobs = await taskdb.Admin(db).list_jobs(queue="beats", limit=1000)
+    return [datetime.fromisoformat(job.input["tick"]) for job in jobs]
+
+
 def _spawn(args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TASKDB_URL": url, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
@@ -126,12 +132,13 @@ def _spawn(args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def test_worker_and_watch_processes_ride_out_an_outage(
+async def test_worker_watch_and_scheduler_processes_ride_out_an_outage(
     private_pg: PrivateCluster, private_pg_url: str, tmp_path: Path
 ) -> None:
-    """Real ``taskdb worker`` and ``taskdb watch`` processes: both stay up, the worker
-    runs what was submitted before and after, watch prints what happened after, and
-    each logs the outage once."""
+    """Real ``taskdb worker``, ``taskdb watch`` and ``taskdb scheduler`` processes: all
+    stay up, the worker runs what was submitted before and after, watch prints what
+    happened after, the scheduler enqueues ticks again (one job each), and each
+    logs the outage once."""
     db = taskdb.connect(private_pg_url)
     client = JobQueueClient(db, "q", poll_interval=0.05)
     worker_log, watch_log = tmp_path / "worker.log", tmp_path / "watch.log"
@@ -141,10 +148,15 @@ async def test_worker_and_watch_processes_ride_out_an_outage(
         private_pg_url, worker_log,
     )  # fmt: skip
     watch = _spawn(["watch", "--queue", "q", "--poll", "0.05"], private_pg_url, watch_log)
+    scheduler_log = tmp_path / "scheduler.log"
+    scheduler = _spawn(
+        ["scheduler", "tests.integration.outage_app:app"], private_pg_url, scheduler_log
+    )
     try:
         before = await client.submit_batch([{"n": n, "sleep": 0.3} for n in range(30)])
         await eventually(lambda: asyncio.sleep(0, watch_log.read_text()), lambda t: "claimed" in t)
         await asyncio.to_thread(_outage, private_pg)
+        back = datetime.now(UTC)
         after = await client.submit({"n": 30})
         assert [await h.wait(timeout=60) for h in [*before, after]] == list(range(31))
         await eventually(
@@ -152,13 +164,19 @@ async def test_worker_and_watch_processes_ride_out_an_outage(
             lambda t: f"job {after.id}" in t and "completed" in t.split(f"job {after.id}")[-1],
             timeout=30,
         )
-        assert worker.poll() is None and watch.poll() is None
+        ticks = await eventually(
+            lambda: _ticks(db), lambda t: any(tick > back for tick in t), timeout=30
+        )
+        assert len(ticks) == len(set(ticks))  # one job per tick
+        assert worker.poll() is None and watch.poll() is None and scheduler.poll() is None
     finally:
-        for proc in (worker, watch):
+        for proc in (worker, watch, scheduler):
             proc.terminate()
             proc.wait(timeout=30)
         await db.aclose()
-    for log in (worker_log, watch_log):
+    for log in (worker_log, watch_log, scheduler_log):
         lines = log.read_text().splitlines()
         assert sum(BEGAN in line for line in lines) == 1, log.read_text()[-3000:]
         assert sum(ENDED in line for line in lines) == 1, log.read_text()[-3000:]
+        noisy = [line for line in lines if "WARNING" in line and "retrying" in line]
+        assert [line for line in noisy if BEGAN not in line] == [], log.read_text()[-3000:]
