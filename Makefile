@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench clean
+.PHONY: demo test lint types unit bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/stream_throughput.py --only text
 	$(BIN)/python benchmarks/blob_refs.py
 	$(BIN)/python benchmarks/dashboard.py
+
+# kill -9s every second and a PostgreSQL restart under load (private cluster), then the
+# checker: exits non-zero on any job lost, completed twice or with a wrong output
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --pg-jobs 5000 --pg-workers 4 --sqlite-jobs 2000 --sqlite-workers 3
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache taskdb.sqlite3*

@@ -50,9 +50,13 @@ class StorageError(TaskdbError):
 
     ``retryable`` is True when the transaction certainly did not commit (the
     connection was lost before COMMIT), so running it again is safe.
+    ``unavailable`` is True when the database could not be reached at all (down,
+    restarting, refusing connections): an outage, which taskdb's own loops ride
+    out by retrying.
     """
 
     retryable: bool = False
+    unavailable: bool = False
 
 
 class SchemaOutOfDate(StorageError):

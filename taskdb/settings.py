@@ -47,3 +47,14 @@ def resolve_listen(listen: bool | None) -> bool:
     if listen is not None:
         return listen
     return os.environ.get(LISTEN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+LISTEN_URL_ENV = "TASKDB_LISTEN_URL"
+"""A direct PostgreSQL URL for the LISTEN connection when ``TASKDB_URL`` goes through
+a pooler in transaction mode (PgBouncer), which does not pass NOTIFY."""
+
+
+def resolve_listen_url(url: str | None) -> str | None:
+    """The URL the LISTEN connection uses: the argument, else ``$TASKDB_LISTEN_URL``
+    (``None``: the database URL itself)."""
+    return url or os.environ.get(LISTEN_URL_ENV) or None

@@ -21,6 +21,7 @@ from hypothesis import settings
 from sqlalchemy import make_url
 
 import taskdb
+from tests.pgserver import ClusterUnavailable, PgBouncer, PrivateCluster, private_cluster
 
 # Property tests: ~50 examples each in `make test` (TASKDB_HYPOTHESIS_EXAMPLES for more),
 # no deadline (a database round trip varies), derandomized in CI, seeds printed.
@@ -140,3 +141,89 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     request.getfixturevalue("pg_template")  # skip/fail like the others when PG is down
     with scratch_pg_database() as url:
         yield url
+
+
+# -- a private PostgreSQL cluster, for tests that stop or restart the server -------------
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[PrivateCluster]:
+    """A PostgreSQL cluster of this test session only (tests/pgserver.py): tests may
+    stop and restart it (never the shared server). Skips (fails under
+    ``TASKDB_REQUIRE_PG=1``) with the reason where none can be made."""
+    try:
+        cluster_cm = private_cluster()
+        cluster = cluster_cm.__enter__()
+    except ClusterUnavailable as exc:
+        reason = f"no private PostgreSQL cluster: {exc}"
+        if REQUIRE_PG:
+            pytest.fail(reason + " (TASKDB_REQUIRE_PG=1)")
+        pytest.skip(reason)
+    try:
+        yield cluster
+    finally:
+        cluster_cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def private_pg_template(private_pg: PrivateCluster) -> str:
+    url = private_pg.create_database()
+    taskdb.connect(url).migrate()
+    name = make_url(url).database
+    assert name
+    return name
+
+
+@pytest.fixture
+def private_pg_url(private_pg: PrivateCluster, private_pg_template: str) -> Iterator[str]:
+    """A fresh migrated database on the private cluster; the cluster is running
+    again after the test whatever it did to it."""
+    url = private_pg.create_database(private_pg_template)
+    yield url
+    if not private_pg.running:
+        private_pg.start()
+    with private_pg.admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+# -- PgBouncer in transaction mode, for the queue, follow and blob suites ----------------
+
+POOLED = [*DIALECTS, "pgbouncer"]
+"""``db_url`` params of the modules that also run through PgBouncer."""
+
+
+@pytest.fixture
+def pgbouncer(pg_template: str) -> Iterator[PgBouncer]:
+    """PgBouncer (transaction pooling) in front of the test server: every database
+    name passes through. Skips (fails under ``TASKDB_REQUIRE_PG=1``) without it.
+    One per test (it starts in milliseconds): a PgBouncer 1.18 kept for a whole
+    session stopped opening server connections after some 55 had been closed
+    under it by ``DROP DATABASE ... WITH (FORCE)``."""
+    url = make_url(PG_URL)
+    try:
+        bouncer = PgBouncer(url.host or "127.0.0.1", url.port or 5432, url.username or "postgres")
+    except ClusterUnavailable as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"{exc} (TASKDB_REQUIRE_PG=1)")
+        pytest.skip(str(exc))
+    yield bouncer
+    bouncer.close()
+
+
+def pooled_db_url(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, kind: str | None = None
+) -> str:
+    """``db_url`` for ``POOLED`` params: ``pgbouncer`` is a fresh PostgreSQL database
+    reached through PgBouncer in transaction mode, as its README advice says:
+    ``?prepare_threshold=none``, and LISTEN on a direct connection
+    (``TASKDB_LISTEN_URL``, which worker subprocesses inherit). ``kind``: the param
+    (default ``request.param``)."""
+    kind = request.param if kind is None else kind
+    if kind != "pgbouncer":
+        fixture = "fresh_sqlite_url" if kind == "sqlite" else "fresh_pg_url"
+        url: str = request.getfixturevalue(fixture)
+        return url
+    direct: str = request.getfixturevalue("fresh_pg_url")
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    monkeypatch.setenv("TASKDB_LISTEN_URL", direct)
+    return bouncer.url(str(make_url(direct).database)) + "?prepare_threshold=none"

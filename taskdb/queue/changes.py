@@ -21,6 +21,7 @@ from taskdb.core.jobs import ChangeCursor, JobChange
 from taskdb.errors import TaskdbError
 from taskdb.queue.local import sleep_until
 from taskdb.store.database import Database
+from taskdb.store.errors import retry_level
 from taskdb.store.feed import ChangeFeed
 
 log = logging.getLogger("taskdb.changes")
@@ -83,7 +84,7 @@ async def follow_changes(
             try:
                 page = await feed.page(cursor, queue=queue, job_id=job_id)
             except TaskdbError as exc:  # the database is away: keep the cursor, retry
-                log.warning("change feed of %s: %s; retrying", where, exc)
+                log.log(retry_level(exc), "change feed of %s: %s; retrying", where, exc)
                 await asyncio.sleep(poll_interval)
                 continue
             for change in page.changes:

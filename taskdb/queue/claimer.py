@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from taskdb.core.clock import Clock
 from taskdb.errors import TaskdbError
 from taskdb.queue.limiters import Limiter
+from taskdb.store.errors import retry_level
 
 log = logging.getLogger("taskdb.server")
 T = TypeVar("T")
@@ -181,7 +182,7 @@ class Claimer:
                 # limiter plugin or here, that must not stop the worker from claiming.
                 failures += 1
                 if isinstance(exc, TaskdbError):
-                    log.warning("claim failed (%s); retrying", exc)
+                    log.log(retry_level(exc), "claim failed (%s); retrying", exc)
                 else:
                     log.exception("claim failed unexpectedly; retrying")
                 await host.sleep(min(self._poll * 2**failures, MAX_BACKOFF))

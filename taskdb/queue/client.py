@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, TypedDict, Unpack
 
 from taskdb import settings
@@ -39,6 +40,7 @@ from taskdb.queue.durable import closing_event
 from taskdb.queue.local import StreamCallback, StreamSource, Unsubscribe, hub_for, sleep_until
 from taskdb.queue.tracing import submit_span
 from taskdb.store.database import Database
+from taskdb.store.errors import outlast, retry_level
 from taskdb.store.jobs import JobStore
 from taskdb.store.streams import StreamStore
 from taskdb.streams.events import Finish, StreamError, StreamEvent
@@ -124,7 +126,7 @@ class JobHandle:
                 except JobNotFound:
                     return  # purged
                 except TaskdbError as exc:  # the database is away: keep following
-                    log.warning("following job %s: %s; retrying", self.id, exc)
+                    log.log(retry_level(exc), "following job %s: %s; retrying", self.id, exc)
                     await asyncio.sleep(self.client.poll_interval)
                     continue
                 if (job.progress, job.progress_message, job.progress_details) != (0.0, None, None):
@@ -326,10 +328,11 @@ class JobQueueClient(ClientBase):
         (``timeout=0``: no waiting).
 
         Re-reads the job when a same-process server records it, on PostgreSQL when
-        its queue changes (NOTIFY; at most every 20 ms), and every ``poll_interval``.
+        its queue changes (NOTIFY; at most every 20 ms), and every ``poll_interval``;
+        rides out a database outage (that lasts less than what is left of ``timeout``).
         """
         loop = asyncio.get_running_loop()
-        give_up = None if timeout is None else loop.time() + timeout
+        give_up = None if timeout is None else time.monotonic() + timeout
         changed = asyncio.Event()
         hub = hub_for(self.db)
         hub.watch_job(job_id, changed)
@@ -339,14 +342,14 @@ class JobQueueClient(ClientBase):
             while True:
                 changed.clear()
                 read_at = loop.time()
-                job = await self._store.get(job_id)
+                job = await outlast(lambda: self._store.get(job_id), self.poll_interval, give_up)
                 if job.status.terminal:
                     return job
                 if listener is not None and watched is None:
                     watched = job.queue
                     listener.watch(watched, changed)
                     continue  # read again: a change before the watch began had no effect
-                left = None if give_up is None else give_up - loop.time()
+                left = None if give_up is None else give_up - time.monotonic()
                 await sleep_until(changed, self._pause(job, left, timeout))
                 # A busy queue notifies all the time: re-read at most every _RECHECK_GAP.
                 await asyncio.sleep(read_at + _RECHECK_GAP - loop.time())
@@ -386,7 +389,8 @@ class JobQueueClient(ClientBase):
         Ends after the stream's ``Finish`` (holding ``{"output": ...}``, the job's
         stored output) or ``StreamError``; a job that ended without closing its
         stream (its worker died at the last moment) gets them from its row.
-        Memory stays bounded: events are read a few at a time. Raises
+        Memory stays bounded: events are read a few at a time. A database outage
+        only delays it (it reads again every ``poll_interval`` until it is back). Raises
         :class:`JobNotFound` for an unknown job and :class:`ConfigurationError`
         for a job submitted without ``durable_stream=True``.
         """
@@ -398,8 +402,8 @@ class JobQueueClient(ClientBase):
         interval = min(self.poll_interval, 0.1) if poll_interval is None else poll_interval
         store = StreamStore(self.db)
         offset = from_offset
-        while True:
-            batch = await store.read(job_id, offset, _FOLLOW_BATCH)
+        while True:  # a database outage only delays it
+            batch = await outlast(partial(store.read, job_id, offset, _FOLLOW_BATCH), interval)
             for item in batch:
                 yield item.offset, item.event
                 offset = item.offset + 1
@@ -407,9 +411,9 @@ class JobQueueClient(ClientBase):
                     return
             if batch:
                 continue
-            job = await self.get(job_id)
+            job = await outlast(partial(self.get, job_id), interval)
             if job.status.terminal:
-                if await store.read(job_id, offset, 1):
+                if await outlast(partial(store.read, job_id, offset, 1), interval):
                     continue  # appended meanwhile
                 yield offset, closing_event(job)
                 return

@@ -5,6 +5,9 @@ stays synchronous) and returns an awaitable that completes once the buffer
 is below its high-water mark: a handler that awaits it is slowed to the
 database's pace, so a long binary stream never piles up in memory. One
 background task appends batches in order; ``close`` flushes what is left.
+A database outage only delays the appends: a batch whose transaction certainly
+rolled back is appended again once the database is back (meanwhile the buffer
+fills and the handler waits); the run is cancelled if its lease is lost.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import asyncio
 import contextlib
 import itertools
 from collections import deque
+from functools import partial
 
 from taskdb.core.jobs import Job, JobStatus
 from taskdb.errors import LeaseLost, job_error_from_row
+from taskdb.store.errors import outlast
 from taskdb.store.streams import StreamStore
 from taskdb.streams.events import BinaryDelta, Finish, StreamError, StreamEvent
 
 HIGH_WATER_BYTES = 8 * 1024 * 1024
 HIGH_WATER_EVENTS = 1024
 BATCH_EVENTS = 256
+_OUTAGE_PAUSE = 0.2  # seconds between appends while the database is away
 
 
 def closing_event(job: Job) -> StreamEvent:
@@ -84,9 +90,11 @@ class DurableStreamWriter:
                     await self._wake.wait()
                     continue
                 if self._offset < 0:
-                    self._offset = await self._store.next_offset(job_id)
+                    next_offset = partial(self._store.next_offset, job_id)
+                    self._offset = await outlast(next_offset, _OUTAGE_PAUSE)
                 batch = list(itertools.islice(self._pending, BATCH_EVENTS))
-                if not await self._store.append(job_id, attempt, worker_id, self._offset, batch):
+                append = partial(self._store.append, job_id, attempt, worker_id, self._offset)
+                if not await outlast(partial(append, batch), _OUTAGE_PAUSE, write=True):
                     raise LeaseLost(f"job {job_id}: lost before its stream was stored")
                 for _ in batch:
                     event = self._pending.popleft()

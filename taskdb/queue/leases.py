@@ -23,6 +23,7 @@ from typing import Protocol
 from taskdb.core.clock import Clock
 from taskdb.core.jobs import Claim, JobStatus
 from taskdb.errors import TaskdbError
+from taskdb.store.errors import retry_level
 
 log = logging.getLogger("taskdb.server")
 
@@ -165,7 +166,7 @@ class LeaseKeeper:
                 await self.once(beat=beat, reap=reap)
             except Exception as exc:  # not done: try again next tick
                 if isinstance(exc, TaskdbError):
-                    log.warning("lease maintenance failed (%s); retrying", exc)
+                    log.log(retry_level(exc), "lease maintenance failed (%s); retrying", exc)
                 else:
                     log.exception("lease maintenance failed unexpectedly; retrying")
                 continue

@@ -22,6 +22,7 @@ from taskdb.core.clock import Clock, utcnow
 from taskdb.core.schedules import GRACE, Schedule, due_ticks
 from taskdb.errors import InvalidSchedule, TaskdbError
 from taskdb.store.database import Database
+from taskdb.store.errors import retry_level
 from taskdb.store.schedules import ScheduleStore
 
 log = logging.getLogger("taskdb.scheduler")
@@ -131,7 +132,7 @@ class Scheduler:
             len(self.schedules),
             ", ".join(f"{s.name} ({s.cadence.describe()})" for s in self.schedules),
         )
-        failures = 0
+        failures, level = 0, logging.WARNING
         while not self._stop.is_set():
             try:
                 await self.run_once()
@@ -139,14 +140,15 @@ class Scheduler:
                 failures += 1
                 if failures == 1:
                     if isinstance(exc, TaskdbError):
-                        log.warning("scheduler: %s; retrying", exc)
+                        level = retry_level(exc)  # an outage: the database logs it once
+                        log.log(level, "scheduler: %s; retrying", exc)
                     else:
                         log.exception("scheduler failed unexpectedly; retrying")
                 await self._pause(min(0.5 * 2**failures, MAX_BACKOFF))
                 continue
             if failures:
-                log.warning("scheduler: the database is back after %d failed pass(es)", failures)
-                failures = 0
+                log.log(level, "scheduler: the database is back after %d failed pass(es)", failures)
+                failures, level = 0, logging.WARNING
             now = self._clock()
             await self._pause((self.next_wake(now) - now).total_seconds() + _LATE)
         self._stop.clear()  # it can run again

@@ -20,6 +20,7 @@ from taskdb.core.jobs import Job, input_digest
 from taskdb.errors import TaskdbError
 from taskdb.queue.client import ClientBase, SubmitOptions, job_result
 from taskdb.queue.tracing import submit_span
+from taskdb.store.errors import outlast_sync
 from taskdb.store.jobs import SyncJobStore
 
 
@@ -106,7 +107,7 @@ class SyncJobQueueClient(ClientBase):
         refuse_in_event_loop("SyncJobQueueClient.wait", "await JobQueueClient.wait")
         give_up = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self._store.get(job_id)
+            job = outlast_sync(lambda: self._store.get(job_id), self.poll_interval, give_up)
             if job.status.terminal:
                 return job
             left = None if give_up is None else give_up - time.monotonic()

@@ -22,12 +22,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from taskdb import settings
-from taskdb.errors import ConfigurationError, SchemaOutOfDate, TaskdbError
+from taskdb.errors import ConfigurationError, SchemaOutOfDate, StorageError, TaskdbError
 from taskdb.store import migrate as _migrate
 from taskdb.store import postgres, sqlite
 from taskdb.store.dialect import ConnectOptions, Dialect, DialectName
 from taskdb.store.errors import (
     DRIVER_ERRORS,
+    OutageLog,
     is_missing_table,
     reconnecting,
     reconnecting_sync,
@@ -100,6 +101,7 @@ class Database:
         sqlite_busy_timeout: float = settings.SQLITE_BUSY_TIMEOUT_SECONDS,
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         listen: bool | None = None,
+        listen_url: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         self._url, self.backend = _parse_url(settings.resolve_url(url))
@@ -119,7 +121,15 @@ class Database:
         self._schema_ok = False
         self.listen = self.backend.listens and settings.resolve_listen(listen)
         """Whether waits wake on PostgreSQL NOTIFY (else they only poll)."""
+        self._listen_url = self._url
+        raw_listen_url = settings.resolve_listen_url(listen_url)
+        if self.listen and raw_listen_url:
+            self._listen_url, backend = _parse_url(raw_listen_url)
+            if backend is not self.backend:
+                raise ConfigurationError("the LISTEN URL must be a postgresql:// URL")
         self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
+        self.outages = OutageLog(self.safe_url)
+        """Logs each outage of this database once (see :class:`OutageLog`)."""
 
     def __repr__(self) -> str:
         return f"Database({self.safe_url!r})"
@@ -151,12 +161,14 @@ class Database:
             for closed in [k for k in self._listeners if k.is_closed()]:
                 del self._listeners[closed]  # its task died with its loop
             listener = self._listeners[loop] = Listener(
-                self._listen_connection, lambda exc: str(translate_error(exc, self.safe_url))
+                self._listen_connection,
+                lambda exc: translate_error(exc, self.safe_url),
+                self.outages,
             )
         return listener
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[TupleRow]:
-        return await self.backend.listen_connection(self._engine().sync_engine, self._url)
+        return await self.backend.listen_connection(self._engine().sync_engine, self._listen_url)
 
     def _sync_engine(self, autocommit: bool = False) -> Engine:
         """The synchronous engine (thread-safe pool) of the sync client, made on first use."""
@@ -221,7 +233,10 @@ class Database:
                     yield conn
                     committing = True  # the commit may or may not happen: never retried
         except DRIVER_ERRORS as exc:
-            raise translate_error(exc, self.safe_url, retryable=not committing) from exc
+            err = translate_error(exc, self.safe_url, retryable=not committing)
+            self.outages.failed(err)
+            raise err from exc
+        self.outages.up()
 
     @asynccontextmanager
     async def transaction(
@@ -240,6 +255,7 @@ class Database:
             if not atomic and self.backend.standalone_statements:
                 async with self._engine(autocommit=True).connect() as conn:
                     yield conn
+                self.outages.up()
                 return
             async with self._engine().connect() as conn:
                 if not write:
@@ -256,8 +272,14 @@ class Database:
                 except DRIVER_ERRORS as exc:
                     # The commit may or may not have happened: never retried.
                     raise translate_error(exc, self.safe_url, retryable=False) from exc
+            self.outages.up()
         except DRIVER_ERRORS as exc:
-            raise translate_error(exc, self.safe_url) from exc
+            err = translate_error(exc, self.safe_url)
+            self.outages.failed(err)
+            raise err from exc
+        except StorageError as exc:
+            self.outages.failed(exc)
+            raise
 
     async def check(self) -> None:
         """Connect and check the schema now (a worker does before it claims anything):
@@ -302,6 +324,7 @@ class Database:
     def _sync_connection(self) -> Iterator[Any]:
         try:
             engine = create_engine(self.backend.sync_url(self._url))
+            self.backend.configure_engine(engine, self._options)
         except NoSuchModuleError as exc:  # pragma: no cover - broken install
             raise ConfigurationError(str(exc)) from exc
         try:
@@ -394,8 +417,10 @@ def connect(url: str | None = None, **options: Any) -> Database:
     is never changed implicitly: call :meth:`Database.migrate` (or run
     ``taskdb migrate``) once; using a database behind head raises
     :class:`SchemaOutOfDate`. On PostgreSQL, waits wake on NOTIFY through one
-    extra connection per process and event loop; ``listen=False`` (or
-    ``TASKDB_LISTEN=0``) makes them poll only, e.g. behind PgBouncer in
-    transaction mode.
+    extra connection per process and event loop, to ``listen_url`` (default
+    ``$TASKDB_LISTEN_URL``, else ``url``); ``listen=False`` (or
+    ``TASKDB_LISTEN=0``) makes them poll only. Behind PgBouncer in transaction
+    mode: ``?prepare_threshold=none`` in ``url`` and ``listen_url`` a direct
+    connection to PostgreSQL (or ``listen=False``).
     """
     return Database(url, **options)

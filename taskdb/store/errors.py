@@ -1,5 +1,5 @@
-"""The storage error boundary: driver errors become taskdb errors, and the one
-reconnect policy every store applies.
+"""The storage error boundary: driver errors become taskdb errors, the one
+reconnect policy every store applies, and how an outage is logged.
 
 Every statement runs inside :meth:`taskdb.store.database.Database.transaction`,
 which calls :func:`translate_error` on whatever the driver (psycopg, sqlite3,
@@ -7,13 +7,21 @@ SQLAlchemy) raises. A connection found dead before COMMIT means the
 transaction rolled back: that :class:`StorageError` is ``retryable``, and
 :func:`reconnecting` runs the transaction once more on a fresh connection, so a
 database restart costs no caller an error.
+
+An outage (the database cannot be reached: :attr:`StorageError.unavailable`)
+is logged by :class:`OutageLog`, once per database and process: one WARNING
+when the first statement fails, one INFO when a statement succeeds again.
+The loops that ride outages out (claims, leases, followers, waits) log their
+own failures only when they are not an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -33,6 +41,8 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+log = logging.getLogger("taskdb.store")
 
 
 def connection_lost(orig: BaseException, where: str, *, retryable: bool = True) -> StorageError:
@@ -67,8 +77,24 @@ def translate_error(exc: BaseException, where: str, *, retryable: bool = True) -
     if isinstance(orig, psycopg.errors.DataError | sqlite3.DataError):
         return InvalidJobInput(f"value rejected by the database: {detail}")
     if isinstance(orig, psycopg.OperationalError | OSError | sqlite3.OperationalError):
-        return StorageError(f"database {where} unavailable: {detail}")
+        err = StorageError(f"database {where} unavailable: {detail}")
+        err.unavailable = _unreachable(orig)
+        err.retryable = err.unavailable and retryable  # (before COMMIT: rolled back)
+        return err
     return StorageError(f"database error on {where}: {detail}")
+
+
+def _unreachable(orig: BaseException) -> bool:
+    """A failure to reach the server: no connection (no SQLSTATE), a connection
+    exception (class 08) or operator intervention (57: shutting down, starting up).
+    Not a statement's own failure (a lock or statement timeout), nor SQLite's
+    OperationalError (a locked or read-only file)."""
+    if isinstance(orig, OSError):
+        return True
+    if not isinstance(orig, psycopg.OperationalError):
+        return False
+    state = orig.sqlstate
+    return state is None or state.startswith(("08", "57"))
 
 
 def is_missing_table(exc: BaseException) -> bool:
@@ -131,3 +157,101 @@ async def riding_out(
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (see :class:`OutageLog`)."""
+    return isinstance(exc, StorageError) and exc.unavailable
+
+
+def retry_level(exc: BaseException) -> int:
+    """The level at which a loop that retries logs ``exc``: DEBUG for an outage
+    (the database's :class:`OutageLog` says it once), WARNING for anything else."""
+    return logging.DEBUG if is_outage(exc) else logging.WARNING
+
+
+def _outlasted(exc: StorageError, pause: float, deadline: float | None, write: bool) -> bool:
+    if not exc.unavailable or (write and not exc.retryable):
+        return True
+    return deadline is not None and time.monotonic() + pause > deadline
+
+
+async def outlast(
+    step: Callable[[], Awaitable[R]],
+    pause: float,
+    deadline: float | None = None,
+    *,
+    write: bool = False,
+) -> R:
+    """``await step()`` (one transaction), again every ``pause`` seconds while the
+    database cannot be reached; the outage's error propagates once ``deadline``
+    (``time.monotonic()``) would pass. ``write=True``: only while the failed
+    transaction certainly rolled back (``retryable``), so nothing applies twice."""
+    while True:
+        try:
+            return await step()
+        except StorageError as exc:
+            if _outlasted(exc, pause, deadline, write):
+                raise
+        await asyncio.sleep(pause)
+
+
+def outlast_sync(read: Callable[[], R], pause: float, deadline: float | None = None) -> R:
+    """:func:`outlast` of a read, for synchronous code."""
+    while True:
+        try:
+            return read()
+        except StorageError as exc:
+            if _outlasted(exc, pause, deadline, False):
+                raise
+        time.sleep(pause)
+
+
+class OutageLog:
+    """Logs the outages of one database: a WARNING when a statement first finds it
+    unreachable, nothing while it stays away, an INFO (with the duration) at the
+    first success ``settle`` seconds or more after the last failure. (While a
+    server shuts down, connections already open still answer for a moment: those
+    successes do not end the outage.) Thread-safe; :meth:`up` costs one attribute
+    read while the database is up."""
+
+    def __init__(self, where: str, settle: float = 1.0) -> None:
+        self._where = where
+        self._settle = settle
+        self._since: float | None = None  # monotonic time the outage began
+        self._last = 0.0  # monotonic time of its last failure
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failure; the first of an outage is logged."""
+        if not is_outage(exc):
+            return
+        with self._lock:
+            self._failures += 1
+            self._last = time.monotonic()
+            if self._since is not None:
+                return
+            self._since = self._last
+        log.warning("%s; retrying until it is back", exc)
+
+    def up(self) -> None:
+        """Note a success; the first after an outage (and ``settle``) is logged."""
+        if self._since is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            since, failures = self._since, self._failures
+            if since is None or now - self._last < self._settle:
+                return
+            self._since, self._failures = None, 0
+        log.info(
+            "database %s is back after %.1fs (%d failed attempts)",
+            self._where,
+            now - since,
+            failures,
+        )

@@ -11,8 +11,9 @@ something watches (and ``linger`` seconds after): PostgreSQL wakes every
 listening backend on every notification, so a busy worker that never waits
 should not listen. Notifications only shorten waits: every waiter still polls
 at its interval, so nothing is lost while the connection is down (it
-reconnects with backoff) or when NOTIFY does not arrive at all (PgBouncer in
-transaction mode). Each time LISTEN begins every watcher is woken once, to
+reconnects with backoff; an outage is logged once, by the database's
+:class:`~taskdb.store.errors.OutageLog`) or when NOTIFY does not arrive at all
+(PgBouncer in transaction mode). Each time LISTEN begins every watcher is woken once, to
 read what committed while nobody listened.
 """
 
@@ -27,13 +28,15 @@ from collections.abc import Awaitable, Callable
 import psycopg
 from psycopg.rows import TupleRow
 
+from taskdb.store.errors import OutageLog, is_outage
+
 log = logging.getLogger("taskdb.notify")
 
 CHANNEL = "taskdb_changes"
 WORK = "+"  # payload prefix: the statement made work runnable in that queue
 
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[TupleRow]]]
-Describe = Callable[[BaseException], str]
+Describe = Callable[[BaseException], BaseException]
 
 _HEALTH_CHECK_SECONDS = 30.0  # a silent connection is pinged this often (half-open TCP)
 _TICK = 1.0  # seconds between looks at the watchers while listening
@@ -43,14 +46,16 @@ class Listener:
     """Fans notifications out to the events watching each queue (one event loop).
 
     ``connect`` opens the dedicated connection; ``describe`` turns a driver error
-    into the message logged (taskdb's translation). Started by the first
-    :meth:`watch`; stopped by :meth:`aclose`.
+    into taskdb's (what is logged); ``outages`` notes the failures that are an
+    outage, and logs them once. Started by the first :meth:`watch`; stopped by
+    :meth:`aclose`.
     """
 
     def __init__(
         self,
         connect: Connect,
         describe: Describe,
+        outages: OutageLog | None = None,
         *,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
@@ -58,6 +63,7 @@ class Listener:
     ) -> None:
         self._connect = connect
         self._describe = describe
+        self._outages = outages
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._linger = linger
@@ -109,13 +115,19 @@ class Listener:
                 conn = await self._connect()
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    if self._outages is not None:
+                        self._outages.up()
                     self.backend_pid = conn.info.backend_pid
                     self._listening.set()
                     backoff = self._min_backoff
                     self._wake_all()
                     await self._receive(conn)
             except (psycopg.Error, OSError) as exc:
-                log.warning("LISTEN: %s; retrying in %.1fs", self._describe(exc), backoff)
+                err = self._describe(exc)
+                if self._outages is not None and is_outage(err):
+                    self._outages.failed(err)  # logged once per outage
+                else:
+                    log.warning("LISTEN: %s; retrying in %.1fs", err, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
             finally:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +38,7 @@ from sqlalchemy import (
     cast,
     column,
     delete,
+    event,
     false,
     func,
     literal_column,
@@ -432,6 +433,33 @@ class _Blobs:
         await self._chunks.drop(conn, [r for r in rows if r.oid is None])
 
 
+# -- connections -----------------------------------------------------------------------
+
+PREPARE_THRESHOLD = "prepare_threshold"
+"""URL query parameter: psycopg's ``prepare_threshold`` (``none``: never prepare
+statements on the server, as PgBouncer before 1.21 in transaction mode needs)."""
+
+
+def prepare_threshold(raw: str | tuple[str, ...] | None) -> int | None:
+    """The ``prepare_threshold`` a URL asks for (psycopg's default, 5, when absent)."""
+    if raw is None:
+        return 5
+    value = raw[-1] if isinstance(raw, tuple) else raw
+    if value.strip().lower() in ("none", "off", "false", "no"):
+        return None
+    if value.strip().isdigit():
+        return int(value)
+    raise ConfigurationError(
+        f"prepare_threshold in the database URL must be a whole number or 'none', got {value!r}"
+    )
+
+
+def driver_params(params: MutableMapping[str, Any]) -> None:
+    """Psycopg's connect arguments from a URL's: ``prepare_threshold`` as a number."""
+    if PREPARE_THRESHOLD in params:
+        params[PREPARE_THRESHOLD] = prepare_threshold(params[PREPARE_THRESHOLD])
+
+
 # -- the dialect -----------------------------------------------------------------------
 
 
@@ -454,6 +482,7 @@ class PostgresDialect:
     # -- connections -----------------------------------------------------------------
 
     def async_url(self, url: URL) -> URL:
+        prepare_threshold(url.query.get(PREPARE_THRESHOLD))  # a bad value fails here
         return url.set(drivername="postgresql+psycopg")
 
     def sync_url(self, url: URL) -> URL:
@@ -474,7 +503,11 @@ class PostgresDialect:
         return engine
 
     def configure_engine(self, engine: Engine, options: ConnectOptions) -> None:
-        """Nothing to hook: psycopg's defaults suit taskdb."""
+        """Turn the URL's ``prepare_threshold`` (a string) into psycopg's argument."""
+
+        @event.listens_for(engine, "do_connect")
+        def connect_args(dialect: Any, record: Any, cargs: Any, params: dict[str, Any]) -> None:
+            driver_params(params)
 
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
@@ -483,6 +516,7 @@ class PostgresDialect:
         self, engine: Engine, url: URL
     ) -> psycopg.AsyncConnection[TupleRow]:
         _args, params = engine.dialect.create_connect_args(url)
+        driver_params(params)
         params.setdefault("application_name", f"taskdb-listen:{os.getpid()}")
         params.setdefault("connect_timeout", 10)  # (the engine's own, when it has one)
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)

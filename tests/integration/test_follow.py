@@ -23,8 +23,15 @@ from taskdb import (
 )
 from taskdb.store.schema import job_streams
 from taskdb.streams import BinaryDelta, Finish, Phase, StreamError, StreamEvent, TextDelta
+from tests.conftest import POOLED, pooled_db_url
 
 MIB = 1024 * 1024
+
+
+@pytest.fixture(params=POOLED)
+def db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Also through PgBouncer in transaction mode (tests/conftest.py)."""
+    return pooled_db_url(request, monkeypatch)
 
 
 async def collect(

@@ -30,8 +30,16 @@ from taskdb import (
     RetryPolicy,
     WaitTimeout,
 )
+from tests.conftest import POOLED, pooled_db_url
 from tests.helpers import FakeClock, eventually
 from tests.integration.conftest import FAST
+
+
+@pytest.fixture(params=POOLED)
+def db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Also through PgBouncer in transaction mode (tests/conftest.py)."""
+    return pooled_db_url(request, monkeypatch)
+
 
 NO_BACKOFF = RetryPolicy(base_seconds=0.0, jitter=0.0)
 

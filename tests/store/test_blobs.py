@@ -14,7 +14,15 @@ import taskdb
 from taskdb import ConfigurationError, StorageError
 from taskdb.cache import BlobStore, SqlTaskOutputRepository, make_cache_ref
 from taskdb.store.blobs import _Pieces
+from tests.conftest import POOLED, pooled_db_url
 from tests.helpers import FakeClock, eventually
+
+
+@pytest.fixture(params=POOLED)
+def db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Also through PgBouncer in transaction mode (tests/conftest.py)."""
+    return pooled_db_url(request, monkeypatch)
+
 
 MiB = 1024 * 1024
 
