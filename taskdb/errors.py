@@ -50,9 +50,9 @@ class StorageError(TaskdbError):
 
     ``retryable`` is True when the transaction certainly did not commit (the
     connection was lost before COMMIT), so running it again is safe.
-    ``unavailable`` is True when the database could not be reached at all (down,
-    restarting, refusing connections): an outage, which taskdb's own loops ride
-    out by retrying.
+    ``unavailable`` is True when the database could not be reached (down,
+    restarting, refusing connections) or dropped the connection: an outage,
+    which taskdb's own loops ride out by retrying.
     """
 
     retryable: bool = False

@@ -9,10 +9,11 @@ transaction rolled back: that :class:`StorageError` is ``retryable``, and
 database restart costs no caller an error.
 
 An outage (the database cannot be reached: :attr:`StorageError.unavailable`)
-is logged by :class:`OutageLog`, once per database and process: one WARNING
-when the first statement fails, one INFO when a statement succeeds again.
-The loops that ride outages out (claims, leases, followers, waits) log their
-own failures only when they are not an outage.
+is noted by the database's :class:`OutageLog` and logged once per process by
+the first loop that retries (claims, leases, followers, waits): one WARNING
+when it begins, one INFO when statements succeed again; the loops log their
+own retries at DEBUG (:func:`retry_level`). A one-shot call that fails only
+raises.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def connection_lost(orig: BaseException, where: str, *, retryable: bool = True) 
     """The error for a connection that died (before COMMIT: ``retryable``)."""
     err = StorageError(f"database {where} connection lost: {str(orig).strip()}")
     err.retryable = retryable
+    err.unavailable = True  # (the server went away, or dropped us: an outage to ride out)
     return err
 
 
@@ -152,9 +154,10 @@ async def riding_out(
     while True:
         try:
             return await call()
-        except StorageError:
+        except StorageError as exc:
             if until is None or time.monotonic() + delay > until:
                 raise
+            retry_level(exc)  # an outage is announced once, by the database's log
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
 
@@ -166,8 +169,13 @@ def is_outage(exc: BaseException) -> bool:
 
 def retry_level(exc: BaseException) -> int:
     """The level at which a loop that retries logs ``exc``: DEBUG for an outage
-    (the database's :class:`OutageLog` says it once), WARNING for anything else."""
-    return logging.DEBUG if is_outage(exc) else logging.WARNING
+    (the database's :class:`OutageLog` says it once, now), WARNING for anything else."""
+    if not is_outage(exc):
+        return logging.WARNING
+    outages = getattr(exc, "_taskdb_outages", None)
+    if isinstance(outages, OutageLog):
+        outages.announce(exc)
+    return logging.DEBUG
 
 
 def _outlasted(exc: StorageError, pause: float, deadline: float | None, write: bool) -> bool:
@@ -193,6 +201,7 @@ async def outlast(
         except StorageError as exc:
             if _outlasted(exc, pause, deadline, write):
                 raise
+            retry_level(exc)
         await asyncio.sleep(pause)
 
 
@@ -204,16 +213,19 @@ def outlast_sync(read: Callable[[], R], pause: float, deadline: float | None = N
         except StorageError as exc:
             if _outlasted(exc, pause, deadline, False):
                 raise
+            retry_level(exc)
         time.sleep(pause)
 
 
 class OutageLog:
-    """Logs the outages of one database: a WARNING when a statement first finds it
-    unreachable, nothing while it stays away, an INFO (with the duration) at the
-    first success ``settle`` seconds or more after the last failure. (While a
-    server shuts down, connections already open still answer for a moment: those
-    successes do not end the outage.) Thread-safe; :meth:`up` costs one attribute
-    read while the database is up."""
+    """The outages of one database. :meth:`failed` (every failed transaction)
+    notes one silently and marks the error as belonging to it; a loop that
+    retries announces it (:func:`retry_level`): a WARNING, once per outage. The
+    first success ``settle`` seconds or more after the last failure ends the
+    outage, with an INFO if it was announced. (While a server shuts down,
+    connections already open still answer for a moment: those successes do not
+    end it.) A one-shot command that fails logs nothing here: its error says it.
+    Thread-safe; :meth:`up` costs one attribute read while the database is up."""
 
     def __init__(self, where: str, settle: float = 1.0) -> None:
         self._where = where
@@ -221,6 +233,7 @@ class OutageLog:
         self._since: float | None = None  # monotonic time the outage began
         self._last = 0.0  # monotonic time of its last failure
         self._failures = 0
+        self._announced = False
         self._lock = threading.Lock()
 
     @property
@@ -228,30 +241,38 @@ class OutageLog:
         return self._since is not None
 
     def failed(self, exc: BaseException) -> None:
-        """Note a failure; the first of an outage is logged."""
+        """Note a failed transaction (only an outage counts)."""
         if not is_outage(exc):
             return
+        exc._taskdb_outages = self  # type: ignore[attr-defined]
         with self._lock:
             self._failures += 1
             self._last = time.monotonic()
-            if self._since is not None:
+            if self._since is None:
+                self._since = self._last
+
+    def announce(self, exc: BaseException) -> None:
+        """Log the outage ``exc`` belongs to, unless it was already."""
+        with self._lock:
+            if self._announced or self._since is None:
                 return
-            self._since = self._last
+            self._announced = True
         log.warning("%s; retrying until it is back", exc)
 
     def up(self) -> None:
-        """Note a success; the first after an outage (and ``settle``) is logged."""
+        """Note a success; the first after an announced outage (and ``settle``) is logged."""
         if self._since is None:
             return
         with self._lock:
             now = time.monotonic()
-            since, failures = self._since, self._failures
+            since, failures, announced = self._since, self._failures, self._announced
             if since is None or now - self._last < self._settle:
                 return
-            self._since, self._failures = None, 0
-        log.info(
-            "database %s is back after %.1fs (%d failed attempts)",
-            self._where,
-            now - since,
-            failures,
-        )
+            self._since, self._failures, self._announced = None, 0, False
+        if announced:
+            log.info(
+                "database %s is back after %.1fs (%d failed attempts)",
+                self._where,
+                now - since,
+                failures,
+            )

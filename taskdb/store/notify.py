@@ -125,7 +125,8 @@ class Listener:
             except (psycopg.Error, OSError) as exc:
                 err = self._describe(exc)
                 if self._outages is not None and is_outage(err):
-                    self._outages.failed(err)  # logged once per outage
+                    self._outages.failed(err)
+                    self._outages.announce(err)  # logged once per outage
                 else:
                     log.warning("LISTEN: %s; retrying in %.1fs", err, backoff)
                 await asyncio.sleep(backoff)

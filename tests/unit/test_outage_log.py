@@ -25,7 +25,9 @@ def test_an_outage_is_logged_once_and_its_end_once(
     outages = OutageLog("x", settle=1.0)
     outages.up()  # up while up: nothing
     for _ in range(50):
-        outages.failed(_unavailable())
+        err = _unavailable()
+        outages.failed(err)
+        assert retry_level(err) == logging.DEBUG  # a loop retries: announced once
         now[0] += 0.1
     outages.failed(StorageError("database error on x: syntax"))  # not an outage: not counted
     outages.up()  # 0.1 s after the last failure: a connection still open, not the end
@@ -38,8 +40,20 @@ def test_an_outage_is_logged_once_and_its_end_once(
         (logging.WARNING, "database x unavailable: connection refused; retrying until it is back"),
         (logging.INFO, "database x is back after 6.0s (50 failed attempts)"),
     ]
-    outages.failed(_unavailable())  # a second outage is logged again
+    second = _unavailable()
+    outages.failed(second)  # a second outage is logged again, once a loop retries
+    assert len(caplog.records) == 2
+    retry_level(second)
     assert len(caplog.records) == 3
+
+
+def test_an_outage_nobody_retries_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """A one-shot command that fails says so in its error, not in a log line."""
+    caplog.set_level(logging.DEBUG, logger="taskdb")
+    outages = OutageLog("x", settle=0.0)
+    outages.failed(_unavailable())
+    outages.up()
+    assert caplog.records == [] and not outages.down
 
 
 def test_loops_log_outages_at_debug_and_other_failures_at_warning() -> None:
