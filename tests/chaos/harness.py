@@ -1,8 +1,9 @@
 """Run the chaos workload: real ``taskdb worker`` processes, kill -9s, a PostgreSQL
 restart, then ``gc`` and the checker (:mod:`tests.chaos.checker`).
 
-Every ``kill_interval`` seconds from the first job done (at most ``max_kills``
-times) a random worker is killed -9 and a new one started in its place. A
+Every ``kill_interval`` seconds from the first job done, or at each fraction
+``kill_at`` of the jobs done (at most ``max_kills`` times), a random worker is
+killed -9 and a new one started in its place. A
 worker that exits by itself is a finding, unless it refused to start while the
 database was down (fail-fast, as specified): that one is simply started again,
 as a supervisor would. Once ``restart_at`` of the
@@ -46,6 +47,9 @@ class Plan:
     max_sleep: float = 0.1  # each job sleeps uniformly up to this
     kill_interval: float = 1.0
     max_kills: int | None = None  # None: until the run ends
+    # fractions of jobs terminal at which to kill one worker each (instead of the
+    # interval): a fast machine finishes a small run before an interval passes
+    kill_at: tuple[float, ...] = ()
     restart_at: float | None = 0.5  # fraction of jobs terminal; None: no restart
     restart_mode: str = "fast"
     outage: float = 0.0  # > 0: stop, wait this long, start (else pg_ctl restart)
@@ -230,13 +234,23 @@ async def run(
                 up_at = datetime.now(UTC)
                 result.restart_note = f"pg_ctl -m {plan.restart_mode} at {done} jobs done"
             max_kills = plan.max_kills if plan.max_kills is not None else 1 << 30
-            if next_kill is None and done:
-                next_kill = time.monotonic() + plan.kill_interval
-            if next_kill is not None and result.kills < max_kills and time.monotonic() >= next_kill:
-                workers.kill_one(rng)
-                result.kills += 1
-                next_kill += plan.kill_interval
-            await asyncio.sleep(0.05)
+            if plan.kill_at:
+                due = sum(1 for f in plan.kill_at if done is not None and done >= f * len(ids))
+                if result.kills < min(due, max_kills):
+                    workers.kill_one(rng)
+                    result.kills += 1
+            else:
+                if next_kill is None and done:
+                    next_kill = time.monotonic() + plan.kill_interval
+                if (
+                    next_kill is not None
+                    and result.kills < max_kills
+                    and time.monotonic() >= next_kill
+                ):
+                    workers.kill_one(rng)
+                    result.kills += 1
+                    next_kill += plan.kill_interval
+            await asyncio.sleep(0.01 if plan.kill_at else 0.05)
         result.seconds = time.monotonic() - began
     finally:
         workers.stop()
