@@ -69,14 +69,7 @@ async def workers(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     where = JobFilter.parse(request.query_params)
-    found = await dashboard_of(request).admin.list_jobs(
-        queue=where.queue,
-        status=where.status,
-        task=where.task,
-        text=where.text,
-        limit=where.limit,
-        before=where.before,
-    )
+    found = await where.fetch(dashboard_of(request).admin)
     headers = {}
     if len(found) == where.limit:
         url = f"{base_of(request)}/api/jobs?{where.query(before=found[-1].id)}"

@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
-from taskdb.core.jobs import check_job_id, statuses_of
+from taskdb.admin import Admin
+from taskdb.core.jobs import Job, check_job_id, statuses_of
 from taskdb.errors import ConfigurationError, JobNotFound
 
 MAX_LIMIT = 500
@@ -56,6 +57,17 @@ class JobFilter:
     text: str | None = None
     limit: int = 50
     before: int | None = None
+
+    async def fetch(self, admin: Admin) -> list[Job]:
+        """The page of jobs this filter selects."""
+        return await admin.list_jobs(
+            queue=self.queue,
+            status=self.status,
+            task=self.task,
+            text=self.text,
+            limit=self.limit,
+            before=self.before,
+        )
 
     @classmethod
     def parse(cls, params: QueryParams) -> JobFilter:

@@ -90,14 +90,7 @@ async def overview(request: Request) -> Response:
 
 async def jobs(request: Request) -> Response:
     where = JobFilter.parse(request.query_params)
-    found = await dashboard_of(request).admin.list_jobs(
-        queue=where.queue,
-        status=where.status,
-        task=where.task,
-        text=where.text,
-        limit=where.limit,
-        before=where.before,
-    )
+    found = await where.fetch(dashboard_of(request).admin)
     following = where.query(before=found[-1].id) if len(found) == where.limit else None
     return _page(
         request,
