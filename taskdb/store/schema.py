@@ -29,8 +29,11 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names as pg_ischema_names
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import TypeCompiler
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 
 from taskdb.core.jobs import ACTIVE_STATUSES, RUNNING_STATUSES
@@ -104,8 +107,29 @@ def include_object(dialect: str) -> Callable[[Any, str | None, str, bool, Any], 
     return include
 
 
+class SqliteJsonText(sqlite.JSON):
+    """JSON in a column SQLite declares ``TEXT``.
+
+    A column declared ``JSON`` has NUMERIC affinity: SQLite would store the
+    document ``1.0`` as the integer 1 and ``9223372036854775808`` as a float,
+    so a bare number would not come back as given. TEXT affinity keeps the
+    document's text as written.
+    """
+
+    cache_ok = True
+
+
+@compiles(SqliteJsonText, "sqlite")
+def _sqlite_json_ddl(type_: SqliteJsonText, compiler: TypeCompiler, **kw: Any) -> str:
+    return "TEXT"
+
+
 def _json() -> Any:
-    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    return (
+        JSON(none_as_null=True)
+        .with_variant(JSONB(none_as_null=True), "postgresql")
+        .with_variant(SqliteJsonText(none_as_null=True), "sqlite")
+    )
 
 
 def _id() -> Any:
