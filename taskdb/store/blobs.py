@@ -36,6 +36,7 @@ refuses the outcome rather than store a dangling ref.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import (
@@ -306,6 +307,11 @@ class _Pieces:
         return ready
 
 
+async def _settle(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for ``tasks`` to end, whatever their outcome."""
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _shielded(cleanup: Coroutine[Any, Any, None]) -> None:
     """Run ``cleanup`` to its end even if the caller is cancelled again meanwhile."""
     task = asyncio.ensure_future(cleanup)
@@ -397,9 +403,10 @@ class BlobStore:
                     await commit
                 committed = await self._send(blob, pieces.take(final=True), final=True)
         except BaseException:
-            for commit in commits:
-                commit.cancel()
-            await asyncio.gather(*commits, return_exceptions=True)
+            # Commits in flight finish rather than being cancelled: a statement cut off
+            # midway invalidates its connection, and aiosqlite can then drop an SQLite
+            # connection without closing it, its write lock held until it is garbage.
+            await _shielded(_settle(commits))
             await _shielded(self._discard(blob))
             raise
         return BlobInfo(key, COMMITTED, blob.size, mime, created, committed, committed)
@@ -446,18 +453,21 @@ class BlobStore:
         if self.touch_interval is None:
             yield
             return
-        task = asyncio.ensure_future(self._toucher(blob, self.touch_interval))
+        done = asyncio.Event()  # not cancelled: a touch finishes (see write)
+        task = asyncio.ensure_future(self._toucher(blob, self.touch_interval, done))
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            done.set()
+            await _shielded(_settle([task]))
 
-    async def _toucher(self, blob: _Writing, interval: float) -> None:
-        while True:
-            await asyncio.sleep(max(0.0, blob.touched + interval - time.monotonic()))
-            if time.monotonic() - blob.touched < interval:
-                continue  # a commit touched it meanwhile
+    async def _toucher(self, blob: _Writing, interval: float, done: asyncio.Event) -> None:
+        while not done.is_set():
+            wait = max(0.0, blob.touched + interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), wait)
+            if done.is_set() or time.monotonic() - blob.touched < interval:
+                continue  # stopped, or a commit touched it meanwhile
             try:
                 await self._touch(blob)
             except TaskdbError as exc:
