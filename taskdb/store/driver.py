@@ -26,6 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskdb.store.errors import connection_lost
+from taskdb.store.schema import UtcDateTime
 
 Processor = Callable[[Any], Any]
 
@@ -89,6 +90,10 @@ class DriverStatement:
         columns = list(stmt.selected_columns)
         results = []
         for i, col in enumerate(columns):
+            # Sessions run in UTC (PostgresDialect.configure_engine): psycopg returns
+            # timestamps in datetime.UTC already, as UtcDateTime's processor would.
+            if isinstance(col.type, UtcDateTime):
+                continue
             process = col.type.result_processor(dialect, None)
             if process is not None:
                 results.append((i, process))

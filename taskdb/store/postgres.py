@@ -503,11 +503,23 @@ class PostgresDialect:
         return engine
 
     def configure_engine(self, engine: Engine, options: ConnectOptions) -> None:
-        """Turn the URL's ``prepare_threshold`` (a string) into psycopg's argument."""
+        """Turn the URL's ``prepare_threshold`` (a string) into psycopg's argument, and
+        run every session in UTC."""
 
         @event.listens_for(engine, "do_connect")
         def connect_args(dialect: Any, record: Any, cargs: Any, params: dict[str, Any]) -> None:
             driver_params(params)
+
+        @event.listens_for(engine, "connect")
+        def utc_session(dbapi_conn: Any, record: Any) -> None:
+            # psycopg then returns timestamps in datetime.UTC itself, which the row
+            # decoding takes as they are; in a zone (even 'Etc/UTC') each one is
+            # converted twice. A SET, not a startup option, which PgBouncer refuses
+            # (it tracks TimeZone across server connections).
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SET TimeZone TO 'UTC'")
+            cursor.close()
+            dbapi_conn.commit()
 
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))

@@ -23,5 +23,6 @@ def test_literals_are_carried_and_caller_values_processed() -> None:
     compiled = DriverStatement.compile(stmt, PGDialectAsync_psycopg())
     assert "q" in compiled.fixed.values()
     assert [name for name, _ in compiled.binds] == ["now"]  # the UtcDateTime check
-    assert [i for i, _ in compiled.results] == [1]  # run_after read back as UTC
+    # sessions run in UTC: psycopg gives run_after in datetime.UTC, nothing to convert
+    assert compiled.results == ()
     assert compiled.row._fields == ("id", "run_after")
