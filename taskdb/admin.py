@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from taskdb.core.clock import Clock, seconds, utcnow
+from taskdb.core.clock import Clock, age, seconds, utcnow
 from taskdb.core.jobs import (
     TERMINAL_STATUSES,
     ChangeCursor,
@@ -144,6 +144,13 @@ class Admin:
         given) that ended more than ``older_than`` ago, with their durable streams
         and the blobs only they referred to; returns how many jobs went."""
         return await purge_ended(self._jobs, older_than, self._clock(), queue, status)
+
+    async def trim_changes(self, older_than: timedelta) -> int:
+        """Delete change-feed rows recorded more than ``older_than`` ago (the newest
+        change always stays); returns how many went. Jobs keep their rows: only their
+        history (``job_history``, ``taskdb watch --job``, the dashboard) loses them,
+        and a reader whose cursor is older goes on from the first change kept."""
+        return await ChangeFeed(self.db).trim(self._clock() - age("older_than", older_than))
 
     async def pause_queue(self, queue: str) -> None:
         """Stop every worker, on every machine, claiming from ``queue`` (each with its

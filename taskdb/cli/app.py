@@ -26,6 +26,7 @@ from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
 from taskdb.cli.common import db_option, stop_on_signals
 from taskdb.cli.dashboard import dashboard
+from taskdb.cli.feed import feed
 from taskdb.cli.jobs import job, jobs, submit, wait
 from taskdb.cli.schedules import schedule, schedules
 from taskdb.cli.stats import queue, stats, workers
@@ -96,6 +97,7 @@ for _command in (
     queue,
     blob,
     gc,
+    feed,
     schedules,
     schedule,
     dashboard,

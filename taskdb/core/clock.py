@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from taskdb.errors import ConfigurationError
 
@@ -39,3 +39,12 @@ def seconds(name: str, value: object, *, positive: bool = False) -> float:
             f"got {value!r}"
         )
     return float(value)  # type: ignore[arg-type]
+
+
+def age(name: str, value: object) -> timedelta:
+    """``value`` as an age: a :class:`~datetime.timedelta` of at least 0 and at most
+    100 years; :class:`ConfigurationError` names ``name`` otherwise."""
+    if not isinstance(value, timedelta):
+        raise ConfigurationError(f"{name} must be a timedelta, got {value!r}")
+    seconds(name, value.total_seconds())
+    return value

@@ -12,7 +12,7 @@ from functools import cached_property, partial
 from typing import Any, TypedDict, Unpack
 
 from taskdb import settings
-from taskdb.core.clock import Clock, seconds, utcnow
+from taskdb.core.clock import Clock, age, utcnow
 from taskdb.core.inline import decode_binary_values
 from taskdb.core.jobs import (
     TERMINAL_STATUSES,
@@ -162,11 +162,9 @@ async def purge_ended(
 ) -> int:
     """Delete the ended jobs (of ``queue`` when given) in ``statuses`` that ended more
     than ``older_than`` before ``now``; how many went (see :meth:`JobQueueClient.purge`)."""
-    if not isinstance(older_than, timedelta):
-        raise ConfigurationError(f"older_than must be a timedelta, got {older_than!r}")
-    seconds("older_than", older_than.total_seconds())
     wanted = statuses_of(statuses, ended=True)
-    return await store.purge(now - older_than, now, queue=queue, statuses=wanted)
+    cutoff = now - age("older_than", older_than)
+    return await store.purge(cutoff, now, queue=queue, statuses=wanted)
 
 
 class SubmitOptions(TypedDict, total=False):

@@ -15,11 +15,19 @@ An ``int`` cursor is a ``seq``: ``0`` is the start of the feed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 
 from taskdb.core.jobs import ChangeCursor, JobChange
 from taskdb.store.database import Database
 from taskdb.store.errors import reconnecting
+from taskdb.store.params import params
 from taskdb.store.rows import model
+from taskdb.store.schema import job_changes
+
+TRIM_BATCH = 5000
+"""Changes a trim deletes per transaction (oldest first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +89,35 @@ class ChangeFeed:
         read, following = self._cursors.cursors(position, rows, limit)
         changes = [model(JobChange, row, cursor=at) for row, at in read]
         return ChangePage(changes, following, full=len(changes) >= limit)
+
+    async def trim(self, before: datetime) -> int:
+        """Delete the changes recorded before ``before``, oldest first, a batch per
+        transaction; returns how many went. It stops at the first change it keeps, and
+        never deletes the newest change: SQLite would hand its ``seq`` out again,
+        under a reader's cursor."""
+        trimmed = 0
+        while True:
+            count, more = await self._trim_batch(before)
+            trimmed += count
+            if not more:
+                return trimmed
+
+    @reconnecting
+    async def _trim_batch(self, before: datetime) -> tuple[int, bool]:
+        oldest = select(job_changes.c.seq, job_changes.c.at).order_by(job_changes.c.seq)
+        async with self.db.transaction() as conn:
+            newest = await conn.scalar(select(func.max(job_changes.c.seq)))
+            rows = (await conn.execute(oldest.limit(TRIM_BATCH))).all()
+            doomed = []
+            for row in rows:
+                if row.at >= before or row.seq == newest:
+                    break
+                doomed.append(row.seq)
+            if doomed:
+                # by seq, not "seq <= last": on PostgreSQL a change with a lower seq may
+                # commit after this read, and no reader has seen it yet
+                await conn.execute(
+                    delete(job_changes).where(self.db.backend.id_in(job_changes.c.seq)),
+                    params(ids=doomed),
+                )
+        return len(doomed), len(doomed) == TRIM_BATCH
