@@ -103,27 +103,40 @@ def submit(
 @click.command()
 @db_option
 @json_option
-@click.option("--queue", "-q", help="Only this queue.")
+@click.option("--queue", "-q", multiple=True, help="Only this queue (give it once).")
 @click.option("--status", "-s", type=STATUS, multiple=True, help="Only these statuses.")
+@click.option("--task", "-t", help="Only jobs of this typed task.")
+@click.option("--text", help="Holding this text in their task, error or fingerprint.")
 @click.option("--limit", default=50, show_default=True, help="At most this many jobs.")
 def jobs(
-    db_url: str, as_json: bool, queue: str | None, status: tuple[str, ...], limit: int
+    db_url: str,
+    as_json: bool,
+    queue: tuple[str, ...],
+    status: tuple[str, ...],
+    task: str | None,
+    text: str | None,
+    limit: int,
 ) -> None:
     """List jobs, newest first."""
+    if len(queue) > 1:  # (click would silently keep the last one)
+        raise click.UsageError("give --queue at most once")
 
     @with_db
     async def body(db: Database) -> list[Job]:
-        return await Admin(db).list_jobs(queue=queue, status=status, limit=limit)
+        return await Admin(db).list_jobs(
+            queue=queue[0] if queue else None, status=status, task=task, text=text, limit=limit
+        )
 
     rows = body(db_url)
     if as_json:
         print_json(jobs_json(rows))
         return
-    table = Table("id", "queue", "status", "attempts", "progress", "updated", "error")
+    table = Table("id", "queue", "task", "status", "attempts", "progress", "updated", "error")
     for j in rows:
         table.add_row(
             str(j.id),
             j.queue,
+            j.task or "-",
             j.status.value,
             f"{j.attempts}/{j.max_retries + 1}",
             f"{j.progress:.0f}%",
@@ -148,6 +161,7 @@ def _show_rows(row: Job) -> list[tuple[str, str]]:
     rows = [
         ("id", str(row.id)),
         ("queue", row.queue),
+        ("task", row.task or "-"),
         ("status", row.status.value),
         ("attempts", f"{row.attempts} of at most {row.max_retries + 1}"),
         ("progress", progress),

@@ -75,6 +75,18 @@ def test_submit_list_show_abort_retry_purge(db_url: str) -> None:
     assert json.loads(invoke("jobs", "--db", db_url, "--json").output) == []
 
 
+def test_jobs_show_and_filter_by_task_and_text(db_url: str) -> None:
+    typed = invoke("submit", "q", "{}", "--task", "resize_image", "--db", db_url).output.strip()
+    plain = invoke("submit", "q", "{}", "--fingerprint", "nightly-42", "--db", db_url).output
+    by_task = json.loads(invoke("jobs", "--task", "resize_image", "--db", db_url, "--json").output)
+    assert [str(j["id"]) for j in by_task] == [typed]
+    by_text = json.loads(invoke("jobs", "--text", "NIGHTLY", "--db", db_url, "--json").output)
+    assert [str(j["id"]) for j in by_text] == [plain.strip()]
+    table = invoke("jobs", "--db", db_url).output
+    assert "task" in table.splitlines()[1] and "resize_image" in table
+    assert "resize_image" in invoke("job", "show", typed, "--db", db_url).output
+
+
 def test_submit_options(db_url: str) -> None:
     first = invoke("submit", "q", "{}", "--fingerprint", "k", "--db", db_url).output
     second = invoke("submit", "q", '{"x": 1}', "--fingerprint", "k", "--db", db_url).output
@@ -119,6 +131,7 @@ def test_stats(db_url: str) -> None:
         (["job", "purge", "--older-than", "soon"], "bad duration"),
         (["job", "purge", "--older-than", "1d", "-s", "pending"], "only ended jobs"),
         (["jobs", "--status", "sleeping"], "'sleeping' is not one of"),
+        (["jobs", "-q", "a", "-q", "b"], "give --queue at most once"),
         (["worker", "nodots", "-q", "x"], "module:attr"),
         (["worker", "taskdb:JobQueueClient", "-q", "x"], "cannot be made with the database"),
         (["worker", "json:dumps", "-q", "x", "--lease", "nan"], "lease_seconds must be a finite"),
