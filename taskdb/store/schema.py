@@ -36,7 +36,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import TypeCompiler
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 
-from taskdb.core.jobs import ACTIVE_STATUSES, RUNNING_STATUSES
+from taskdb.core.jobs import ACTIVE_STATUSES
 from taskdb.errors import InvalidJobInput
 
 metadata = MetaData(
@@ -177,7 +177,6 @@ jobs = Table(
 
 _pending = jobs.c.status == "PENDING"
 _active = jobs.c.status.in_(ACTIVE_STATUSES)
-_running = jobs.c.status.in_(RUNNING_STATUSES)
 
 Index(
     "ix_taskdb_jobs_claim",
@@ -196,11 +195,15 @@ Index(
     postgresql_where=_active & jobs.c.fingerprint.is_not(None),
     sqlite_where=_active & jobs.c.fingerprint.is_not(None),
 )
+# Rows holding a lease (the running ones), for the reaper's ``lease_expires_at < now``.
+# Not ``WHERE status IN running``: statements that name those statuses and find their
+# rows by id would then scan it, dead entries of every claim since vacuum included.
+_holding = jobs.c.lease_expires_at.is_not(None)
 Index(
     "ix_taskdb_jobs_lease",
     jobs.c.lease_expires_at,
-    postgresql_where=_running,
-    sqlite_where=_running,
+    postgresql_where=_holding,
+    sqlite_where=_holding,
 )
 # Status changes can never be HOT updates, so every full index would get a new
 # entry per transition: the secondary indexes are partial, covering only the
