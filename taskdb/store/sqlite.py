@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -58,7 +59,7 @@ from sqlalchemy.pool import PoolResetState
 from sqlalchemy.types import TypeEngine
 
 from taskdb import settings
-from taskdb.core.jobs import ChangeCursor
+from taskdb.core.jobs import ChangeCursor, encode_json
 from taskdb.errors import ConfigurationError, StorageError
 from taskdb.store import changes
 from taskdb.store.dialect import (
@@ -413,15 +414,28 @@ def _closed(conn: AsyncConnection, exc: Exception) -> bool:
 # -- the dialect -----------------------------------------------------------------------
 
 
-def _encode(name: str, value: Any) -> Any:
-    """A value of a batch row as SQLite stores it."""
+def _batch_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a batch with its output as SQLite stores it."""
+    output = row.get("output")
+    if output is None:
+        return row
+    # json_extract returns nested JSON as text but a JSON string unquoted:
+    # pre-encoding keeps every value stored as its JSON text (as embed_json).
+    return {**row, "output": dumps(output)}
+
+
+def _batch_value(value: object) -> str:
+    """A batch value the JSON encoder does not know: a datetime, as SQLite stores it."""
     if isinstance(value, datetime):
         return _time_text(value)
-    if name == "output" and value is not None:
-        # json_extract returns nested JSON as text but a JSON string unquoted:
-        # pre-encoding keeps every value stored as its JSON text (as embed_json).
-        return dumps(value)
-    return value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# As params.dumps's encoder, times written as SQLite stores them (by the C encoder,
+# without a pass over every value of every row in Python).
+_BATCH_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_batch_value
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -528,7 +542,7 @@ class SqliteDialect:
         ).subquery("v")
 
     def encode_batch(self, rows: Sequence[dict[str, Any]]) -> str:
-        return dumps([{k: _encode(k, v) for k, v in row.items()} for row in rows])
+        return encode_json(_BATCH_ENCODER, [_batch_row(row) for row in rows], "value")
 
     def embed_json(self, text: str) -> str:
         """As a JSON string, which ``json_extract`` gives back as the text itself."""
