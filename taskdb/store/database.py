@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Literal, TypeVar
 
 import psycopg
@@ -249,29 +249,40 @@ class Database:
         PostgreSQL they then run in autocommit mode, saving the BEGIN and COMMIT
         round trips. Driver errors raised inside become :class:`TaskdbError`.
         """
+        standalone = not atomic and self.backend.standalone_statements
+        async with self._connection(autocommit=standalone) as conn:
+            if standalone:
+                yield conn
+                return
+            if not write:
+                await conn.execution_options(taskdb_write=False)
+            transaction = await conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(*DRIVER_ERRORS):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except DRIVER_ERRORS as exc:
+                # The commit may or may not have happened: never retried.
+                raise translate_error(exc, self.safe_url, retryable=False) from exc
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A pooled connection with no transaction begun, for a dialect that runs a
+        whole transaction in one call on its driver connection (SQLite's
+        :meth:`~taskdb.store.dialect.Dialect.run_writes`). As in :meth:`transaction`,
+        driver errors raised inside become :class:`TaskdbError`."""
+        return self._connection()
+
+    @asynccontextmanager
+    async def _connection(self, autocommit: bool = False) -> AsyncIterator[AsyncConnection]:
         try:
             if not self._schema_ok:
                 await self._check_schema()
-            if not atomic and self.backend.standalone_statements:
-                async with self._engine(autocommit=True).connect() as conn:
-                    yield conn
-                self.outages.up()
-                return
-            async with self._engine().connect() as conn:
-                if not write:
-                    await conn.execution_options(taskdb_write=False)
-                transaction = await conn.begin()
-                try:
-                    yield conn
-                except BaseException:
-                    with contextlib.suppress(*DRIVER_ERRORS):
-                        await transaction.rollback()
-                    raise
-                try:
-                    await transaction.commit()
-                except DRIVER_ERRORS as exc:
-                    # The commit may or may not have happened: never retried.
-                    raise translate_error(exc, self.safe_url, retryable=False) from exc
+            async with self._engine(autocommit=autocommit).connect() as conn:
+                yield conn
             self.outages.up()
         except DRIVER_ERRORS as exc:
             err = translate_error(exc, self.safe_url)

@@ -67,6 +67,8 @@ class Transactions(Protocol):
         self, *, write: bool = True, atomic: bool = True
     ) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
 
 class FeedCursors(Protocol):
     """How a dialect reads the change feed in a gap-free order (see
@@ -233,6 +235,14 @@ class Dialect(Protocol):
     ) -> list[Any]:
         """Run a :class:`Recorded` write; returns the changed rows (attribute access,
         ``_asdict()``)."""
+        ...
+
+    async def run_writes(
+        self, db: Transactions, writes: Sequence[tuple[Recorded, dict[str, Any]]], *, atomic: bool
+    ) -> list[list[Any]]:
+        """Run :class:`Recorded` writes one after the other in one write transaction of
+        their own (``atomic=False``: one write that may stand alone); returns the
+        changed rows of each."""
         ...
 
     def run_recorded_sync(

@@ -307,6 +307,11 @@ class JobStore:
         """Run a recorded write; returns the changed rows (attribute access, ``_asdict``)."""
         return await self._d.run_recorded(conn, stmt, values, self.db.safe_url)
 
+    async def _writes(self, *writes: tuple[Recorded, dict[str, Any]]) -> list[list[Any]]:
+        """Run recorded writes in one transaction of their own (one call on SQLite's
+        driver connection); returns the changed rows of each."""
+        return await self._d.run_writes(self.db, writes, atomic=self._atomic or len(writes) > 1)
+
     async def _record(
         self, conn: AsyncConnection, ids: Sequence[int], now: datetime, kind: ChangeKind
     ) -> None:
@@ -390,8 +395,7 @@ class JobStore:
                 await self._d.lock(conn, f"taskdb-cap:{queue}")
                 rows = await self._write(conn, self._s.claim_capped, values | params(cap=cap))
         else:
-            async with self.db.transaction(atomic=self._atomic) as conn:
-                rows = await self._write(conn, self._s.claim, values)
+            (rows,) = await self._writes((self._s.claim, values))
         rows.sort(key=_claim_order)
         return rows
 
@@ -482,11 +486,13 @@ class JobStore:
             return {}
         values = self._finish_values(worker_id, items, now)
         refs = _refs(items)
-        async with self.db.transaction(atomic=self._atomic or bool(refs)) as conn:
+        if not refs:
+            (done,) = await self._writes((self._s.finish, values))
+            return {r.id: JobStatus(r.status) for r in done}
+        async with self.db.transaction() as conn:
             done = await self._write(conn, self._s.finish, values)
             statuses = {r.id: JobStatus(r.status) for r in done}
-            if refs:
-                await self._link_outputs(conn, refs, statuses)
+            await self._link_outputs(conn, refs, statuses)
         return statuses
 
     async def _link_outputs(
@@ -518,8 +524,13 @@ class JobStore:
         values = self._finish_values(worker_id, items, now)
         values |= self._claim_values(queue, worker_id, limit, now, lease_seconds)
         refs = _refs(items)
+        if self._s.finish_and_claim is None and not refs:
+            # claim first, as one statement's snapshot would
+            claimed, done = await self._writes((self._s.claim, values), (self._s.finish, values))
+            claimed.sort(key=_claim_order)
+            return {r.id: JobStatus(r.status) for r in done}, claimed
         async with self.db.transaction(atomic=self._atomic or bool(refs)) as conn:
-            if self._s.finish_and_claim is None:  # claim first, as one statement's snapshot would
+            if self._s.finish_and_claim is None:
                 claimed = await self._write(conn, self._s.claim, values)
                 done = await self._write(conn, self._s.finish, values)
                 statuses = {r.id: JobStatus(r.status) for r in done}

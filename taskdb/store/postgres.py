@@ -600,6 +600,12 @@ class PostgresDialect:
             compiled = self._driver[id(stmt)] = DriverStatement.compile(stmt.main, conn.dialect)
         return await compiled.execute(conn, values, where)
 
+    async def run_writes(
+        self, db: Transactions, writes: Sequence[tuple[Recorded, dict[str, Any]]], *, atomic: bool
+    ) -> list[list[Any]]:
+        async with db.transaction(atomic=atomic) as conn:
+            return [await self.run_recorded(conn, s, v, db.safe_url) for s, v in writes]
+
     def run_recorded_sync(
         self, conn: Connection, stmt: Recorded, values: dict[str, Any]
     ) -> list[Any]:

@@ -7,17 +7,28 @@ with "database is locked". There is one writer at a time, so ``seq`` order is
 commit order and a feed cursor is the ``seq``. A write and its change records
 are two statements of one transaction (SQLite has no data-modifying CTEs).
 Blob bytes are chunk rows, read by a thread of their own.
+
+The queue's recorded writes skip SQLAlchemy's execution layer: through
+aiosqlite every statement, fetch, BEGIN and COMMIT is a hop to the
+connection's thread and back (and each costs SQLAlchemy's per-execution
+work), so a worker's batch of a claim, its outcomes and their change records
+took some fifteen hops. :meth:`SqliteDialect.run_writes` runs a whole write
+transaction as one call in that thread, on the sqlite3 connection, with
+statements compiled once (:class:`~taskdb.store.driver.DriverStatement`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -42,10 +53,13 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect as SqlDialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import PoolResetState
+from sqlalchemy.types import TypeEngine
 
 from taskdb import settings
-from taskdb.core.jobs import ChangeCursor
+from taskdb.core.jobs import ChangeCursor, encode_json
 from taskdb.errors import ConfigurationError, StorageError
 from taskdb.store import changes
 from taskdb.store.dialect import (
@@ -58,10 +72,13 @@ from taskdb.store.dialect import (
     Recorded,
     Transactions,
 )
-from taskdb.store.errors import translate_error
+from taskdb.store.driver import DriverStatement, Processor
+from taskdb.store.errors import connection_lost, translate_error
 from taskdb.store.params import batches, bind, bind_list, dumps
-from taskdb.store.schema import SQLITE_TIME_FORMAT, blob_chunks, jobs
+from taskdb.store.schema import SQLITE_TIME_FORMAT, UtcDateTime, blob_chunks, jobs
 from taskdb.store.schema import job_changes as c
+
+T = TypeVar("T")
 
 _READ_AHEAD = 2  # blob chunks out (read, and not yet done with by the consumer)
 _ROWS_PER_STATEMENT = 4  # chunk rows per read transaction (4 MiB of default pieces)
@@ -260,18 +277,183 @@ class _RowReader:
             conn.close()
 
 
+# -- writes on the sqlite3 connection ---------------------------------------------------
+
+
+def _utc_time(value: str | None) -> datetime | None:
+    """A stored UtcDateTime read back (the result SQLAlchemy's processor gives)."""
+    return None if value is None else _parse_time(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_time(value: str) -> datetime:
+    # Cached: the rows of a batch share their times (the claim's now and lease, the
+    # run_after and created_at of one submit), so most rows parse none.
+    # fromisoformat: several times cheaper than SQLAlchemy's regular expression.
+    found = datetime.fromisoformat(value)
+    return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
+
+
+def _bind_processor(type_: TypeEngine[Any], dialect: SqlDialect) -> Processor | None:
+    # dialect_impl: SQLite's own DATETIME writes the one fixed text format
+    return type_.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _result_processor(type_: TypeEngine[Any], dialect: SqlDialect) -> Processor | None:
+    if isinstance(type_, UtcDateTime):
+        return _utc_time
+    return type_.dialect_impl(dialect).result_processor(dialect, None)
+
+
+def _compile(stmt: Any, dialect: SqlDialect) -> DriverStatement:
+    return DriverStatement.compile(
+        stmt,
+        dialect,
+        paramstyle="qmark",
+        bind_processor=_bind_processor,
+        result_processor=_result_processor,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A :class:`Recorded` compiled for the sqlite3 connection."""
+
+    main: DriverStatement
+    record: DriverStatement | None
+
+    def run(self, raw: sqlite3.Connection, values: dict[str, Any]) -> list[Any]:
+        """Run on ``raw`` (in its thread): the write, then its change records."""
+        main = self.main
+        rows = main.rows(raw.execute(main.sql, main.parameters(values)).fetchall())
+        if rows and self.record is not None:
+            record = self.record
+            raw.execute(record.sql, record.parameters(_record_values(values, rows)))
+        return rows
+
+
+class _Transaction:
+    """Writes run as one transaction by one call in the connection's thread:
+    BEGIN IMMEDIATE, each write and its change records, COMMIT."""
+
+    __slots__ = ("abandoned", "committing", "writes")
+
+    def __init__(self, writes: Sequence[tuple[_Write, dict[str, Any]]]) -> None:
+        self.writes = writes
+        self.abandoned = False  # the caller was cancelled: roll back instead of committing
+        self.committing = False
+
+    def run(self, raw: sqlite3.Connection) -> list[list[Any]]:
+        raw.execute("BEGIN IMMEDIATE")  # waits for the write lock (busy timeout)
+        try:
+            done = [write.run(raw, values) for write, values in self.writes]
+            if self.abandoned:
+                raise asyncio.CancelledError
+            self.committing = True
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    raw.execute("ROLLBACK")
+            raise
+        return done
+
+
+async def _on_thread(
+    conn: AsyncConnection, where: str, call: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``call(raw)`` in the thread of the aiosqlite connection beneath ``conn``
+    (``raw`` its sqlite3 connection), in whatever transaction ``conn`` is in.
+
+    aiosqlite runs each call of a connection in order in that thread; this
+    queues one more, as SQLAlchemy's own adapter does. A closed connection is
+    invalidated in the pool and reported as a retryable :class:`StorageError`;
+    sqlite3 errors propagate for :func:`~taskdb.store.errors.translate_error`.
+    """
+    pooled: Any = conn.sync_connection.connection  # type: ignore[union-attr]
+    driver: Any = pooled.driver_connection  # aiosqlite.Connection
+    try:
+        result: T = await driver._execute(lambda: call(driver._conn))
+    except (ValueError, sqlite3.Error) as exc:
+        if not _closed(conn, exc):
+            raise
+        await conn.invalidate(exc)
+        raise connection_lost(exc, where) from exc
+    return result
+
+
+async def _run_transaction(
+    conn: AsyncConnection, where: str, writes: Sequence[tuple[_Write, dict[str, Any]]]
+) -> list[list[Any]]:
+    """``writes`` as one transaction of their own on ``conn`` (no transaction begun),
+    by one call in its thread. A cancelled caller's transaction rolls back (unless
+    it was committing already); an error at COMMIT is never retried."""
+    tx = _Transaction(writes)
+    try:
+        return await _on_thread(conn, where, tx.run)
+    except asyncio.CancelledError:
+        tx.abandoned = True
+        raise
+    except StorageError as exc:  # the connection was lost
+        exc.retryable = exc.retryable and not tx.committing
+        raise
+    except sqlite3.Error as exc:
+        if not tx.committing:
+            raise
+        # The commit may or may not have happened: never retried.
+        raise translate_error(exc, where, retryable=False) from exc
+
+
+def _closed(conn: AsyncConnection, exc: Exception) -> bool:
+    """Whether ``exc`` says the connection is closed (as SQLAlchemy tells a disconnect)."""
+    if isinstance(exc, ValueError):  # aiosqlite's, for a closed connection
+        return str(exc).lower() in ("no active connection", "connection closed")
+    return bool(conn.dialect.is_disconnect(exc, None, None))  # type: ignore[arg-type]
+
+
 # -- the dialect -----------------------------------------------------------------------
 
 
-def _encode(name: str, value: Any) -> Any:
-    """A value of a batch row as SQLite stores it."""
+def _batch_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a batch with its output as SQLite stores it."""
+    output = row.get("output")
+    if output is None:
+        return row
+    # json_extract returns nested JSON as text but a JSON string unquoted:
+    # pre-encoding keeps every value stored as its JSON text (as embed_json).
+    return {**row, "output": dumps(output)}
+
+
+def _batch_value(value: object) -> str:
+    """A batch value the JSON encoder does not know: a datetime, as SQLite stores it."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
-    if name == "output" and value is not None:
-        # json_extract returns nested JSON as text but a JSON string unquoted:
-        # pre-encoding keeps every value stored as its JSON text (as embed_json).
-        return dumps(value)
-    return value
+        return _time_text(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# As params.dumps's encoder, times written as SQLite stores them (by the C encoder,
+# without a pass over every value of every row in Python).
+_BATCH_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_batch_value
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _time_text(value: datetime) -> str:
+    """A time as SQLite stores it (cached: the rows of a batch share their ``now``)."""
+    return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
+
+
+def _in_transaction(dbapi_conn: Any) -> bool:
+    """Whether a pooled connection (sqlite3, or aiosqlite's adapter) may be in a
+    transaction (``in_transaction`` is readable from any thread)."""
+    raw = dbapi_conn
+    if not isinstance(raw, sqlite3.Connection):
+        raw = dbapi_conn._connection._connection  # None once closed
+    try:
+        return raw is not None and bool(raw.in_transaction)
+    except sqlite3.ProgrammingError:  # closed: the rollback fails and the pool drops it
+        return True
 
 
 def _record_values(values: dict[str, Any], rows: Sequence[Any]) -> dict[str, Any]:
@@ -291,6 +473,7 @@ class SqliteDialect:
     def __init__(self) -> None:
         self.feed: FeedCursors = _Feed()
         self.blobs: BlobIO = _ChunkRows()
+        self._writes: dict[int, _Write] = {}
 
     # -- connections -----------------------------------------------------------------
 
@@ -306,7 +489,9 @@ class SqliteDialect:
         return url.set(drivername="sqlite")
 
     def engine_options(self, options: ConnectOptions, *, autocommit: bool) -> dict[str, Any]:
-        return {"connect_args": {"timeout": options.busy_timeout}}
+        # No ROLLBACK on every return to the pool (a thread hop through aiosqlite):
+        # the "reset" listener below rolls back only a transaction left open.
+        return {"connect_args": {"timeout": options.busy_timeout}, "pool_reset_on_return": None}
 
     def configure_engine(self, engine: Engine, options: ConnectOptions) -> None:
         busy_ms, synchronous = int(options.busy_timeout * 1000), options.synchronous
@@ -327,6 +512,11 @@ class SqliteDialect:
             # later upgrades to a writer fails with "database is locked" instead.
             write = conn.get_execution_options().get("taskdb_write", True)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        @event.listens_for(engine, "reset")
+        def _on_reset(dbapi_conn: Any, _record: Any, state: PoolResetState) -> None:
+            if state.asyncio_safe and not state.terminate_only and _in_transaction(dbapi_conn):
+                dbapi_conn.rollback()
 
     def lock_migrations(self, conn: Connection) -> None:
         """Nothing beyond the write lock every migration takes."""
@@ -352,7 +542,7 @@ class SqliteDialect:
         ).subquery("v")
 
     def encode_batch(self, rows: Sequence[dict[str, Any]]) -> str:
-        return dumps([{k: _encode(k, v) for k, v in row.items()} for row in rows])
+        return encode_json(_BATCH_ENCODER, [_batch_row(row) for row in rows], "value")
 
     def embed_json(self, text: str) -> str:
         """As a JSON string, which ``json_extract`` gives back as the text itself."""
@@ -374,13 +564,28 @@ class SqliteDialect:
         """No data-modifying CTEs: the store runs the claim, then the outcomes."""
         return None
 
+    def _write(self, stmt: Recorded, dialect: SqlDialect) -> _Write:
+        write = self._writes.get(id(stmt))
+        if write is None:
+            record = None if stmt.record is None else _compile(stmt.record, dialect)
+            write = self._writes[id(stmt)] = _Write(_compile(stmt.main, dialect), record)
+        return write
+
     async def run_recorded(
         self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
     ) -> list[Any]:
-        rows = list((await conn.execute(stmt.main, values)).all())
-        if rows and stmt.record is not None:
-            await conn.execute(stmt.record, _record_values(values, rows))
-        return rows
+        """The write and its change records in one call on the sqlite3 connection."""
+        write = self._write(stmt, conn.dialect)
+        return await _on_thread(conn, where, lambda raw: write.run(raw, values))
+
+    async def run_writes(
+        self, db: Transactions, writes: Sequence[tuple[Recorded, dict[str, Any]]], *, atomic: bool
+    ) -> list[list[Any]]:
+        """The whole transaction in one call on the sqlite3 connection (see the module
+        docstring and :func:`_run_transaction`)."""
+        async with db.connection() as conn:
+            compiled = [(self._write(stmt, conn.dialect), values) for stmt, values in writes]
+            return await _run_transaction(conn, db.safe_url, compiled)
 
     def run_recorded_sync(
         self, conn: Connection, stmt: Recorded, values: dict[str, Any]
