@@ -9,12 +9,12 @@ feed is read in snapshot batches; blob bytes live in large objects.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import struct
-from collections import deque
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, MutableMapping, Sequence
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -343,10 +343,11 @@ class _ChunkRows:
         retry = True
         while stream.done < size:
             try:
-                async for data in stream.rows():
-                    retry = True
-                    for part in _slices(data, chunk_size):
-                        yield part
+                async with aclosing(stream.rows()) as rows:
+                    async for data in rows:
+                        retry = True
+                        for part in _slices(data, chunk_size):
+                            yield part
             except StorageError as exc:
                 if not (exc.retryable and retry):
                     raise
@@ -373,11 +374,12 @@ class _RowStream:
     gathered: with only a row or two out at a time the allocator reuses the
     same memory (gathering a few MiB per statement made it trim and fault
     pages in again for every MiB, and doubled the client's CPU per byte). While
-    one statement streams, the next one already runs on a second connection,
-    its rows waiting in the socket: the server reads ahead, the client does
-    not. So a read holds two pooled connections (one for a blob that fits one
-    statement), and a consumer slower than the database keeps each statement,
-    and its snapshot, open while it takes that statement's rows.
+    one statement streams, the next one is started in the background on a
+    connection of its own and runs ahead, its rows waiting in the socket: the
+    server reads ahead, the client does not, and no statement's start holds up
+    the rows of the one before it. So a read holds up to two pooled
+    connections, and a consumer slower than the database keeps each
+    statement, and its snapshot, open while it takes that statement's rows.
     """
 
     def __init__(self, db: Transactions, row: Row[Any]) -> None:
@@ -388,81 +390,97 @@ class _RowStream:
         self._count = 0  # rows of the blob, from the first row's size (0: not known yet)
         self._rows = max(1, READ_STATEMENT_BYTES // PIECE_BYTES)  # per statement, likewise
 
-    def _sql(self, seq: int, rows: int) -> str:
+    def _sql(self, seq: int) -> str:
         # COPY takes no parameters: the three are ints
         return (
             "COPY (SELECT seq, data FROM taskdb_blob_chunks WHERE blob_id = "
-            f"{int(self._row.id)} AND seq >= {int(seq)} ORDER BY seq LIMIT {int(rows)}) "
+            f"{int(self._row.id)} AND seq >= {int(seq)} ORDER BY seq LIMIT {int(self._rows)}) "
             "TO STDOUT (FORMAT BINARY)"
         )
 
-    async def rows(self) -> AsyncIterator[bytes]:
+    async def rows(self) -> AsyncGenerator[bytes, None]:
         """The rows from :attr:`seq` on, on fresh connections."""
-        row, size = self._row, int(self._row.size)
         async with AsyncExitStack() as stack:
-            conns = [await stack.enter_async_context(_reading(self._db))]
-            first = await _Statement.open(stack, conns[0], self._sql(self.seq, self._rows))
-            statements, start = deque([first]), self.seq + self._rows
-            while statements:
-                statement = statements.popleft()
-                async for at, data in statement.rows():
-                    if at != self.seq:
-                        raise StorageError(f"blob {row.key} misses chunk {self.seq}")
-                    if not self._count:  # every row but the last is as long as the first
-                        self._count = -(-size // max(1, len(data)))
-                        self._rows = max(1, READ_STATEMENT_BYTES // max(1, len(data)))
-                    if not statements and start < self._count:
-                        # the next statement runs on the other connection meanwhile
-                        if len(conns) < 2:
-                            conns.append(await stack.enter_async_context(_reading(self._db)))
-                        conn = conns[1] if statement.conn is conns[0] else conns[0]
-                        opened = await _Statement.open(stack, conn, self._sql(start, self._rows))
-                        statements.append(opened)
-                        start += self._rows
-                    self.seq, self.done = self.seq + 1, self.done + len(data)
-                    yield data
-                await statement.close()
+            current: _Statement | None = await self._soon(stack, self.seq)
+            start, ahead = self.seq + self._rows, None
+            while current is not None:
+                async with aclosing(current.rows()) as rows:
+                    async for at, data in rows:
+                        self._check(at, data)
+                        if ahead is None and start < self._count:
+                            ahead, start = self._soon(stack, start), start + self._rows
+                        self.seq, self.done = self.seq + 1, self.done + len(data)
+                        yield data
+                await current.close()
+                current, ahead = (None if ahead is None else await ahead), None
+
+    def _check(self, seq: int, data: bytes) -> None:
+        """Check that row ``seq`` is the next one; the first one read tells how many
+        rows there are (every one but the last is as long as the first)."""
+        if seq != self.seq:
+            raise StorageError(f"blob {self._row.key} misses chunk {self.seq}")
+        if not self._count:
+            piece = max(1, len(data))
+            self._count = -(-int(self._row.size) // piece)
+            self._rows = max(1, READ_STATEMENT_BYTES // piece)
+
+    def _soon(self, stack: AsyncExitStack, seq: int) -> asyncio.Future[_Statement]:
+        """The statement reading from row ``seq`` on, started in the background; it
+        ends with ``stack`` at the latest (cancelled, or with the error that ended
+        the read)."""
+        task = asyncio.ensure_future(_Statement.start(self._db, self._sql(seq)))
+
+        async def end(kind: Any, exc: BaseException | None, tb: Any) -> bool:
+            task.cancel()  # (nothing if it started)
+            try:
+                statement = await task
+            except BaseException:
+                return False  # it cleaned up after itself
+            return await statement.end(kind, exc, tb)
+
+        stack.push_async_exit(end)
+        return task
 
 
 @asynccontextmanager
 async def _reading(db: Transactions) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A pooled connection's driver, in autocommit."""
+    """A pooled connection's driver, in autocommit. It is invalidated if it broke,
+    even when the error that ended the read came from another connection."""
     async with (
         db.transaction(write=False, atomic=False) as conn,
         on_driver(conn, db.safe_url) as driver,
     ):
-        yield driver
+        try:
+            yield driver
+        except BaseException:
+            if driver.broken or driver.closed:
+                await conn.invalidate()
+            raise
 
 
 class _Statement:
-    """One ``COPY .. TO STDOUT (FORMAT BINARY)`` of ``(seq int4, data bytea)`` rows.
+    """One ``COPY .. TO STDOUT (FORMAT BINARY)`` of ``(seq int4, data bytea)`` rows,
+    on a pooled connection of its own.
 
-    Its cursor and copy close with the stack it was opened on, after the
-    statement ends (:meth:`close`) or with the error that ended the read: a copy
-    left with an error is cancelled and drained by psycopg, so its connection
-    goes back to the pool clean."""
+    It ends after its last row (:meth:`close`: the connection goes back to the
+    pool) or with the error that ended the read (:meth:`end`): a copy left with
+    an error is cancelled and drained by psycopg, so its connection goes back
+    clean (one that broke is invalidated)."""
 
-    def __init__(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        stack: AsyncExitStack,
-        copy: psycopg.AsyncCopy,
-    ) -> None:
-        self.conn = conn
+    def __init__(self, stack: AsyncExitStack, copy: psycopg.AsyncCopy) -> None:
         self._stack = stack
         self._copy = copy
 
     @classmethod
-    async def open(
-        cls, outer: AsyncExitStack, conn: psycopg.AsyncConnection[Any], sql: str
-    ) -> _Statement:
-        """Start ``sql`` on ``conn``; it closes with ``outer`` at the latest."""
-        stack = AsyncExitStack()
-        outer.push_async_exit(stack)
-        cursor = await stack.enter_async_context(conn.cursor())
-        return cls(conn, stack, await stack.enter_async_context(cursor.copy(sql)))
+    async def start(cls, db: Transactions, sql: str) -> _Statement:
+        async with AsyncExitStack() as stack:
+            driver = await stack.enter_async_context(_reading(db))
+            cursor = await stack.enter_async_context(driver.cursor())
+            copy = await stack.enter_async_context(cursor.copy(sql))
+            return cls(stack.pop_all(), copy)
+        raise AssertionError("unreachable")  # (mypy: an exit stack may swallow errors)
 
-    async def rows(self) -> AsyncIterator[tuple[int, bytes]]:
+    async def rows(self) -> AsyncGenerator[tuple[int, bytes], None]:
         """Each row's ``(seq, data)``, parsed here from the binary COPY stream: one copy
         of the bytes (psycopg's row parser copies them once more)."""
         header = True
@@ -483,8 +501,12 @@ class _Statement:
             yield seq, bytes(view[at : at + length])
 
     async def close(self) -> None:
-        """Close the cursor of a statement read to its end."""
+        """End a statement read to its end."""
         await self._stack.aclose()
+
+    async def end(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        """End the statement with the error that ended the read (no-op once closed)."""
+        return bool(await self._stack.__aexit__(kind, exc, tb))
 
 
 class _Blobs:
