@@ -391,10 +391,12 @@ class _RowStream:
         self._rows = max(1, READ_STATEMENT_BYTES // PIECE_BYTES)  # per statement, likewise
 
     def _sql(self, seq: int) -> str:
-        # COPY takes no parameters: the three are ints
+        # COPY takes no parameters: the three are ints. Both bounds: with ``seq >=``
+        # alone (and a LIMIT) the plan reads every later row's pointer, then sorts.
+        end = min(seq + self._rows, 2**31 - 1)
         return (
             "COPY (SELECT seq, data FROM taskdb_blob_chunks WHERE blob_id = "
-            f"{int(self._row.id)} AND seq >= {int(seq)} ORDER BY seq LIMIT {int(self._rows)}) "
+            f"{int(self._row.id)} AND seq >= {int(seq)} AND seq < {int(end)} ORDER BY seq) "
             "TO STDOUT (FORMAT BINARY)"
         )
 

@@ -190,33 +190,34 @@ def copy_backends(db_url: str, *, terminate: bool = False) -> int:
     return int(row[0]) if row else 0
 
 
-async def test_an_abandoned_postgresql_read_leaves_no_copy_running(
-    db: taskdb.Database, db_url: str
-) -> None:
+async def three_statements(db: taskdb.Database, seed: int) -> tuple[BlobStore, str, bytes]:
+    """A PostgreSQL blob that takes three COPY statements to read: (store, key, bytes)."""
     if db.dialect != "postgresql":
         pytest.skip("PostgreSQL's COPY statements")
     store = BlobStore(db)
-    data = pattern(2 * READ_STATEMENT_BYTES + 8 * MiB)
-    info = await store.write(chunked(data, MiB))
+    data = pattern(2 * READ_STATEMENT_BYTES + 8 * MiB, seed)
+    return store, (await store.write(chunked(data, MiB))).key, data
+
+
+async def test_an_abandoned_postgresql_read_leaves_no_copy_running(
+    db: taskdb.Database, db_url: str
+) -> None:
+    store, key, data = await three_statements(db, seed=4)
     for taken in (1, READ_STATEMENT_BYTES // MiB + 2):  # in the first statement, the second
-        stream = await store.open_stream(info.key)
+        stream = await store.open_stream(key)
         assert stream is not None
         for _ in range(taken):
             await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]
         await eventually(lambda: asyncio.to_thread(copy_backends, db_url), lambda n: n == 0)
-    assert await read_all(store, info.key) == data  # the pool's connections are sound
+    assert await read_all(store, key) == data  # the pool's connections are sound
 
 
 async def test_a_postgresql_read_goes_on_after_its_connections_die(
     db: taskdb.Database, db_url: str
 ) -> None:
-    if db.dialect != "postgresql":
-        pytest.skip("PostgreSQL's COPY statements")
-    store = BlobStore(db)
-    data = pattern(2 * READ_STATEMENT_BYTES + 8 * MiB, seed=5)
-    info = await store.write(chunked(data, MiB))
-    stream = await store.open_stream(info.key)
+    store, key, data = await three_statements(db, seed=5)
+    stream = await store.open_stream(key)
     assert stream is not None
     got = [await anext(stream)]
     assert await asyncio.to_thread(copy_backends, db_url, terminate=True) >= 1
