@@ -4,7 +4,8 @@ Connections: psycopg 3; statements that stand alone run in autocommit (no
 BEGIN/COMMIT round trips); a process's waits wake on LISTEN/NOTIFY through one
 dedicated connection. Writes record their changes in the same statement (a
 data-modifying CTE) run on the driver (:mod:`taskdb.store.driver`). The change
-feed is read in snapshot batches; blob bytes live in large objects.
+feed is read in snapshot batches; blob bytes live in chunk rows (read with
+binary COPY) or large objects.
 """
 
 from __future__ import annotations
