@@ -521,8 +521,10 @@ class BlobStore:
     ) -> AsyncIterator[bytes] | None:
         """The committed blob ``key`` as chunks of at most ``chunk_size`` bytes, or
         ``None`` when there is no such committed blob. Each few MiB are read in a
-        short transaction of their own: a blob deleted meanwhile ends the
-        iteration with a :class:`StorageError`."""
+        transaction of their own (on PostgreSQL's chunk rows, a ``COPY`` of
+        16 MiB streamed as the caller takes the chunks, the next one already
+        running on a second connection): a blob deleted meanwhile ends the
+        iteration with a :class:`StorageError` past what was being read."""
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigurationError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
         row = await self._row(key)

@@ -4,7 +4,8 @@ Connections: psycopg 3; statements that stand alone run in autocommit (no
 BEGIN/COMMIT round trips); a process's waits wake on LISTEN/NOTIFY through one
 dedicated connection. Writes record their changes in the same statement (a
 data-modifying CTE) run on the driver (:mod:`taskdb.store.driver`). The change
-feed is read in snapshot batches; blob bytes live in large objects.
+feed is read in snapshot batches; blob bytes live in chunk rows (read with
+binary COPY) or large objects.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections import deque
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+import struct
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, MutableMapping, Sequence
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,9 +77,10 @@ from taskdb.store.schema import blob_chunks
 from taskdb.store.schema import job_changes as c
 
 MiB = 1024 * 1024
-READ_BATCH_BYTES = 4 * MiB  # blob bytes read per statement (chunk rows) or connection
+READ_BATCH_BYTES = 4 * MiB  # large-object bytes read per connection
 READ_PIECE_BYTES = MiB  # bytes per lo_get
-_READ_AHEAD = 2  # chunk-row batches fetched at once
+READ_STATEMENT_BYTES = 16 * MiB  # chunk-row bytes per COPY statement (two run at once)
+PIECE_BYTES = MiB  # the writer's default piece (taskdb.store.blobs.PIECE_BYTES)
 _MIGRATION_LOCK = 7340017  # pg_advisory_xact_lock key serializing `taskdb migrate`
 
 # Batch columns read from JSON with their SQL types (others are text).
@@ -310,15 +313,11 @@ class _LargeObjects:
 
 class _ChunkRows:
     """Chunk rows in ``taskdb_blob_chunks`` (bytea, numbered from 0), written with
-    binary ``COPY`` and read a few MiB per statement with binary results: about
-    twice as fast as large objects both ways (benchmarks/blob_refs.py)."""
+    binary ``COPY`` and read back with binary ``COPY`` (see :class:`_RowStream`):
+    about twice as fast as large objects both ways (benchmarks/blob_refs.py)."""
 
     oid_on_insert = null()
     _COPY = "COPY taskdb_blob_chunks (blob_id, seq, data) FROM STDIN (FORMAT BINARY)"
-    _READ = (
-        "COPY (SELECT seq, data FROM taskdb_blob_chunks WHERE blob_id = {} AND seq >= {} "
-        "ORDER BY seq LIMIT {}) TO STDOUT (FORMAT BINARY)"
-    )
 
     def __init__(self) -> None:
         self._drop = delete(blob_chunks).where(blob_chunks.c.blob_id.in_(bind_list("ids")))
@@ -336,59 +335,181 @@ class _ChunkRows:
                 await copy.write_row((row.id, seq + i, piece))
 
     async def read(self, db: Transactions, row: Row[Any], chunk_size: int) -> AsyncIterator[bytes]:
-        """The next ``_READ_AHEAD`` batches of a few MiB are fetched side by side (a
-        connection each) while the consumer takes the current one. A writer cuts
-        every piece but the last to one size: the first piece tells how many."""
+        """A connection that dies mid-read is replaced once and the read goes on from
+        the next chunk row (again after each row handed over)."""
         size = int(row.size)
         if not size:
             return
-        first = await self._read_rows(db, row, 0, 1)
-        piece = len(first[0][1]) if first else 0
-        if not piece:
-            raise StorageError(f"blob {row.key} is shorter than its recorded size")
-        count, rows = -(-size // piece), max(1, READ_BATCH_BYTES // piece)
-        ahead: deque[asyncio.Future[list[tuple[int, bytes]]]] = deque()
-        start = 1
-        try:
-            found, seq, done = first, 0, 0
-            while True:
-                while len(ahead) < _READ_AHEAD and start < count:
-                    ahead.append(asyncio.ensure_future(self._read_rows(db, row, start, rows)))
-                    start += rows
-                for at, data in found:
-                    if at != seq:
-                        raise StorageError(f"blob {row.key} misses chunk {seq}")
-                    for part in _slices(data, chunk_size):
-                        yield part
-                    seq, done = seq + 1, done + len(data)
-                if not ahead:
-                    break
-                found = await ahead.popleft()
-            if done != size:
+        stream = _RowStream(db, row)
+        retry = True
+        while stream.done < size:
+            try:
+                async with aclosing(stream.rows()) as rows:
+                    async for data in rows:
+                        retry = True
+                        for part in _slices(data, chunk_size):
+                            yield part
+            except StorageError as exc:
+                if not (exc.retryable and retry):
+                    raise
+                retry = False
+                continue
+            if stream.done != size:
                 raise StorageError(f"blob {row.key} is not its recorded size")
-        finally:
-            for batch in ahead:
-                batch.cancel()
-            await asyncio.gather(*ahead, return_exceptions=True)
-
-    @reconnecting
-    async def _read_rows(
-        self, db: Transactions, row: Row[Any], seq: int, rows: int
-    ) -> list[tuple[int, bytes]]:
-        async with (
-            db.transaction(write=False, atomic=False) as conn,
-            on_driver(conn, db.safe_url) as driver,
-        ):
-            # COPY streams its rows (a SELECT's result is gathered whole, then copied);
-            # it takes no parameters: the three are ints
-            sql = self._READ.format(int(row.id), int(seq), int(rows))
-            async with driver.cursor() as cursor, cursor.copy(sql) as copy:
-                copy.set_types(["int4", "bytea"])
-                return [(at, data) async for at, data in copy.rows()]
 
     async def drop(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> None:
         for batch in batches([r.id for r in rows]):
             await conn.execute(self._drop, {"p_ids": batch})
+
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_HEADER = struct.Struct("!11sii")  # signature, flags, header extension length
+_ROW_HEADER = struct.Struct("!hiii")  # fields, length of seq (4), seq, length of data
+
+
+class _RowStream:
+    """A blob's chunk rows, streamed by binary ``COPY`` statements of about
+    ``READ_STATEMENT_BYTES`` each as the consumer takes them.
+
+    As a raw ``COPY`` read does, each row is handed over as it arrives, never
+    gathered: with only a row or two out at a time the allocator reuses the
+    same memory (gathering a few MiB per statement made it trim and fault
+    pages in again for every MiB, and doubled the client's CPU per byte). While
+    one statement streams, the next one is started in the background on a
+    connection of its own and runs ahead, its rows waiting in the socket: the
+    server reads ahead, the client does not, and no statement's start holds up
+    the rows of the one before it. So a read holds up to two pooled
+    connections, and a consumer slower than the database keeps each
+    statement, and its snapshot, open while it takes that statement's rows.
+    """
+
+    def __init__(self, db: Transactions, row: Row[Any]) -> None:
+        self._db = db
+        self._row = row
+        self.seq = 0  # the next row to hand over
+        self.done = 0  # bytes handed over
+        self._count = 0  # rows of the blob, from the first row's size (0: not known yet)
+        self._rows = max(1, READ_STATEMENT_BYTES // PIECE_BYTES)  # per statement, likewise
+
+    def _sql(self, seq: int) -> str:
+        # COPY takes no parameters: the three are ints. Both bounds: with ``seq >=``
+        # alone (and a LIMIT) the plan reads every later row's pointer, then sorts.
+        end = min(seq + self._rows, 2**31 - 1)
+        return (
+            "COPY (SELECT seq, data FROM taskdb_blob_chunks WHERE blob_id = "
+            f"{int(self._row.id)} AND seq >= {int(seq)} AND seq < {int(end)} ORDER BY seq) "
+            "TO STDOUT (FORMAT BINARY)"
+        )
+
+    async def rows(self) -> AsyncGenerator[bytes, None]:
+        """The rows from :attr:`seq` on, on fresh connections."""
+        async with AsyncExitStack() as stack:
+            current: _Statement | None = await self._soon(stack, self.seq)
+            start, ahead = self.seq + self._rows, None
+            while current is not None:
+                async with aclosing(current.rows()) as rows:
+                    async for at, data in rows:
+                        self._check(at, data)
+                        if ahead is None and start < self._count:
+                            ahead, start = self._soon(stack, start), start + self._rows
+                        self.seq, self.done = self.seq + 1, self.done + len(data)
+                        yield data
+                await current.close()
+                current, ahead = (None if ahead is None else await ahead), None
+
+    def _check(self, seq: int, data: bytes) -> None:
+        """Check that row ``seq`` is the next one; the first one read tells how many
+        rows there are (every one but the last is as long as the first)."""
+        if seq != self.seq:
+            raise StorageError(f"blob {self._row.key} misses chunk {self.seq}")
+        if not self._count:
+            piece = max(1, len(data))
+            self._count = -(-int(self._row.size) // piece)
+            self._rows = max(1, READ_STATEMENT_BYTES // piece)
+
+    def _soon(self, stack: AsyncExitStack, seq: int) -> asyncio.Future[_Statement]:
+        """The statement reading from row ``seq`` on, started in the background; it
+        ends with ``stack`` at the latest (cancelled, or with the error that ended
+        the read)."""
+        task = asyncio.ensure_future(_Statement.start(self._db, self._sql(seq)))
+
+        async def end(kind: Any, exc: BaseException | None, tb: Any) -> bool:
+            task.cancel()  # (nothing if it started)
+            try:
+                statement = await task
+            except BaseException:
+                return False  # it cleaned up after itself
+            return await statement.end(kind, exc, tb)
+
+        stack.push_async_exit(end)
+        return task
+
+
+@asynccontextmanager
+async def _reading(db: Transactions) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A pooled connection's driver, in autocommit. It is invalidated if it broke,
+    even when the error that ended the read came from another connection."""
+    async with (
+        db.transaction(write=False, atomic=False) as conn,
+        on_driver(conn, db.safe_url) as driver,
+    ):
+        try:
+            yield driver
+        except BaseException:
+            if driver.broken or driver.closed:
+                await conn.invalidate()
+            raise
+
+
+class _Statement:
+    """One ``COPY .. TO STDOUT (FORMAT BINARY)`` of ``(seq int4, data bytea)`` rows,
+    on a pooled connection of its own.
+
+    It ends after its last row (:meth:`close`: the connection goes back to the
+    pool) or with the error that ended the read (:meth:`end`): a copy left with
+    an error is cancelled and drained by psycopg, so its connection goes back
+    clean (one that broke is invalidated)."""
+
+    def __init__(self, stack: AsyncExitStack, copy: psycopg.AsyncCopy) -> None:
+        self._stack = stack
+        self._copy = copy
+
+    @classmethod
+    async def start(cls, db: Transactions, sql: str) -> _Statement:
+        async with AsyncExitStack() as stack:
+            driver = await stack.enter_async_context(_reading(db))
+            cursor = await stack.enter_async_context(driver.cursor())
+            copy = await stack.enter_async_context(cursor.copy(sql))
+            return cls(stack.pop_all(), copy)
+        raise AssertionError("unreachable")  # (mypy: an exit stack may swallow errors)
+
+    async def rows(self) -> AsyncGenerator[tuple[int, bytes], None]:
+        """Each row's ``(seq, data)``, parsed here from the binary COPY stream: one copy
+        of the bytes (psycopg's row parser copies them once more)."""
+        header = True
+        while data := await self._copy.read():
+            view = memoryview(data)
+            at = 0
+            if header:
+                signature, _flags, extension = _COPY_HEADER.unpack_from(view)
+                if signature != _COPY_SIGNATURE:
+                    raise StorageError("unexpected COPY data: not PostgreSQL's binary format")
+                at, header = _COPY_HEADER.size + extension, False
+            if len(view) - at < _ROW_HEADER.size:
+                continue  # the header alone, or the trailer (-1 fields)
+            fields, _, seq, length = _ROW_HEADER.unpack_from(view, at)
+            if fields != 2 or length < 0:
+                raise StorageError(f"unexpected COPY row ({fields} fields, data of {length} bytes)")
+            at += _ROW_HEADER.size
+            yield seq, bytes(view[at : at + length])
+
+    async def close(self) -> None:
+        """End a statement read to its end."""
+        await self._stack.aclose()
+
+    async def end(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        """End the statement with the error that ended the read (no-op once closed)."""
+        return bool(await self._stack.__aexit__(kind, exc, tb))
 
 
 class _Blobs:

@@ -7,14 +7,16 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 import taskdb
 from taskdb import ConfigurationError, StorageError
 from taskdb.cache import BlobStore, SqlTaskOutputRepository, make_cache_ref
 from taskdb.store.blobs import _Pieces
-from tests.conftest import POOLED, pooled_db_url
+from taskdb.store.postgres import READ_STATEMENT_BYTES
+from tests.conftest import PG_ADMIN_URL, POOLED, pooled_db_url
 from tests.helpers import FakeClock, eventually
 
 
@@ -174,11 +176,62 @@ async def test_an_abandoned_read_lets_go_of_its_reader(db: taskdb.Database) -> N
     assert await read_all(store, info.key) == pattern(6 * MiB)  # the blob is intact
 
 
+def copy_backends(db_url: str, *, terminate: bool = False) -> int:
+    """The backends of ``db_url``'s database whose last statement is a blob read's
+    COPY and that still run it (``terminate``: all of them, killed)."""
+    name = make_url(db_url).database
+    where = "datname = %s AND query LIKE 'COPY (SELECT seq, data FROM taskdb_blob_chunks%%'"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        if terminate:
+            sql = f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {where}"
+        else:
+            sql = f"SELECT count(*) FROM pg_stat_activity WHERE {where} AND state = 'active'"
+        row = admin.execute(sql, (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def three_statements(db: taskdb.Database, seed: int) -> tuple[BlobStore, str, bytes]:
+    """A PostgreSQL blob that takes three COPY statements to read: (store, key, bytes)."""
+    if db.dialect != "postgresql":
+        pytest.skip("PostgreSQL's COPY statements")
+    store = BlobStore(db)
+    data = pattern(2 * READ_STATEMENT_BYTES + 8 * MiB, seed)
+    return store, (await store.write(chunked(data, MiB))).key, data
+
+
+async def test_an_abandoned_postgresql_read_leaves_no_copy_running(
+    db: taskdb.Database, db_url: str
+) -> None:
+    store, key, data = await three_statements(db, seed=4)
+    for taken in (1, READ_STATEMENT_BYTES // MiB + 2):  # in the first statement, the second
+        stream = await store.open_stream(key)
+        assert stream is not None
+        for _ in range(taken):
+            await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+        await eventually(lambda: asyncio.to_thread(copy_backends, db_url), lambda n: n == 0)
+    assert await read_all(store, key) == data  # the pool's connections are sound
+
+
+async def test_a_postgresql_read_goes_on_after_its_connections_die(
+    db: taskdb.Database, db_url: str
+) -> None:
+    store, key, data = await three_statements(db, seed=5)
+    stream = await store.open_stream(key)
+    assert stream is not None
+    got = [await anext(stream)]
+    assert await asyncio.to_thread(copy_backends, db_url, terminate=True) >= 1
+    got.extend([chunk async for chunk in stream])
+    assert b"".join(got) == data
+
+
 async def test_a_blob_deleted_while_read_ends_the_stream_with_an_error(
     db: taskdb.Database, storage: str
 ) -> None:
+    # more than a reader has in flight once it handed over a chunk (PostgreSQL's chunk
+    # rows: two COPY statements, whose snapshots still see the blob)
     store = BlobStore(db, storage=storage)
-    info = await store.write(chunked(pattern(12 * MiB), MiB))
+    info = await store.write(chunked(pattern(2 * READ_STATEMENT_BYTES + 8 * MiB), MiB))
     stream = await store.open_stream(info.key)
     assert stream is not None
     await anext(stream)
