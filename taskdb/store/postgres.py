@@ -498,9 +498,14 @@ class _Statement:
             if len(view) - at < _ROW_HEADER.size:
                 continue  # the header alone, or the trailer (-1 fields)
             fields, _, seq, length = _ROW_HEADER.unpack_from(view, at)
-            if fields != 2 or length < 0:
-                raise StorageError(f"unexpected COPY row ({fields} fields, data of {length} bytes)")
             at += _ROW_HEADER.size
+            # each CopyData message holds one whole row: anything else is refused, never
+            # handed over cut short or run together
+            if fields != 2 or length < 0 or at + length != len(view):
+                raise StorageError(
+                    f"unexpected COPY row ({fields} fields, data of {length} bytes "
+                    f"in a message of {len(view)})"
+                )
             yield seq, bytes(view[at : at + length])
 
     async def close(self) -> None:
