@@ -24,11 +24,11 @@ def _same(a: Any, b: Any) -> bool:
 async def test_a_bare_number_round_trips_exactly(db: taskdb.Database) -> None:
     client = taskdb.JobQueueClient(db, "q", poll_interval=0.02)
 
-    async def twice_as_given(value: Any, ctx: taskdb.JobContext) -> Any:
+    async def echo(value: Any, ctx: taskdb.JobContext) -> Any:
         return value
 
     handles = [await client.submit(value) for value in BARE_NUMBERS]
-    async with taskdb.JobQueueServer(db, "q", twice_as_given, poll_interval=0.02, workers=4):
+    async with taskdb.JobQueueServer(db, "q", echo, poll_interval=0.02, workers=4):
         outputs = [await handle.wait(timeout=30) for handle in handles]
     stored = [(await client.get(handle.id)).input for handle in handles]
     for value, output, input_ in zip(BARE_NUMBERS, outputs, stored, strict=True):
