@@ -148,6 +148,9 @@ class Dialect(Protocol):
     """A statement that stands alone needs no transaction (PostgreSQL autocommit)."""
     records_in_one_statement: bool
     """A write and its change records are one statement (data-modifying CTEs)."""
+    batch_updates_list_ids: bool
+    """A batch update also names its rows' ids as a list (PostgreSQL then finds them
+    by primary key; SQLite, joined to that list, would scan the batch once per row)."""
     json_null: ColumnElement[Any]
     """The JSON ``null`` literal of a JSON column."""
     feed: FeedCursors

@@ -596,6 +596,7 @@ class PostgresDialect:
     listens = True
     standalone_statements = True
     records_in_one_statement = True
+    batch_updates_list_ids = True
     json_null: ColumnElement[Any] = literal_column("'null'::jsonb")
 
     def __init__(self) -> None:

@@ -468,6 +468,7 @@ class SqliteDialect:
     listens = False
     standalone_statements = False
     records_in_one_statement = False
+    batch_updates_list_ids = False
     json_null: ColumnElement[Any] = literal_column("'null'")
 
     def __init__(self) -> None:

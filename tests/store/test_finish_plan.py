@@ -1,24 +1,32 @@
-"""PostgreSQL looks up a batch of outcomes by primary key, whatever the lease index
-holds: every claim leaves a PROCESSING entry there that stays, pointing at a dead row
-version, until vacuum. Joined only to the batch, the finish statement once scanned them
-all (12 ms a batch after 40,000 jobs), so its cost grew with every job a worker ran.
-Since migration 0013 the lease index covers rows holding a lease, which only the
-reaper's ``lease_expires_at < now`` implies."""
+"""A batch of outcomes finds its rows by primary key on both databases.
+
+PostgreSQL, whatever the lease index holds: every claim leaves a PROCESSING entry
+there that stays, pointing at a dead row version, until vacuum. Joined only to the
+batch, the finish statement once scanned them all (12 ms a batch after 40,000 jobs),
+so its cost grew with every job a worker ran. Since migration 0013 the lease index
+covers rows holding a lease, which only the reaper's ``lease_expires_at < now``
+implies, and the statement also names the ids as a list.
+
+SQLite must not get that list: it then looks each row up first and scans the whole
+batch for it (a batch of 32 cost four times as much)."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 
 import taskdb
 from taskdb.core.jobs import Claim
 from taskdb.core.retry import Complete
 from taskdb.store.driver import DriverStatement
 from taskdb.store.jobs import JobStore
+from taskdb.store.sqlite import DIALECT as SQLITE
 
 JOBS = 3000
 
@@ -52,15 +60,12 @@ async def test_finishing_a_batch_reads_few_buffers_however_many_jobs_ran(
         statement = DriverStatement.compile(store._s.finish.main, PGDialectAsync_psycopg())
     finally:
         await db.aclose()
-    named = statement.fixed | values
-    for name, process in statement.binds:
-        named[name] = process(named[name])
     with psycopg.connect(fresh_pg_url) as conn:
         conn.execute("ANALYZE taskdb_jobs")
         with psycopg.RawCursor(conn) as cursor:  # the statement's own $n placeholders
             cursor.execute(
                 "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement.sql,
-                [named[name] for name in statement.order],
+                statement.parameters(values),
             )
             row = cursor.fetchone()
         conn.rollback()
@@ -69,3 +74,31 @@ async def test_finishing_a_batch_reads_few_buffers_however_many_jobs_ran(
     # two primary-key lookups (a few versions each) and the feed insert: tens of buffers;
     # scanning the lease index's dead entries read one per heap page of the 3,000 jobs
     assert _buffers(plan) < 60, json.dumps(plan)[:3000]
+
+
+async def test_sqlite_finishes_a_batch_row_by_row_from_the_batch(fresh_sqlite_url: str) -> None:
+    db = taskdb.connect(fresh_sqlite_url)
+    try:
+        client = taskdb.JobQueueClient(db, "q")
+        handles = await client.submit_batch(list(range(32)))
+        store = JobStore(db)
+        items = [(Claim(h.id, 1), Complete(None)) for h in handles]
+        values = store._finish_values("worker", items, datetime.now(UTC))
+    finally:
+        await db.aclose()
+    # the statement as the SQLite driver path compiles and runs it
+    statement = SQLITE._write(store._s.finish, SQLiteDialect_aiosqlite()).main
+    path = fresh_sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        plan = [
+            row[3]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN " + statement.sql, statement.parameters(values)
+            )
+        ]
+    # the batch is the outer loop and each of its rows is found by primary key; the
+    # other way round, each job row scanned the whole batch (and extracted its fields)
+    assert plan[0].startswith("SCAN") and "taskdb_jobs" not in plan[0], plan
+    assert any(line.startswith("SEARCH taskdb_jobs USING INTEGER PRIMARY KEY") for line in plan), (
+        plan
+    )
