@@ -213,6 +213,7 @@ def _worker_taskdb(url: str, opts: dict[str, Any], ctl: _Control) -> dict[str, A
     from sqlalchemy import Engine, event, text
 
     import taskdb
+    from taskdb.cli.app import settle_heap
     from taskdb.queue.server import JobQueueServer
 
     counts = {"db_errors": 0, "locked": 0}
@@ -242,6 +243,7 @@ def _worker_taskdb(url: str, opts: dict[str, Any], ctl: _Control) -> dict[str, A
                 await asyncio.sleep(0.05)  # hold it so the pings open distinct connections
 
         await asyncio.gather(*(ping() for _ in range(3)))
+        settle_heap()  # as `taskdb worker` does once it has loaded the app
         server = JobQueueServer(db, QUEUE, noop, **opts)
         ctl.ready()
         await ctl.await_start()

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from gc import collect, freeze
 from typing import Any, Literal
 
 import click
@@ -301,6 +302,14 @@ def worker(
     )
 
 
+def settle_heap() -> None:
+    """Freeze what start-up made (modules, the app, SQLAlchemy's metadata) out of the
+    garbage collector's reach: a worker's full collections otherwise scan all of it
+    again and again, about 20 µs a job in a busy worker (each took ~100 ms)."""
+    collect()
+    freeze()
+
+
 def _handler(target: Any, spec: str, db: Database) -> Any:
     """The handler ``module:attr`` names: the callable itself, or a class made with the
     database (:class:`ConfigurationError` when it cannot be, or is not callable)."""
@@ -361,6 +370,7 @@ async def _serve(
     stop = asyncio.Event()
     try:
         await db.check()  # unreachable, or behind head: one line, before any claim
+        settle_heap()
 
         def hurry() -> None:
             logs.status("stopping now: giving the running jobs back")
