@@ -27,7 +27,7 @@ from taskdb.queue.durable import DurableStreamWriter
 log = logging.getLogger("taskdb.server")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Run:
     """A claimed job while this server holds it."""
 

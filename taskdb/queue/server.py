@@ -427,7 +427,7 @@ class JobQueueServer:
         run = Run(job, claim, ctx, stream=stream)
         self._running[job.id] = run
         self._slots.executing += 1
-        run.task = asyncio.ensure_future(self._run(run))
+        run.task = asyncio.get_running_loop().create_task(self._run(run))
 
     async def _run(self, run: Run) -> None:
         job = run.job
