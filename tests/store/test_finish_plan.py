@@ -8,7 +8,9 @@ covers rows holding a lease, which only the reaper's ``lease_expires_at < now``
 implies, and the statement also names the ids as a list.
 
 SQLite must not get that list: it then looks each row up first and scans the whole
-batch for it (a batch of 32 cost four times as much)."""
+batch for it (a batch of 32 cost four times as much). Nor may a claim or an outcome
+batch write to SQLite's input-digest index (migration 0014): its random keys made a
+batch dirty a page per job."""
 
 from __future__ import annotations
 
@@ -102,3 +104,32 @@ async def test_sqlite_finishes_a_batch_row_by_row_from_the_batch(fresh_sqlite_ur
     assert any(line.startswith("SEARCH taskdb_jobs USING INTEGER PRIMARY KEY") for line in plan), (
         plan
     )
+
+
+async def test_sqlite_claims_and_outcomes_leave_the_digest_index_alone(
+    fresh_sqlite_url: str,
+) -> None:
+    db = taskdb.connect(fresh_sqlite_url)
+    try:
+        client = taskdb.JobQueueClient(db, "q")
+        handles = await client.submit_batch(list(range(4)))
+        store = JobStore(db)
+        now = datetime.now(UTC)
+        claim = store._claim_values("q", "worker", 4, now, 30)
+        items = [(Claim(h.id, 1), Complete(None)) for h in handles]
+        finish = store._finish_values("worker", items, now)
+    finally:
+        await db.aclose()
+    dialect = SQLiteDialect_aiosqlite()
+    path = fresh_sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'ix_taskdb_jobs_input_digest'"
+        ).fetchone()
+        for stmt, values in ((store._s.claim, claim), (store._s.finish, finish)):
+            statement = SQLITE._write(stmt, dialect).main
+            program = conn.execute("EXPLAIN " + statement.sql, statement.parameters(values))
+            # (addr, opcode, p1, p2, ...): OpenWrite's p2 is the b-tree it writes
+            written = {row[3] for row in program if row[1] == "OpenWrite"}
+            assert written, statement.sql  # the table and its other indexes are
+            assert root not in written, statement.sql

@@ -340,6 +340,19 @@ async def test_output_for_input_matches_equal_input(store: JobStore) -> None:
     assert await store.output_for_input("other", same) == (False, None)
 
 
+async def test_output_for_input_is_the_newest_completed_jobs(store: JobStore) -> None:
+    value = {"x": 1}
+    for output in ("older", "newest"):
+        (job_id,) = await submit(store, Q, [new(value)], T0)
+        await store.claim(Q, "w", 1, T0, 30)
+        await store.finish("w", [(Claim(job_id, 1), Complete(output))], at(1))
+    (failed,) = await submit(store, Q, [new(value, max_retries=0)], T0)
+    await store.claim(Q, "w", 1, T0, 30)
+    await store.finish("w", [(Claim(failed, 1), Fail("boom", "ValueError"))], at(1))
+    await submit(store, Q, [new(value)], T0)  # newer still, and pending
+    assert await store.output_for_input(Q, input_digest(value)) == (True, "newest")
+
+
 async def test_rate_slots_hold_a_sliding_window(db: taskdb.Database) -> None:
     window = RateWindow(db)
     ids, nxt = await window.take(Q, 5, 3, 10, T0)
