@@ -88,6 +88,7 @@ class Options:
     repeat: int
     submit_batch: int
     taskdb_workers: int
+    taskdb_batch: int
     poll_interval: float
     concurrency: int
     raw_conns: int
@@ -613,7 +614,11 @@ class TaskdbPgTuned(TaskdbPg):
         return self.opts.jobs
 
     def worker_opts(self) -> dict[str, Any]:
-        return {"workers": self.opts.taskdb_workers, "poll_interval": self.opts.poll_interval}
+        return {
+            "workers": self.opts.taskdb_workers,
+            "batch_size": self.opts.taskdb_batch,
+            "poll_interval": self.opts.poll_interval,
+        }
 
 
 class TaskdbSqlite(TaskdbPg):
@@ -1444,6 +1449,12 @@ def _parse_args(argv: list[str] | None) -> Options:
         "--taskdb-workers", type=int, default=32, help="taskdb-*-tuned: JobQueueServer workers (32)"
     )
     parser.add_argument(
+        "--taskdb-batch",
+        type=int,
+        default=32,
+        help="taskdb-*-tuned: JobQueueServer batch_size, the most jobs a claim takes (32)",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=float,
         default=0.02,
@@ -1487,6 +1498,7 @@ def _parse_args(argv: list[str] | None) -> Options:
         repeat=args.repeat,
         submit_batch=args.submit_batch,
         taskdb_workers=args.taskdb_workers,
+        taskdb_batch=args.taskdb_batch,
         poll_interval=args.poll_interval,
         concurrency=args.concurrency,
         raw_conns=args.raw_conns,
@@ -1518,7 +1530,7 @@ def _setup_lines(opts: Options) -> list[str]:
         "defaults (what `taskdb worker mod:app` "
         f"starts), no-op async handler; at most {min(opts.jobs, opts.untuned_jobs):,} jobs per run",
         f"taskdb-*-tuned: the same with workers={opts.taskdb_workers}, "
-        f"poll_interval={opts.poll_interval}",
+        f"batch_size={opts.taskdb_batch}, poll_interval={opts.poll_interval}",
         f"raw-k10 / raw-k50: psycopg 3 COPY enqueue; per process {opts.raw_conns} connections, "
         "each in its own thread, looping: claim 10 / 50 with a prepared UPDATE .. WHERE id IN "
         "(SELECT .. ORDER BY .. LIMIT .. FOR UPDATE SKIP LOCKED) RETURNING (binary results), "
