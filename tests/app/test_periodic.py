@@ -122,8 +122,10 @@ async def test_dst_gap_does_not_run_and_repeat_runs_once(db: taskdb.Database) ->
         clock = FakeClock(start)
         scheduler = app.scheduler(clock=clock)
         await scheduler.register()
-        for _ in range(4 * 24 * 6):  # four days, a pass every ten minutes
-            clock.advance(600)
+        # four days, a pass every half hour: on every :00 and :30 UTC, so on each
+        # 02:30 Paris (CET and CEST alike) and on the hour either side of it
+        for _ in range(4 * 24 * 2):
+            clock.advance(1800)
             await scheduler.run_once()
     ticks = await _ticks(db, nightly.name)
     assert ticks == [

@@ -30,8 +30,9 @@ def _run_worker(db_url: str, tmp_path: Path, *options: str) -> str:
     (tmp_path / "failing.py").write_text(textwrap.dedent(HANDLER))
     _submit_failing(db_url)
     proc = taskdb_process(
-        "worker", "failing:boom", "-q", "q", "--poll", "0.05", *options, db_url=db_url, cwd=tmp_path
-    )
+        "worker", "failing:boom", "-q", "q", "--poll", "0.05", "--retry-base", "0.01",
+        *options, db_url=db_url, cwd=tmp_path,
+    )  # fmt: skip
     try:
         assert proc.stderr is not None
         lines: list[str] = []

@@ -265,13 +265,14 @@ async def test_stalled_worker_that_reclaims_its_job_keeps_it(
 
     await procs.wait_until(b_busy, "B to claim the blocking job")
     # Attempt 1 outlasts the stall below; attempt 2 lasts long enough to be reaped
-    # if nothing heartbeats it.
+    # if nothing heartbeats it: with a 1 s lease and B reaping every 0.5 s, an
+    # unbeaten lease is gone 1.5 s after its last beat, twice over in 4 s.
     a = procs.start(
         "A",
         mode="sleep",
         workers=2,
         lease=1.0,
-        extra=("--sleep", "3.0", "--sleep-retry", "6.0", "--cleanup", "0.5"),
+        extra=("--sleep", "3.0", "--sleep-retry", "4.0", "--cleanup", "0.5"),
     )
     await procs.ready(a)
     handle = await client.submit({"n": "stalled"}, max_retries=1)
@@ -296,7 +297,7 @@ async def test_stalled_worker_that_reclaims_its_job_keeps_it(
     assert (job.status, job.attempts, job.error_code) == (JobStatus.COMPLETED, 2, None), (
         f"{job.error}\n{procs.diagnostics()}"
     )
-    assert job.output == {"pid": a.pid, "slept": 6.0, "attempt": 2}
+    assert job.output == {"pid": a.pid, "slept": 4.0, "attempt": 2}
 
 
 # -- 4. abort across processes -------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_the_dashboard_live_in_a_browser(
         assert digest == hashlib.sha256(bytes(range(256)) * (12 * 1024)).hexdigest()
 
         # a payload and an error holding markup render as text, inert
-        evil = submit({"kind": "evil", "text": EVIL})
+        evil = submit({"kind": "evil", "text": EVIL}, max_retries=0)  # no backoff to wait out
         browser.get(f"{served}/jobs/{evil}")
         until(lambda: _text(browser, "job-status"), lambda s: s == "FAILED")
         browser.get(f"{served}/jobs/{evil}")
