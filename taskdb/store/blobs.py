@@ -77,7 +77,7 @@ from taskdb.core.jobs import TERMINAL_STATUSES
 from taskdb.core.refs import new_blob_key
 from taskdb.errors import ConfigurationError, InvalidJobInput, StorageError, TaskdbError
 from taskdb.store.database import Database
-from taskdb.store.dialect import BlobIO, Dialect
+from taskdb.store.dialect import PIECE_BYTES, BlobIO, Dialect, MiB
 from taskdb.store.errors import reconnecting
 from taskdb.store.params import batches, bind, bind_list
 from taskdb.store.schema import UtcDateTime, blob_links, blobs, jobs
@@ -89,8 +89,6 @@ BlobState = Literal["writing", "committed"]
 WRITING: BlobState = "writing"
 COMMITTED: BlobState = "committed"
 
-MiB = 1024 * 1024
-PIECE_BYTES = MiB  # one lo_put / one chunk row
 COMMIT_BYTES = 4 * MiB  # written per transaction (a writer holds about two of these)
 TOUCH_INTERVAL = 60.0
 GC_BATCH = 100  # blobs deleted per gc transaction

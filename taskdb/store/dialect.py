@@ -25,6 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskdb.core.jobs import ChangeCursor
 
+MiB = 1024 * 1024
+PIECE_BYTES = MiB
+"""A blob writer's default piece: one ``lo_put``, or one chunk row (readers size
+their statements by it)."""
+
 DialectName = Literal["postgresql", "sqlite"]
 
 

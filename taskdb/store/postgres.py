@@ -61,12 +61,14 @@ from taskdb.core.jobs import ChangeCursor
 from taskdb.errors import ConfigurationError, StorageError
 from taskdb.store import changes
 from taskdb.store.dialect import (
+    PIECE_BYTES,
     BlobIO,
     ChangeRows,
     ConnectOptions,
     Dialect,
     DialectName,
     FeedCursors,
+    MiB,
     Recorded,
     Transactions,
 )
@@ -76,11 +78,9 @@ from taskdb.store.params import batches, bind, bind_list, dumps
 from taskdb.store.schema import blob_chunks
 from taskdb.store.schema import job_changes as c
 
-MiB = 1024 * 1024
 READ_BATCH_BYTES = 4 * MiB  # large-object bytes read per connection
 READ_PIECE_BYTES = MiB  # bytes per lo_get
 READ_STATEMENT_BYTES = 16 * MiB  # chunk-row bytes per COPY statement (two run at once)
-PIECE_BYTES = MiB  # the writer's default piece (taskdb.store.blobs.PIECE_BYTES)
 _MIGRATION_LOCK = 7340017  # pg_advisory_xact_lock key serializing `taskdb migrate`
 
 # Batch columns read from JSON with their SQL types (others are text).
