@@ -548,8 +548,10 @@ class JobStore:
         self, worker_id: str, items: Sequence[tuple[Claim, Outcome]], now: datetime
     ) -> dict[str, Any]:
         batch = [self._finish_row(claim, outcome, now) for claim, outcome in items]
-        ids = [claim.job_id for claim, _ in items]
-        return params(worker_id=worker_id, now=now, batch=self._d.encode_batch(batch), ids=ids)
+        values = params(worker_id=worker_id, now=now, batch=self._d.encode_batch(batch))
+        if self._d.batch_updates_list_ids:  # the statement names them (statements.py)
+            values |= params(ids=[claim.job_id for claim, _ in items])
+        return values
 
     @staticmethod
     def _finish_row(claim: Claim, outcome: Outcome, now: datetime) -> dict[str, Any]:
