@@ -1446,13 +1446,16 @@ def _parse_args(argv: list[str] | None) -> Options:
         help="taskdb submit_batch call size (0: all jobs in one call; default 1000)",
     )
     parser.add_argument(
-        "--taskdb-workers", type=int, default=32, help="taskdb-*-tuned: JobQueueServer workers (32)"
+        "--taskdb-workers",
+        type=int,
+        default=100,
+        help="taskdb-*-tuned: JobQueueServer workers (100, the best of 32/64/100/128/200)",
     )
     parser.add_argument(
         "--taskdb-batch",
         type=int,
-        default=32,
-        help="taskdb-*-tuned: JobQueueServer batch_size, the most jobs a claim takes (32)",
+        default=100,
+        help="taskdb-*-tuned: JobQueueServer batch_size, the most jobs a claim takes (100)",
     )
     parser.add_argument(
         "--poll-interval",
