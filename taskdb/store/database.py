@@ -323,9 +323,13 @@ class Database:
         expected = _migrate.head_revision()
         if found != expected:
             state = f"at revision {found}" if found else "not migrated"
+            remedy = (
+                "upgrade taskdb (a newer one migrated it)"
+                if found is not None and found not in _migrate.revisions()
+                else "run `taskdb migrate`"
+            )
             raise SchemaOutOfDate(
-                f"database {self.safe_url} is {state}; taskdb needs revision {expected}: "
-                "run `taskdb migrate`"
+                f"database {self.safe_url} is {state}; taskdb needs revision {expected}: {remedy}"
             )
         self._schema_ok = True
 
@@ -348,15 +352,17 @@ class Database:
             engine.dispose()
 
     def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to ``revision`` (Alembic head by default)."""
+        """Upgrade the schema to ``revision`` (Alembic head by default); an unknown
+        revision, or one behind the database's, is a :class:`ConfigurationError`."""
         with self._sync_connection() as conn:
-            _migrate.upgrade(conn, revision)
+            _migrate.upgrade(conn, revision, _read_revision(conn))
         self._schema_ok = False
 
     def downgrade(self, revision: str) -> None:
-        """Downgrade the schema to ``revision`` (``"base"`` drops every taskdb table)."""
+        """Downgrade the schema to ``revision`` (``"base"`` drops every taskdb table);
+        an unknown revision, or one ahead of the database's, is a :class:`ConfigurationError`."""
         with self._sync_connection() as conn:
-            _migrate.downgrade(conn, revision)
+            _migrate.downgrade(conn, revision, _read_revision(conn))
         self._schema_ok = False
 
     def schema_revision(self) -> str | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 import taskdb
-from taskdb.store.migrate import alembic_config
+from taskdb.store.migrate import alembic_config, revisions
 from taskdb.store.schema import VERSION_TABLE, include_object, metadata
 
 
@@ -102,3 +103,44 @@ def test_indexes_keep_their_order_and_predicates_through_every_step(empty_db_url
         db.migrate()
         assert _index_definitions(empty_db_url) == fresh, f"after down to {revision} and up"
     db.close()
+
+
+def test_a_revision_the_database_is_past_or_does_not_know_is_one_clear_error(
+    empty_db_url: str,
+) -> None:
+    db = taskdb.connect(empty_db_url)
+    db.migrate()
+    head, previous = revisions()[-1], revisions()[-2]
+    with pytest.raises(
+        taskdb.ConfigurationError, match=f"at schema revision {head}, past {previous}"
+    ):
+        db.migrate(previous)  # was a silent no-op
+    with pytest.raises(taskdb.ConfigurationError, match="unknown schema revision 'nonsense'"):
+        db.migrate("nonsense")
+    with pytest.raises(taskdb.ConfigurationError, match="unknown schema revision '0099'"):
+        db.downgrade("0099")
+    assert db.schema_revision() == head and _diff(empty_db_url) == []
+    db.downgrade(previous)
+    with pytest.raises(taskdb.ConfigurationError, match=f"at schema revision {previous}, behind"):
+        db.downgrade("head")
+    assert db.schema_revision() == previous
+    db.migrate()
+    assert db.schema_revision() == head
+    db.close()
+
+
+async def test_a_database_a_newer_taskdb_migrated_is_refused_with_the_remedy(
+    empty_db_url: str,
+) -> None:
+    db = taskdb.connect(empty_db_url)
+    db.migrate()
+    engine = create_engine(_sync_url(empty_db_url))
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(taskdb.ConfigurationError, match="'9999', which this taskdb does not know"):
+        db.migrate()
+    with pytest.raises(taskdb.SchemaOutOfDate, match="upgrade taskdb"):
+        await db.check()
+    assert db.schema_revision() == "9999"
+    await db.aclose()
