@@ -9,7 +9,6 @@ nothing prints a traceback. URLs are only ever printed as ``db.safe_url``.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import os
 import sys
@@ -25,10 +24,10 @@ from taskdb import settings
 from taskdb.app import App
 from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
-from taskdb.cli.common import db_option, stop_on_signals
+from taskdb.cli.common import db_option, import_module, load_target, stop_on_signals
 from taskdb.cli.dashboard import dashboard
 from taskdb.cli.feed import feed
-from taskdb.cli.jobs import job, jobs, submit, wait
+from taskdb.cli.jobs import defer, job, jobs, submit, wait
 from taskdb.cli.schedules import schedule, schedules
 from taskdb.cli.stats import queue, stats, workers
 from taskdb.cli.watch import watch
@@ -90,6 +89,7 @@ def cli() -> None:
 
 for _command in (
     submit,
+    defer,
     jobs,
     job,
     wait,
@@ -127,27 +127,6 @@ def migrate(db_url: str, check: bool) -> None:
         click.echo(f"{db.safe_url} migrated: {current or 'empty'} -> {head}")
     finally:
         db.close()
-
-
-def _import(module_name: str) -> Any:
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the current directory, as `python -m` has it
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
-
-
-def load_target(spec: str) -> Any:
-    """What ``module:attr`` names (the current directory is importable): an
-    :class:`~taskdb.App`, or a handler (a callable)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(f"the worker target must look like module:attr, got {spec!r}")
-    target = getattr(_import(module_name), attr, None)
-    if not isinstance(target, App) and not callable(target):
-        raise ConfigurationError(f"{spec!r} is neither an App nor a callable in {module_name!r}")
-    return target
 
 
 @cli.command()
@@ -260,7 +239,7 @@ def worker(
     task graphs (add `--import` for the module registering their task types).
     """
     for module_name in imports:
-        _import(module_name)
+        import_module(module_name)
     loaded = load_target(target)
     if not isinstance(loaded, App) and not queues:
         raise click.UsageError("a handler serves the queues named with --queue/-q")

@@ -1,11 +1,13 @@
 """What every command shares: the ``--db`` and ``--json`` options, running an async
-body against an open database, and printing."""
+body against an open database, loading the user's ``module:attr``, and printing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from functools import wraps
 from typing import Any, TypeVar
@@ -14,6 +16,8 @@ import click
 from rich.console import Console
 
 from taskdb import settings
+from taskdb.app import App
+from taskdb.errors import ConfigurationError
 from taskdb.json_views import dumps
 from taskdb.store import connect
 
@@ -57,6 +61,29 @@ def with_db(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
         return asyncio.run(body())
 
     return wrapper
+
+
+def import_module(module_name: str) -> Any:
+    """Import ``module_name`` with the current directory importable, as ``python -m``
+    has it (:class:`ConfigurationError` when it cannot be imported)."""
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+
+
+def load_target(spec: str) -> Any:
+    """What ``module:attr`` names (the current directory is importable): an
+    :class:`~taskdb.App`, or a handler (a callable)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(f"the target must look like module:attr, got {spec!r}")
+    target = getattr(import_module(module_name), attr, None)
+    if not isinstance(target, App) and not callable(target):
+        raise ConfigurationError(f"{spec!r} is neither an App nor a callable in {module_name!r}")
+    return target
 
 
 def print_json(value: Any) -> None:

@@ -1,24 +1,32 @@
-"""``taskdb submit``, ``taskdb jobs`` and ``taskdb job show|retry|abort|purge``."""
+"""``taskdb submit``, ``taskdb defer``, ``taskdb jobs`` and ``taskdb job
+show|retry|abort|purge``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 
 from taskdb.admin import Admin, JobOutcome
-from taskdb.cli.common import db_option, json_option, out, print_json, with_db
+from taskdb.app import App
+from taskdb.cli.common import db_option, json_option, load_target, out, print_json, with_db
 from taskdb.core import Job, JobStatus
 from taskdb.core.durations import parse_duration, parse_when
 from taskdb.core.format import binary_values, human_age, render
+from taskdb.errors import ConfigurationError
 from taskdb.json_views import job_json, jobs_json
 from taskdb.queue import JobQueueClient
-from taskdb.store import Database
+from taskdb.queue.client import SubmitOptions
+from taskdb.store import Database, connect
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
 
@@ -48,56 +56,135 @@ def read_payload(argument: str) -> Any:
     return parse_json(argument, "payload")
 
 
+def job_options(func: F) -> F:
+    """The options of a new job that ``submit`` and ``defer`` share."""
+    options = [
+        click.option("--run-after", help="ISO datetime with offset, or a delay such as 10m."),
+        click.option("--deadline", help="ISO datetime with offset, or a delay such as 1h."),
+        click.option("--priority", type=int, help="Larger runs first (default 0, or the task's)."),
+        click.option(
+            "--fingerprint", help="Dedupe key: an active job with it is returned instead."
+        ),
+        click.option(
+            "--max-retries",
+            type=click.IntRange(min=0),
+            help="Retries after the first run (default the queue's, or the task's).",
+        ),
+        click.option(
+            "--durable-stream",
+            is_flag=True,
+            help="Store the job's stream events (taskdb watch --job).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def submit_options(
+    run_after: str | None,
+    deadline: str | None,
+    priority: int | None,
+    max_retries: int | None,
+    durable_stream: bool,
+) -> SubmitOptions:
+    """The options given on the command line (the others keep their defaults)."""
+    given = SubmitOptions()
+    if run_after is not None:
+        given["run_after"] = parse_when(run_after)
+    if deadline is not None:
+        given["deadline"] = parse_when(deadline)
+    if priority is not None:
+        given["priority"] = priority
+    if max_retries is not None:
+        given["max_retries"] = max_retries
+    if durable_stream:
+        given["durable_stream"] = True
+    return given
+
+
 @click.command()
 @click.argument("queue")
 @click.argument("payload")
 @db_option
-@click.option("--run-after", help="ISO datetime with offset, or a delay such as 10m.")
-@click.option("--deadline", help="ISO datetime with offset, or a delay such as 1h.")
-@click.option("--priority", default=0, show_default=True, help="Larger runs first.")
-@click.option("--fingerprint", help="Dedupe key: an active job with it is returned instead.")
-@click.option("--max-retries", type=int, default=None, help="Retries after the first run.")
-@click.option(
-    "--durable-stream", is_flag=True, help="Store the job's stream events (taskdb watch --job)."
-)
+@job_options
 @click.option(
     "--task",
-    help="The typed task the job runs (an App task's name). The payload is its keyword "
-    "arguments, checked on the worker. The task's own max_retries and priority are not "
-    "known here: give --max-retries and --priority.",
+    help="The typed task the job runs (an App task's name), unchecked here: "
+    "`taskdb defer` checks the arguments and applies the task's options.",
 )
 def submit(
     queue: str,
     payload: str,
     db_url: str,
-    run_after: str | None,
-    deadline: str | None,
-    priority: int,
     fingerprint: str | None,
-    max_retries: int | None,
-    durable_stream: bool,
     task: str | None,
+    **options: Any,
 ) -> None:
     """Enqueue a job with a JSON PAYLOAD on QUEUE; prints the job id. PAYLOAD is JSON,
     `-` to read it from standard input, or `@file.json`."""
     value = read_payload(payload)
-    when, until = parse_when(run_after), parse_when(deadline)
+    given = submit_options(**options)
+    given["task"] = task
 
     @with_db
     async def body(db: Database) -> int:
-        handle = await JobQueueClient(db, queue).submit(
-            value,
-            run_after=when,
-            deadline=until,
-            priority=priority,
-            fingerprint=fingerprint,
-            max_retries=max_retries,
-            durable_stream=durable_stream,
-            task=task,
-        )
+        handle = await JobQueueClient(db, queue).submit(value, fingerprint=fingerprint, **given)
         return handle.id
 
     click.echo(body(db_url))
+
+
+@click.command()
+@click.argument("target", metavar="MODULE:APP")
+@click.argument("task_name", metavar="TASK")
+@click.argument("arguments", default="{}", metavar="[ARGUMENTS]")
+@db_option
+@click.option("--queue", "-q", help="Another queue than the task's.")
+@job_options
+@click.pass_context
+def defer(
+    ctx: click.Context,
+    /,
+    target: str,
+    task_name: str,
+    arguments: str,
+    db_url: str,
+    queue: str | None,
+    fingerprint: str | None,
+    **options: Any,
+) -> None:
+    """Defer TASK of the App at MODULE:APP, as `task.defer(**ARGUMENTS)` would; prints
+    the job id. ARGUMENTS is a JSON object of the task's keyword arguments (default
+    `{}`; `-` for standard input, or `@file.json`), checked here against its
+    signature. TASK is its name, or its function's name if no other task has it. The
+    task's queue, priority and max_retries apply unless given."""
+    app = load_target(target)
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{target!r} is not an App (defer runs an App's tasks)")
+    task = app.tasks.get(task_name)
+    if task is None:  # the function's own name is enough when only one task has it
+        named = [t for name, t in app.tasks.items() if name.rpartition(".")[2] == task_name]
+        if len(named) != 1:
+            known = ", ".join(sorted(t.name for t in named) or sorted(app.tasks)) or "none"
+            problem = "several tasks named" if named else "no task"
+            raise ConfigurationError(f"{target} has {problem} {task_name!r} (its tasks: {known})")
+        (task,) = named
+    kwargs = read_payload(arguments)
+    if not isinstance(kwargs, dict):
+        raise click.ClickException("ARGUMENTS must be a JSON object of keyword arguments")
+    call = task.configure(queue=queue, fingerprint=fingerprint, **submit_options(**options))
+    # The App keeps its own database unless --db was given on the command line.
+    if ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE:
+        app.bind(connect(db_url))
+
+    async def body() -> int:
+        try:
+            return (await call.defer_async(**kwargs)).id
+        finally:
+            await app.db.aclose()
+
+    click.echo(asyncio.run(body()))
 
 
 @click.command()

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 import taskdb
 from taskdb.cli import cli
 from tests.app.conftest import Serve
-from tests.app.tasks_app import fail, greet, resize
+from tests.app.tasks_app import add, fail, greet, report, resize
 
 
 async def taskdb_cli(db_url: str, *args: str, stdin: str | None = None) -> Result:
@@ -62,3 +62,47 @@ async def test_submit_a_task_from_stdin_or_a_file(
     refused = await taskdb_cli(db_url, "wait", misspelt.stdout.strip())
     assert refused.exit_code == 1 and "InvalidJobInput" in refused.stderr
     assert "name: Field required" in refused.stderr
+
+
+async def test_defer_checks_the_arguments_and_applies_the_tasks_options(
+    db_url: str, db: taskdb.Database, app: taskdb.App, serve: Serve
+) -> None:
+    target = "tests.app.tasks_app:app"
+
+    async def defer(*args: str) -> Result:
+        result = await taskdb_cli(db_url, "defer", target, *args)
+        app.bind(db)  # the command bound the module's app to a database of its own
+        return result
+
+    async def job(result: Result) -> taskdb.Job:
+        assert result.exit_code == 0, result.output
+        return await taskdb.Admin(db).get_job(int(result.stdout))
+
+    greeted = await job(await defer("greet", '{"name": "ada", "excited": true}'))
+    assert (greeted.queue, greeted.task, greeted.max_retries, greeted.priority) == (
+        "app",
+        greet.name,
+        2,
+        0,
+    )
+    reported = await job(await defer(report.name, '{"size": 3}', "--priority", "5"))
+    assert (reported.queue, reported.max_retries, reported.priority) == ("reports", 2, 5)
+    moved = await job(
+        await defer(greet.name, '{"name": "cy"}', "-q", "elsewhere", "--max-retries", "0")
+    )
+    assert (moved.queue, moved.task, moved.max_retries) == ("elsewhere", greet.name, 0)
+    await serve("app")
+    assert await greet.handle(greeted.id).result(timeout=10) == "hello ada!"
+
+    before = len(await taskdb.Admin(db).list_jobs())
+    for args, message in [
+        ((greet.name, '{"nom": "cy"}'), "name: Field required"),
+        ((greet.name, "[1]"), "ARGUMENTS must be a JSON object"),
+        (("nope", "{}"), f"has no task 'nope' (its tasks: {add.name}, "),
+    ]:
+        refused = await defer(*args)
+        assert refused.exit_code == 1 and message in refused.stderr, refused.output
+        assert refused.stderr.strip().count("\n") == 0 and "Traceback" not in refused.output
+    not_an_app = await taskdb_cli(db_url, "defer", "tests.app.tasks_app:greet", "greet")
+    assert not_an_app.exit_code == 1 and "is not an App" in not_an_app.stderr
+    assert len(await taskdb.Admin(db).list_jobs()) == before

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import pytest
+import sqlalchemy
 
 import taskdb
 from taskdb.cli import cli
@@ -50,6 +51,19 @@ def test_migrate_and_check(empty_db_url: str) -> None:
     assert invoke("migrate", "--db", empty_db_url).exit_code == 0
     ok = invoke("migrate", "--check", "--db", empty_db_url)
     assert ok.exit_code == 0 and "up to date" in ok.output
+
+
+def test_migrate_refuses_a_database_a_newer_taskdb_migrated(empty_db_url: str) -> None:
+    assert invoke("migrate", "--db", empty_db_url).exit_code == 0
+    engine = sqlalchemy.create_engine(
+        empty_db_url.replace("postgresql://", "postgresql+psycopg://")
+    )
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE taskdb_alembic_version SET version_num = '9999'")
+    engine.dispose()
+    result = invoke_failing("migrate", "--db", empty_db_url)
+    assert result.exit_code == 1 and "which this taskdb does not know" in result.output
+    assert result.output.strip().count("\n") == 0, result.output
 
 
 def test_submit_list_show_abort_retry_purge(db_url: str) -> None:
