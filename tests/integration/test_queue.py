@@ -508,9 +508,7 @@ async def test_scale_workers_and_stats(client: JobQueueClient, serve: Any) -> No
         await h.wait(timeout=10)
     # A handle sees the outcome once it is committed; the worker counts it when
     # its flush returns, a moment later.
-    stats = await eventually(
-        lambda: asyncio.sleep(0, server.stats()), lambda s: s.completed == 4
-    )
+    stats = await eventually(lambda: asyncio.sleep(0, server.stats()), lambda s: s.completed == 4)
     assert (stats.claimed, stats.completed, stats.running) == (4, 4, 0)
 
 
