@@ -29,6 +29,8 @@ from taskdb.store.dialect import ConnectOptions, Dialect, DialectName
 from taskdb.store.errors import (
     DRIVER_ERRORS,
     OutageLog,
+    ended_by_server,
+    in_doubt,
     is_missing_table,
     reconnecting,
     reconnecting_sync,
@@ -194,29 +196,56 @@ class Database:
     async def run(self, call: PlanCall[T]) -> T:
         """Run a plan on this event loop's engine, in one transaction (see
         :mod:`taskdb.store.plans`); once more if the connection died before COMMIT."""
-        async with self.transaction(write=call.write, atomic=call.atomic) as conn:
-            drive = Drive(call)
-            while (step := drive.next()) is not None:
-                if step.fetch == "recorded":
-                    drive.result = await self.backend.run_recorded(
-                        conn, step.stmt, step.values, self.safe_url
-                    )
-                else:
-                    drive.result = EXTRACT[step.fetch](await conn.execute(step.stmt, step.values))
-            return drive.value
+        sent = False
+        try:
+            async with self.transaction(write=call.write, atomic=call.atomic) as conn:
+                drive = Drive(call)
+                while (step := drive.next()) is not None:
+                    sent = True
+                    if step.fetch == "recorded":
+                        drive.result = await self.backend.run_recorded(
+                            conn, step.stmt, step.values, self.safe_url
+                        )
+                    else:
+                        result = await conn.execute(step.stmt, step.values)
+                        drive.result = EXTRACT[step.fetch](result)
+                return drive.value
+        except StorageError as exc:
+            if sent and self._in_doubt(call, exc):
+                raise in_doubt(exc) from exc
+            raise
 
     @reconnecting_sync
     def run_sync(self, call: PlanCall[T]) -> T:
         """:meth:`run` on the synchronous engine, from any thread (it never touches
         an event loop)."""
-        with self.sync_transaction(write=call.write, atomic=call.atomic) as conn:
-            drive = Drive(call)
-            while (step := drive.next()) is not None:
-                if step.fetch == "recorded":
-                    drive.result = self.backend.run_recorded_sync(conn, step.stmt, step.values)
-                else:
-                    drive.result = EXTRACT[step.fetch](conn.execute(step.stmt, step.values))
-            return drive.value
+        sent = False
+        try:
+            with self.sync_transaction(write=call.write, atomic=call.atomic) as conn:
+                drive = Drive(call)
+                while (step := drive.next()) is not None:
+                    sent = True
+                    if step.fetch == "recorded":
+                        drive.result = self.backend.run_recorded_sync(conn, step.stmt, step.values)
+                    else:
+                        drive.result = EXTRACT[step.fetch](conn.execute(step.stmt, step.values))
+                return drive.value
+        except StorageError as exc:
+            if sent and self._in_doubt(call, exc):
+                raise in_doubt(exc) from exc
+            raise
+
+    def _in_doubt(self, call: PlanCall[Any], exc: StorageError) -> bool:
+        """Whether ``exc``, raised once ``call`` sent a statement, leaves a write that
+        must not run twice in doubt: it ran alone, outside a transaction, and its
+        connection was lost without the server saying it rolled back."""
+        return (
+            exc.retryable
+            and not call.repeatable
+            and not call.atomic
+            and self.backend.standalone_statements
+            and not ended_by_server(exc)
+        )
 
     @contextmanager
     def sync_transaction(self, *, write: bool = True, atomic: bool = True) -> Iterator[Connection]:

@@ -6,7 +6,10 @@ which calls :func:`translate_error` on whatever the driver (psycopg, sqlite3,
 SQLAlchemy) raises. A connection found dead before COMMIT means the
 transaction rolled back: that :class:`StorageError` is ``retryable``, and
 :func:`reconnecting` runs the transaction once more on a fresh connection, so a
-database restart costs no caller an error.
+database restart costs no caller an error. A lone statement in autocommit has
+no such before: one that must not run twice (a submit) is retried only when
+the server said it ended the session (:func:`ended_by_server`); otherwise the
+caller gets an error saying the write is in doubt (:func:`in_doubt`).
 
 An outage (the database cannot be reached: :attr:`StorageError.unavailable`)
 is noted by the database's :class:`OutageLog` and logged once per process by
@@ -51,6 +54,34 @@ def connection_lost(orig: BaseException, where: str, *, retryable: bool = True) 
     err = StorageError(f"database {where} connection lost: {str(orig).strip()}")
     err.retryable = retryable
     err.unavailable = True  # (the server went away, or dropped us: an outage to ride out)
+    return err
+
+
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+"""SQLSTATEs of a server ending the session (terminated, shutting down, starting up)."""
+
+
+def ended_by_server(exc: BaseException) -> bool:
+    """Whether the server said it ended the session behind ``exc`` (a terminated
+    backend, a shutdown): then the statement in flight did not commit. A bare
+    end of the connection (no SQLSTATE: a crash, a network cut) says nothing."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = seen.orig if isinstance(seen, DBAPIError) and seen.orig is not None else seen
+        if getattr(orig, "sqlstate", None) in _SESSION_ENDED:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def in_doubt(exc: StorageError) -> StorageError:
+    """``exc`` for a statement outside a transaction (autocommit) whose connection was
+    lost after it was sent: it may have committed, so it is not run again."""
+    err = StorageError(
+        f"{exc} (the write may or may not have been stored; it is not retried, as it "
+        "could then be applied twice: a fingerprint makes submitting it again safe)"
+    )
+    err.unavailable = exc.unavailable
     return err
 
 

@@ -74,7 +74,9 @@ class JobPlans:
         keyed = any(n.fingerprint is not None for n in new)
         # Plain jobs are one statement where the dialect records in one (changes too).
         return PlanCall(
-            lambda: self.submit_plan(queue, options, new, now), atomic=self._atomic or keyed
+            lambda: self.submit_plan(queue, options, new, now),
+            atomic=self._atomic or keyed,
+            repeatable=False,
         )
 
     def submit_plan(

@@ -42,11 +42,14 @@ Plan = Generator[Step, Any, T]
 class PlanCall(Generic[T]):
     """A plan to run: ``make`` builds a fresh generator (a retry starts over);
     ``write=False`` lets SQLite readers run beside the writer; ``atomic=False`` says
-    every statement stands alone (see ``Database.transaction``)."""
+    every statement stands alone (see ``Database.transaction``); ``repeatable=False``
+    says running it twice would apply it twice (an insert), so a lone statement
+    whose connection died once sent is not run again (it may have committed)."""
 
     make: Callable[[], Plan[T]]
     write: bool = True
     atomic: bool = True
+    repeatable: bool = True
 
 
 class Drive(Generic[T]):

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, MutableMapp
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from select import POLLIN, poll
 from typing import Any
 
 import psycopg
@@ -54,6 +55,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, OID, TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import UserDefinedType
 
@@ -616,8 +618,10 @@ class PostgresDialect:
         return self.async_url(url)
 
     def engine_options(self, options: ConnectOptions, *, autocommit: bool) -> dict[str, Any]:
-        # No ping on checkout (a round trip per transaction): a connection found dead
-        # is reported as a retryable StorageError and the stores run it once more.
+        # No ping on checkout (a round trip per transaction): a connection the server
+        # closed while it was idle is found by a poll of its socket instead
+        # (configure_engine), one found dead in use is reported as a retryable
+        # StorageError and the stores run it once more.
         engine: dict[str, Any] = {
             "connect_args": {"connect_timeout": max(1, round(options.connect_timeout))},
             "pool_size": options.pool_size,
@@ -630,12 +634,19 @@ class PostgresDialect:
         return engine
 
     def configure_engine(self, engine: Engine, options: ConnectOptions) -> None:
-        """Turn the URL's ``prepare_threshold`` (a string) into psycopg's argument, and
-        run every session in UTC."""
+        """Turn the URL's ``prepare_threshold`` (a string) into psycopg's argument, run
+        every session in UTC, and replace a pooled connection the server closed."""
 
         @event.listens_for(engine, "do_connect")
         def connect_args(dialect: Any, record: Any, cargs: Any, params: dict[str, Any]) -> None:
             driver_params(params)
+
+        @event.listens_for(engine, "checkout")
+        def still_open(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+            # The pool then connects anew: no statement is sent on a connection that is
+            # known dead, where it could not be told apart from one that died running it.
+            if closed_while_idle(record.driver_connection):
+                raise DisconnectionError("the server closed this pooled connection")
 
         @event.listens_for(engine, "connect")
         def utc_session(dbapi_conn: Any, record: Any) -> None:
@@ -738,6 +749,22 @@ class PostgresDialect:
     ) -> list[Any]:
         """Through SQLAlchemy (the sync client writes a few rows at a time)."""
         return list(conn.execute(stmt.main, values).all())
+
+
+def closed_while_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server closed ``conn``, an idle connection (a restart, a terminated
+    backend, a proxy's idle timeout): its socket then has an end of file, an error
+    or the server's goodbye to read. One poll, no round trip; an idle connection
+    that does not LISTEN has nothing else to read."""
+    if conn.closed:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:  # (no socket any more)
+        return True
+    poller = poll()
+    poller.register(fd, POLLIN)
+    return bool(poller.poll(0))
 
 
 DIALECT: Dialect = PostgresDialect()

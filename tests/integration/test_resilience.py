@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,6 +105,149 @@ async def test_killed_connection_under_a_worker_write_is_retried(fresh_pg_url: s
     done = await store.finish("w", [(Claim(second.id, second.attempts), Complete(2))], now)
     assert (first.input, second.input, done) == (1, 2, {second.id: JobStatus.COMPLETED})
     await db.aclose()
+
+
+class CuttingProxy:
+    """A TCP proxy in front of PostgreSQL that cuts its connections as a network or a
+    middlebox would (no word from the server): all at once (:meth:`cut_all`, an idle
+    timeout), or right after it forwards a message holding ``cut_after`` (the server
+    gets the statement; its client never gets the answer)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self._upstream = (parsed.host or "127.0.0.1", parsed.port or 5432)
+        self._url = parsed
+        self.cut_after: bytes | None = None
+        self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.url = ""
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[CuttingProxy]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        self.url = self._url.set(host="127.0.0.1", port=port).render_as_string(False)
+        try:
+            yield self
+        finally:
+            await self.cut_all()
+            server.close()
+
+    async def cut_all(self) -> None:
+        """Cut every connection; returns once their sockets are closed."""
+        pairs = list(self.pairs)
+        for pair in pairs:
+            self._cut(pair)
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(*(w.wait_closed() for pair in pairs for w in pair))
+
+    def _cut(self, pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+        client, upstream = pair
+        self.pairs.discard(pair)
+        client.transport.abort()
+        upstream.close()  # (after what was forwarded: the server reads it all)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        pair = (writer, up_writer)
+        self.pairs.add(pair)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while pair in self.pairs and (data := await src.read(65536)):
+                    dst.write(data)
+                    await dst.drain()
+                    if up and self.cut_after is not None and self.cut_after in data:
+                        self.cut_after = None
+                        break
+            if pair in self.pairs:
+                self._cut(pair)
+
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+
+async def _count_marked(url: str, marker: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        row = await (
+            await conn.execute("SELECT count(*) FROM taskdb_jobs WHERE input->>'m' = %s", (marker,))
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_submit_cut_off_in_flight_is_not_run_twice(fresh_pg_url: str) -> None:
+    """A plain submit is one statement in autocommit: once sent, a lost connection
+    leaves it in doubt (it may have committed), so it is not run again; the caller
+    gets an error that says so. (Retried, it enqueued the job twice.)"""
+    async with CuttingProxy(fresh_pg_url).serving() as proxy:
+        db = taskdb.connect(proxy.url)
+        client = JobQueueClient(db, "q")
+        await client.submit({"m": "warm"})  # schema checked, a pooled connection open
+        proxy.cut_after = b"cut-here"
+        with pytest.raises(taskdb.StorageError, match="may or may not have been stored"):
+            await client.submit({"m": "cut-here"})
+        # the server got the statement and committed it: one job, not two
+        await eventually(lambda: _count_marked(fresh_pg_url, "cut-here"), lambda n: n == 1)
+        with pytest.raises(taskdb.StorageError, match="may or may not have been stored"):
+            proxy.cut_after = b"cut-sync"
+            await asyncio.to_thread(taskdb.SyncJobQueueClient(db, "q").submit, {"m": "cut-sync"})
+        await eventually(lambda: _count_marked(fresh_pg_url, "cut-sync"), lambda n: n == 1)
+        # a fingerprinted submit runs in a transaction: rolled back, so retried at once
+        proxy.cut_after = b"cut-keyed"
+        await client.submit({"m": "cut-keyed"}, fingerprint="k")
+        assert await _count_marked(fresh_pg_url, "cut-keyed") == 1
+        await db.aclose()
+
+
+async def test_a_submit_whose_backend_the_server_ended_is_run_again(fresh_pg_url: str) -> None:
+    """The server says when it ends a session (pg_terminate_backend, a shutdown): the
+    statement it was running rolled back, so the submit runs again, once."""
+    db = taskdb.connect(fresh_pg_url)
+    client = JobQueueClient(db, "q")
+    await client.submit({"m": "warm"})
+    name = make_url(fresh_pg_url).database
+    with psycopg.connect(fresh_pg_url, autocommit=True) as locker:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE taskdb_jobs IN EXCLUSIVE MODE")  # the INSERT waits
+        submitting = asyncio.ensure_future(client.submit({"m": "ended"}))
+
+        async def waiting() -> list[Any]:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                return admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                    "AND wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO taskdb_jobs%%'",
+                    (name,),
+                ).fetchall()
+
+        ((pid,),) = await eventually(waiting, lambda rows: len(rows) == 1)
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # the retry waits for the lock on a new connection
+        await eventually(waiting, lambda rows: len(rows) == 1 and rows[0][0] != pid)
+        locker.execute("COMMIT")
+    await asyncio.wait_for(submitting, 10)
+    assert await _count_marked(fresh_pg_url, "ended") == 1
+    await db.aclose()
+
+
+async def test_a_pooled_connection_cut_while_idle_is_replaced_before_use(
+    fresh_pg_url: str,
+) -> None:
+    """No statement goes out on a connection the network already closed: the pool's
+    checkout polls its socket, so even a write that must not run twice costs the
+    caller nothing."""
+    async with CuttingProxy(fresh_pg_url).serving() as proxy:
+        db = taskdb.connect(proxy.url)
+        client = JobQueueClient(db, "q")
+        await client.submit({"m": "before"})
+        sync = taskdb.SyncJobQueueClient(db, "q")
+        await asyncio.to_thread(sync.submit, {"m": "before-sync"})
+        assert proxy.pairs
+        await proxy.cut_all()  # as a proxy's idle timeout would, with no word from the server
+        await client.submit({"m": "after"})
+        await asyncio.to_thread(sync.submit, {"m": "after-sync"})
+        for marker in ("after", "after-sync"):
+            assert await _count_marked(fresh_pg_url, marker) == 1
+        await db.aclose()
 
 
 async def test_postgres_down_gives_storage_error_then_recovers(fresh_pg_url: str) -> None:
