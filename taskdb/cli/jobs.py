@@ -22,8 +22,7 @@ from taskdb.core.durations import parse_duration, parse_when
 from taskdb.core.format import binary_values, human_age, render
 from taskdb.errors import ConfigurationError
 from taskdb.json_views import job_json, jobs_json
-from taskdb.queue import JobQueueClient
-from taskdb.queue.client import SubmitOptions
+from taskdb.queue import JobQueueClient, SubmitOptions
 from taskdb.store import Database, connect
 
 F = TypeVar("F", bound=Callable[..., Any])

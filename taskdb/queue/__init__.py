@@ -14,7 +14,7 @@ from taskdb.errors import (
     RetryableJobError,
 )
 from taskdb.queue.changes import ChangeCallback, StopFollowing, follow_changes
-from taskdb.queue.client import JobHandle, JobQueueClient
+from taskdb.queue.client import JobHandle, JobQueueClient, SubmitOptions
 from taskdb.queue.config import ServerSettings
 from taskdb.queue.context import JobContext
 from taskdb.queue.limiters import (
@@ -58,6 +58,7 @@ __all__ = [
     "ServerState",
     "ServerStats",
     "StopFollowing",
+    "SubmitOptions",
     "SyncJobHandle",
     "SyncJobQueueClient",
     "follow_changes",
