@@ -45,6 +45,10 @@ __all__ = ["Admin", "JobOutcome"]
 EndState = Literal["completed", "failed", "aborted", "timeout"]
 
 
+SCHEDULE_ACTIONS = ("pause", "resume", "trigger", "delete")
+"""What :meth:`Admin.act_on_schedule` does to a schedule."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     """How a wait for a job ended (``timeout``: it had not) and the job's row then."""
@@ -217,6 +221,18 @@ class Admin:
         """Forget ``name`` (an orphaned schedule, removed from code); a scheduler that
         still has it registers it again."""
         await self._schedules.delete(check_schedule_name(name))
+
+    async def act_on_schedule(self, name: str, action: str) -> int | None:
+        """One of :data:`SCHEDULE_ACTIONS` on ``name`` by its word (a CLI or HTTP
+        action): ``trigger`` returns the job's id, the others ``None``;
+        :class:`~taskdb.ConfigurationError` for another word."""
+        if action == "trigger":
+            return await self.trigger_schedule(name)
+        if action not in SCHEDULE_ACTIONS:
+            known = ", ".join(SCHEDULE_ACTIONS)
+            raise ConfigurationError(f"no schedule action {action!r} (one of {known})")
+        await getattr(self, f"{action}_schedule")(name)
+        return None
 
     # -- the change feed ---------------------------------------------------------------
 

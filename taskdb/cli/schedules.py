@@ -66,11 +66,7 @@ def schedule() -> None:
 def _act(name: str, db_url: str, action: str) -> int | None:
     @with_db
     async def body(db: Database) -> int | None:
-        admin = Admin(db)
-        if action == "trigger":
-            return await admin.trigger_schedule(name)
-        await getattr(admin, f"{action}_schedule")(name)
-        return None
+        return await Admin(db).act_on_schedule(name, action)
 
     return body(db_url)
 

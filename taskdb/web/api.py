@@ -40,6 +40,9 @@ from taskdb.web.filters import BadRequest, JobFilter, form_of
 from taskdb.web.metrics import CONTENT_TYPE
 from taskdb.web.sse import event_stream, frame
 
+WEB_SCHEDULE_ACTIONS = ("pause", "resume", "trigger")
+"""The schedule actions the dashboard offers (it never deletes one)."""
+
 _KEY_CHARS = frozenset("0123456789abcdef")
 
 
@@ -137,15 +140,11 @@ async def schedules(request: Request) -> Response:
 async def schedule_action(request: Request) -> Response:
     """POST pause, resume or trigger of schedule ``{name}`` (404 for an unknown one)."""
     name, action = request.path_params["name"], request.path_params["action"]
-    admin = dashboard_of(request).admin
-    if action == "trigger":
-        return JSONResponse({"schedule": name, "job_id": await admin.trigger_schedule(name)})
-    if action == "pause":
-        await admin.pause_schedule(name)
-    elif action == "resume":
-        await admin.resume_schedule(name)
-    else:
+    if action not in WEB_SCHEDULE_ACTIONS:
         raise HTTPException(404, f"no schedule action {action!r}")
+    job_id = await dashboard_of(request).admin.act_on_schedule(name, action)
+    if action == "trigger":
+        return JSONResponse({"schedule": name, "job_id": job_id})
     return JSONResponse({"schedule": name, "paused": action == "pause"})
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from taskdb.core import ChangeKind, JobStatus
 from taskdb.core.format import binary_values, human_age, human_seconds, human_size, render
 from taskdb.errors import AbortedJobError
-from taskdb.web.api import job_id_of, purge_request
+from taskdb.web.api import WEB_SCHEDULE_ACTIONS, job_id_of, purge_request
 from taskdb.web.context import base_of, dashboard_of
 from taskdb.web.filters import JobFilter, form_of
 from taskdb.web.security import COOKIE, session_value
@@ -179,17 +179,10 @@ async def schedules(request: Request) -> Response:
 
 async def schedule_action(request: Request) -> Response:
     name, action = request.path_params["name"], request.path_params["action"]
-    admin = dashboard_of(request).admin
-    if action == "trigger":
-        job_id = await admin.trigger_schedule(name)
-        return _back(request, f"/jobs/{job_id}")
-    if action == "pause":
-        await admin.pause_schedule(name)
-    elif action == "resume":
-        await admin.resume_schedule(name)
-    else:
+    if action not in WEB_SCHEDULE_ACTIONS:
         return error_page(request, 404, f"no schedule action {action!r}")
-    return _back(request, "/schedules")
+    job_id = await dashboard_of(request).admin.act_on_schedule(name, action)
+    return _back(request, "/schedules" if job_id is None else f"/jobs/{job_id}")
 
 
 async def workers(request: Request) -> Response:

@@ -192,6 +192,15 @@ async def test_operators_pause_resume_trigger_and_delete(db: taskdb.Database) ->
             await action("nope")
     with pytest.raises(InvalidSchedule):
         await admin.pause_schedule("bad name")
+    # by word, as the CLI and the dashboard ask
+    assert await admin.act_on_schedule("report", "pause") is None
+    assert (await admin.schedules())[0].paused
+    assert await admin.act_on_schedule("report", "resume") is None
+    assert not (await admin.schedules())[0].paused
+    fired = await admin.act_on_schedule("report", "trigger")
+    assert fired is not None and (await admin.get_job(fired)).task == "report_task"
+    with pytest.raises(taskdb.ConfigurationError, match="no schedule action 'explode'"):
+        await admin.act_on_schedule("report", "explode")
 
     await admin.delete_schedule("report")
     assert await admin.schedules() == []
