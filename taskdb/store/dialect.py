@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -24,6 +24,8 @@ from sqlalchemy import URL, ColumnElement, Connection, Engine, FromClause, Row, 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskdb.core.jobs import ChangeCursor
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 PIECE_BYTES = MiB
@@ -51,10 +53,20 @@ class ConnectOptions:
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """A write that records its changes in the change feed: ``record`` runs after
-    ``main`` (with the ids ``main`` returned), or is ``None`` when ``main`` does both."""
+    ``main`` (with the ids ``main`` returned), or is ``None`` when ``main`` does both.
+    Statements are built once per process; :meth:`compiled` keeps what a dialect
+    compiled one to for the driver, beside it."""
 
     main: Any
     record: Any | None
+    _compiled: list[Any] = field(default_factory=list, init=False, compare=False, repr=False)
+
+    def compiled(self, compile: Callable[[Recorded], T]) -> T:
+        """``compile(self)``, run on first use only (a statement serves one dialect)."""
+        if not self._compiled:
+            self._compiled.append(compile(self))
+        found: T = self._compiled[0]
+        return found
 
 
 ChangeRows = Callable[[Any, Any], Any]

@@ -604,9 +604,6 @@ class PostgresDialect:
     def __init__(self) -> None:
         self.feed: FeedCursors = _Feed()
         self.blobs: BlobIO = _Blobs()
-        # recorded writes compiled for the driver on first use, by id() (statements
-        # are built once per process, so their ids are stable)
-        self._driver: dict[int, DriverStatement] = {}
 
     # -- connections -----------------------------------------------------------------
 
@@ -733,9 +730,7 @@ class PostgresDialect:
     async def run_recorded(
         self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
     ) -> list[Any]:
-        compiled = self._driver.get(id(stmt))
-        if compiled is None:
-            compiled = self._driver[id(stmt)] = DriverStatement.compile(stmt.main, conn.dialect)
+        compiled = stmt.compiled(lambda s: DriverStatement.compile(s.main, conn.dialect))
         return await compiled.execute(conn, values, where)
 
     async def run_writes(

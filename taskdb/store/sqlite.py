@@ -474,7 +474,6 @@ class SqliteDialect:
     def __init__(self) -> None:
         self.feed: FeedCursors = _Feed()
         self.blobs: BlobIO = _ChunkRows()
-        self._writes: dict[int, _Write] = {}
 
     # -- connections -----------------------------------------------------------------
 
@@ -565,12 +564,13 @@ class SqliteDialect:
         """No data-modifying CTEs: the store runs the claim, then the outcomes."""
         return None
 
-    def _write(self, stmt: Recorded, dialect: SqlDialect) -> _Write:
-        write = self._writes.get(id(stmt))
-        if write is None:
-            record = None if stmt.record is None else _compile(stmt.record, dialect)
-            write = self._writes[id(stmt)] = _Write(_compile(stmt.main, dialect), record)
-        return write
+    @staticmethod
+    def _write(stmt: Recorded, dialect: SqlDialect) -> _Write:
+        def compile(s: Recorded) -> _Write:
+            record = None if s.record is None else _compile(s.record, dialect)
+            return _Write(_compile(s.main, dialect), record)
+
+        return stmt.compiled(compile)
 
     async def run_recorded(
         self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
