@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import psycopg
 import pytest
 
 import taskdb
@@ -63,6 +64,40 @@ async def test_trims_in_batches(db: taskdb.Database, monkeypatch: pytest.MonkeyP
     keep = await _submit(db, clock, 1)
     assert await taskdb.Admin(db, clock=clock).trim_changes(timedelta(days=1)) == 7
     assert [c.job_id for c in await ChangeFeed(db).changes(0)] == keep
+
+
+async def test_a_change_that_commits_during_a_trim_is_kept(
+    fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL hands out seqs before commit: a change with a lower seq than the
+    trimmed ones may commit between the trim's read and its delete. No reader has
+    seen it yet, so it must survive: the trim deletes the seqs it read, not a range."""
+    db = taskdb.connect(fresh_pg_url)
+    clock = FakeClock()
+    await _submit(db, clock, 1)  # the schema checked, a change before the late one
+    with psycopg.connect(fresh_pg_url) as late:  # a transaction that commits late
+        inserted = late.execute(
+            "INSERT INTO taskdb_job_changes (job_id, queue, kind, status, attempts, at) "
+            "VALUES (0, 'q', 'submitted', 'PENDING', 0, %s) RETURNING seq",
+            (clock.now,),
+        ).fetchone()
+        assert inserted is not None  # its seq is below the next submits' seqs
+        old = await _submit(db, clock, 2)  # higher seqs, committed at once
+        clock.advance(2 * DAY)
+        await _submit(db, clock, 1)  # the newest change, kept
+
+        real_params = feed_module.params
+
+        def commit_late_then(**values: object) -> dict[str, object]:
+            late.commit()  # after the trim read the feed, before it deletes
+            return real_params(**values)
+
+        monkeypatch.setattr(feed_module, "params", commit_late_then)
+        assert await taskdb.Admin(db, clock=clock).trim_changes(timedelta(days=1)) == 3
+    seqs = [c.cursor for c in await ChangeFeed(db).changes(0)]
+    assert len(seqs) == 2, seqs  # the late change and the newest
+    assert all(c.job_id not in old for c in await ChangeFeed(db).changes(0))
+    await db.aclose()
 
 
 @pytest.mark.parametrize("bad", ["7d", 3600, timedelta(seconds=-1), None])
