@@ -19,7 +19,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from taskdb.core.inline import decode_binary_values, is_binary
+from taskdb.core.jobs import EncodedInputs, canonical_json
 from taskdb.core.refs import is_cache_ref
 from taskdb.errors import ConfigurationError, InvalidJobInput
 from taskdb.queue.context import JobContext, SyncJobContext
@@ -194,12 +195,19 @@ class TaskSignature:
         """Validate the keyword arguments of each call and give the payloads stored for
         them (JSON); :class:`InvalidJobInput` names the first bad argument (``i.name``
         for the ``i``-th call of several), and its place inside it: a type error, a
-        value JSON cannot hold (NaN, infinities, objects), or a ``\\u0000``, which no
+        value JSON cannot hold (NaN, infinities, objects), or a ``\u0000``, which no
         database stores alike. Nothing is returned unless every call is valid."""
+        return list(self._dumped(calls))
+
+    def encode_args(self, calls: Sequence[Mapping[str, Any]]) -> EncodedInputs:
+        """:meth:`dump_args`, each payload encoded as a job input as soon as it is
+        dumped (see :class:`~taskdb.core.jobs.EncodedInputs`)."""
+        return EncodedInputs(canonical_json(payload) for payload in self._dumped(calls))
+
+    def _dumped(self, calls: Sequence[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
         validate = self.args.__pydantic_validator__.validate_python
         dump = self.args.__pydantic_serializer__.to_python
         what = f"{self.what} arguments"
-        payloads: list[dict[str, Any]] = []
         # One call at a time: each model is freed as soon as it is dumped. Validating
         # the batch at once keeps every model alive until the dump, and the garbage
         # collector's passes over them cost more than the per-call calls (measured).
@@ -214,18 +222,14 @@ class TaskSignature:
             except ValidationError as exc:
                 raise InvalidJobInput(describe(exc, what, at=at)) from None
             try:
-                payloads.append(dump(model, mode="json"))
+                payload = dump(model, mode="json")
             except (PydanticSerializationError, ValueError) as exc:
                 raise InvalidJobInput(self._unserializable(model, at, exc)) from None
-        if _storable(payloads):
-            return payloads
-        for i, payload in enumerate(payloads):  # the error path: which call, which place
-            found = _unstorable(payload)
+            found = None if _storable(payload) else _unstorable(payload)
             if found is not None:
                 where, problem = found
-                at = "" if len(calls) == 1 else f"{i}."
                 raise InvalidJobInput(f"{what}: {at}{where}: {problem}")
-        return payloads
+            yield payload
 
     def _unserializable(self, model: BaseModel, at: str, error: Exception) -> str:
         """Which argument of a call could not be dumped (the error path only)."""

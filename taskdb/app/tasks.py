@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, Unpack
 
 from taskdb.app.signature import TaskSignature
-from taskdb.core.jobs import Job
+from taskdb.core.jobs import EncodedInputs, Job
 from taskdb.errors import ConfigurationError
 from taskdb.queue.client import JobHandle, JobQueueClient, SubmitOptions, job_result
 from taskdb.queue.context import JobContext, SyncJobContext
@@ -107,8 +107,8 @@ class TaskCall(Generic[R]):
     fingerprint: str | None = None
     options: SubmitOptions = field(default_factory=lambda: SubmitOptions())
 
-    def _payloads(self, calls: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return self.task.signature.dump_args(list(calls))
+    def _payloads(self, calls: Iterable[Mapping[str, Any]]) -> EncodedInputs:
+        return self.task.signature.encode_args(list(calls))
 
     def _fingerprints(self, count: int) -> list[str | None] | None:
         if self.fingerprint is None:

@@ -298,6 +298,16 @@ class JobOptions:
     """The W3C trace context of the submit (see :mod:`taskdb.queue.tracing`)."""
 
 
+class EncodedInputs(list[str]):
+    """Job inputs already encoded by :func:`canonical_json`, as one list: typed tasks
+    encode each call's arguments as soon as they are checked, so no payload dict
+    outlives its call. (A batch of dicts, or of ``str`` subclasses, lives long
+    enough to set off the garbage collector's full passes; plain strings and one
+    list do not.)"""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """One job to insert: its input as canonical JSON text, that text's digest, an
@@ -310,7 +320,11 @@ class NewJob:
     @classmethod
     def of(cls, value: Any, fingerprint: str | None = None) -> NewJob:
         """Raises InvalidJobInput if ``value`` is not JSON."""
-        text = canonical_json(value)
+        return cls.encoded(canonical_json(value), fingerprint)
+
+    @classmethod
+    def encoded(cls, text: str, fingerprint: str | None = None) -> NewJob:
+        """One from an input already encoded by :func:`canonical_json`."""
         return cls(text, json_digest(text), fingerprint)
 
 

@@ -17,6 +17,7 @@ from taskdb.core.inline import decode_binary_values
 from taskdb.core.jobs import (
     TERMINAL_STATUSES,
     ChangeCursor,
+    EncodedInputs,
     Job,
     JobOptions,
     JobStatus,
@@ -260,9 +261,10 @@ class ClientBase:
             task=task,
             trace_context=trace_context,
         )
+        make = NewJob.encoded if isinstance(inputs, EncodedInputs) else NewJob.of
         if fingerprints is None:
-            return options, [NewJob.of(value) for value in inputs]
-        return options, [NewJob.of(v, fp) for v, fp in zip(inputs, fingerprints, strict=True)]
+            return options, [make(value) for value in inputs]
+        return options, [make(v, fp) for v, fp in zip(inputs, fingerprints, strict=True)]
 
 
 class JobQueueClient(ClientBase):
