@@ -195,7 +195,7 @@ class TaskSignature:
         """Validate the keyword arguments of each call and give the payloads stored for
         them (JSON); :class:`InvalidJobInput` names the first bad argument (``i.name``
         for the ``i``-th call of several), and its place inside it: a type error, a
-        value JSON cannot hold (NaN, infinities, objects), or a ``\u0000``, which no
+        value JSON cannot hold (NaN, infinities, objects), or a ``\\u0000``, which no
         database stores alike. Nothing is returned unless every call is valid."""
         return list(self._dumped(calls))
 
