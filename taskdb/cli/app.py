@@ -24,7 +24,14 @@ from taskdb import settings
 from taskdb.app import App
 from taskdb.cli import logs
 from taskdb.cli.blobs import blob, gc
-from taskdb.cli.common import db_option, import_module, load_target, stop_on_signals
+from taskdb.cli.common import (
+    db_option,
+    given_db_url,
+    import_module,
+    load_app,
+    load_target,
+    stop_on_signals,
+)
 from taskdb.cli.dashboard import dashboard
 from taskdb.cli.feed import feed
 from taskdb.cli.jobs import defer, job, jobs, submit, wait
@@ -271,9 +278,7 @@ def worker(
         retry=policy,
     )
 
-    # An App keeps its own database unless --db was given on the command line.
-    explicit = ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE
-    url = db_url if explicit else None
+    url = given_db_url(ctx, db_url)  # (None: an App keeps its own; a handler, TASKDB_URL)
     asyncio.run(
         _serve(
             loaded, target, url, queues, options, limiter, threads, not no_scheduler, metrics_port
@@ -396,13 +401,9 @@ def scheduler_command(ctx: click.Context, target: str, db_url: str) -> None:
     """Enqueue an App's periodic jobs until SIGINT/SIGTERM, without running any job:
     one job per tick however many schedulers and workers run (each `taskdb worker`
     of the App runs one too, unless `--no-scheduler`)."""
-    app = load_target(target)
-    if not isinstance(app, App):
-        raise ConfigurationError(f"{target!r} is not an App: only an App has schedules")
+    app = load_app(ctx, target, db_url, needed_for="only an App has schedules")
     if not app.schedules:
         raise ConfigurationError(f"{target!r} has no schedule: define them with @app.periodic")
-    if ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE:
-        app.bind(connect(db_url))
     asyncio.run(_schedule(app))
 
 

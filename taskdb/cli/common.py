@@ -86,6 +86,26 @@ def load_target(spec: str) -> Any:
     return target
 
 
+def given_db_url(ctx: click.Context, db_url: str) -> str | None:
+    """``--db`` when it was given on the command line, else ``None``: an App then keeps
+    its own database (``App(url)``, or ``TASKDB_URL``)."""
+    if ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE:
+        return db_url
+    return None
+
+
+def load_app(ctx: click.Context, target: str, db_url: str, *, needed_for: str) -> App:
+    """The App ``module:attr`` names, on ``--db`` when given on the command line
+    (:class:`ConfigurationError` when it is not an App: it is ``needed_for``)."""
+    app = load_target(target)
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{target!r} is not an App: {needed_for}")
+    url = given_db_url(ctx, db_url)
+    if url is not None:
+        app.bind(connect(url))
+    return app
+
+
 def print_json(value: Any) -> None:
     click.echo(dumps(value, indent=2))
 

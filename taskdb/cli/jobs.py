@@ -15,15 +15,14 @@ import click
 from rich.table import Table
 
 from taskdb.admin import Admin, JobOutcome
-from taskdb.app import App
-from taskdb.cli.common import db_option, json_option, load_target, out, print_json, with_db
+from taskdb.cli.common import db_option, json_option, load_app, out, print_json, with_db
 from taskdb.core import Job, JobStatus
 from taskdb.core.durations import parse_duration, parse_when
 from taskdb.core.format import binary_values, human_age, render
 from taskdb.errors import ConfigurationError
 from taskdb.json_views import job_json, jobs_json
 from taskdb.queue import JobQueueClient, SubmitOptions
-from taskdb.store import Database, connect
+from taskdb.store import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -158,9 +157,7 @@ def defer(
     `{}`; `-` for standard input, or `@file.json`), checked here against its
     signature. TASK is its name, or its function's name if no other task has it. The
     task's queue, priority and max_retries apply unless given."""
-    app = load_target(target)
-    if not isinstance(app, App):
-        raise ConfigurationError(f"{target!r} is not an App (defer runs an App's tasks)")
+    app = load_app(ctx, target, db_url, needed_for="defer runs an App's tasks")
     task = app.tasks.get(task_name)
     if task is None:  # the function's own name is enough when only one task has it
         named = [t for name, t in app.tasks.items() if name.rpartition(".")[2] == task_name]
@@ -173,9 +170,6 @@ def defer(
     if not isinstance(kwargs, dict):
         raise click.ClickException("ARGUMENTS must be a JSON object of keyword arguments")
     call = task.configure(queue=queue, fingerprint=fingerprint, **submit_options(**options))
-    # The App keeps its own database unless --db was given on the command line.
-    if ctx.get_parameter_source("db_url") is click.core.ParameterSource.COMMANDLINE:
-        app.bind(connect(db_url))
 
     async def body() -> int:
         try:

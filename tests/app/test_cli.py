@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 import taskdb
@@ -106,3 +108,33 @@ async def test_defer_checks_the_arguments_and_applies_the_tasks_options(
     not_an_app = await taskdb_cli(db_url, "defer", "tests.app.tasks_app:greet", "greet")
     assert not_an_app.exit_code == 1 and "is not an App" in not_an_app.stderr
     assert len(await taskdb.Admin(db).list_jobs()) == before
+
+
+async def test_defer_without_db_uses_the_apps_own_database_and_names_ambiguous_tasks(
+    db_url: str, db: taskdb.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``--db`` on the command line the App keeps its own database (as
+    ``taskdb worker`` does); a function name two tasks share is refused."""
+    module = f"twin_tasks_{uuid.uuid4().hex[:8]}"  # (imported modules are cached)
+    (tmp_path / f"{module}.py").write_text(
+        "import taskdb\n"
+        f"app = taskdb.App({db_url!r}, queue='twins')\n"
+        "@app.task(name='one.greet')\n"
+        "def greet_one(name: str) -> str:\n    return name\n"
+        "@app.task(name='two.greet')\n"
+        "def greet_two(name: str) -> str:\n    return name\n"
+    )
+    monkeypatch.chdir(tmp_path)  # MODULE:APP imports from the current directory
+    monkeypatch.delenv("TASKDB_URL", raising=False)
+    runner = CliRunner()
+
+    def defer(*args: str) -> Result:
+        return runner.invoke(cli, ["defer", f"{module}:app", *args])
+
+    ambiguous = await asyncio.to_thread(defer, "greet", '{"name": "x"}')
+    assert ambiguous.exit_code == 1, ambiguous.output
+    assert "several tasks named 'greet' (its tasks: one.greet, two.greet)" in ambiguous.stderr
+    done = await asyncio.to_thread(defer, "two.greet", '{"name": "x"}')
+    assert done.exit_code == 0, done.output
+    job = await taskdb.Admin(db).get_job(int(done.stdout))  # in the App's database
+    assert (job.queue, job.task, job.input) == ("twins", "two.greet", {"name": "x"})
