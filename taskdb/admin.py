@@ -228,10 +228,15 @@ class Admin:
         :class:`~taskdb.ConfigurationError` for another word."""
         if action == "trigger":
             return await self.trigger_schedule(name)
-        if action not in SCHEDULE_ACTIONS:
+        act = {
+            "pause": self.pause_schedule,
+            "resume": self.resume_schedule,
+            "delete": self.delete_schedule,
+        }.get(action)
+        if act is None:
             known = ", ".join(SCHEDULE_ACTIONS)
             raise ConfigurationError(f"no schedule action {action!r} (one of {known})")
-        await getattr(self, f"{action}_schedule")(name)
+        await act(name)
         return None
 
     # -- the change feed ---------------------------------------------------------------

@@ -43,6 +43,10 @@ async def test_schedules_page_and_api_pause_resume_and_trigger(
     assert (await client.post("/api/schedules/nope/pause")).status_code == 404
     assert (await client.post("/api/schedules/bad%20name/trigger")).status_code == 400
     assert (await client.post("/schedules/nope/trigger")).status_code == 404
+    # the dashboard offers no delete, nor any other word (the Admin has delete)
+    for path in ("/api/schedules/rollup/delete", "/schedules/rollup/delete", "/schedules/rollup/x"):
+        assert (await client.post(path)).status_code == 404, path
+    assert [s["name"] for s in (await client.get("/api/schedules")).json()] == ["rollup"]
 
 
 async def _slow(value: object, ctx: taskdb.JobContext) -> None:
