@@ -61,10 +61,11 @@ class Recorded:
     record: Any | None
     _compiled: list[Any] = field(default_factory=list, init=False, compare=False, repr=False)
 
-    def compiled(self, compile: Callable[[Recorded], T]) -> T:
-        """``compile(self)``, run on first use only (a statement serves one dialect)."""
+    def compiled(self, compile: Callable[[Recorded, Any], T], dialect: Any) -> T:
+        """``compile(self, dialect)``, run on first use only (a statement serves one
+        dialect)."""
         if not self._compiled:
-            self._compiled.append(compile(self))
+            self._compiled.append(compile(self, dialect))
         found: T = self._compiled[0]
         return found
 

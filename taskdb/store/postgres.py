@@ -730,7 +730,7 @@ class PostgresDialect:
     async def run_recorded(
         self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
     ) -> list[Any]:
-        compiled = stmt.compiled(lambda s: DriverStatement.compile(s.main, conn.dialect))
+        compiled = stmt.compiled(_driver_statement, conn.dialect)
         return await compiled.execute(conn, values, where)
 
     async def run_writes(
@@ -744,6 +744,10 @@ class PostgresDialect:
     ) -> list[Any]:
         """Through SQLAlchemy (the sync client writes a few rows at a time)."""
         return list(conn.execute(stmt.main, values).all())
+
+
+def _driver_statement(stmt: Recorded, dialect: Any) -> DriverStatement:
+    return DriverStatement.compile(stmt.main, dialect)
 
 
 def closed_while_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:

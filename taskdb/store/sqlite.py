@@ -322,6 +322,11 @@ class _Write:
     main: DriverStatement
     record: DriverStatement | None
 
+    @classmethod
+    def of(cls, stmt: Recorded, dialect: SqlDialect) -> _Write:
+        record = None if stmt.record is None else _compile(stmt.record, dialect)
+        return cls(_compile(stmt.main, dialect), record)
+
     def run(self, raw: sqlite3.Connection, values: dict[str, Any]) -> list[Any]:
         """Run on ``raw`` (in its thread): the write, then its change records."""
         main = self.main
@@ -566,11 +571,7 @@ class SqliteDialect:
 
     @staticmethod
     def _write(stmt: Recorded, dialect: SqlDialect) -> _Write:
-        def compile(s: Recorded) -> _Write:
-            record = None if s.record is None else _compile(s.record, dialect)
-            return _Write(_compile(s.main, dialect), record)
-
-        return stmt.compiled(compile)
+        return stmt.compiled(_Write.of, dialect)
 
     async def run_recorded(
         self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any], where: str
