@@ -69,12 +69,16 @@ SYSTEMS = (
     "taskdb-sqlite-tuned",
     "raw-k10",
     "raw-k50",
+    "raw-k200",
     "pgqueuer",
     "pgqueuer-best",
     "procrastinate",
 )
 PGQUEUER_DEFAULT_BATCH = 10  # PgQueuer.run(batch_size=10)
 PGQUEUER_BEST_BATCH = 200  # its fastest here: 4 procs 10: ~3.4k, 50: ~16k, 200: ~21k, 1000: ~21k/s
+# The raw loop's fastest claim size here (4 procs, 2026-12-05: 50: ~23k, 100: ~30k, 200: ~40k,
+# 400: ~40k, 1000: ~40k jobs/s): the ceiling a hand-written SKIP LOCKED loop reaches.
+RAW_BEST_BATCH = 200
 
 
 @dataclasses.dataclass
@@ -696,6 +700,11 @@ class RawPg50(RawPg):
     batch = 50
 
 
+class RawPgBest(RawPg):
+    name = "raw-k200"
+    batch = RAW_BEST_BATCH
+
+
 class PgQueuerSystem(System):
     name = "pgqueuer"
     worker_kind = "pgqueuer"
@@ -820,6 +829,7 @@ SYSTEM_CLASSES: dict[str, type[System]] = {
     "taskdb-sqlite-tuned": TaskdbSqliteTuned,
     "raw-k10": RawPg,
     "raw-k50": RawPg50,
+    "raw-k200": RawPgBest,
     "pgqueuer": PgQueuerSystem,
     "pgqueuer-best": PgQueuerBest,
     "procrastinate": ProcrastinateSystem,
@@ -1345,11 +1355,25 @@ def _targets(rows: list[RunResult], opts: Options) -> list[str]:
     best_name = best.system if best else "taskdb-pg-tuned"
     ratio(f"{best_name} 4 procs vs raw claim-50 loop", (best_name, 4), ("raw-k50", 4), 0.5)
     ratio(
+        f"{best_name} 4 procs vs raw loop at its best claim size ({RAW_BEST_BATCH})",
+        (best_name, 4),
+        ("raw-k200", 4),
+        0.5,
+    )
+    ratio(
         f"{best_name} 4 procs vs pgqueuer at its best batch",
         (best_name, 4),
         ("pgqueuer-best", 4),
         1.5,
     )
+    raw_best, pgq_best = by.get(("raw-k200", 4)), by.get(("pgqueuer-best", 4))
+    if raw_best and pgq_best and raw_best.process_rate and pgq_best.process_rate:
+        lines.append(
+            f"[dim]     for scale: 1.5x pgqueuer-best is {1.5 * pgq_best.process_rate:,.0f} "
+            f"jobs/s; the raw claim-{RAW_BEST_BATCH} loop (no change feed, no handler, no "
+            f"outcome) runs {raw_best.process_rate:,.0f} "
+            f"({raw_best.process_rate / pgq_best.process_rate:.2f}x pgqueuer-best)[/]"
+        )
     if best is not None and best.total_us:
         at_most(
             f"{best_name} 4 procs total CPU per job (worker + PG backends, median)",
@@ -1534,11 +1558,11 @@ def _setup_lines(opts: Options) -> list[str]:
         f"starts), no-op async handler; at most {min(opts.jobs, opts.untuned_jobs):,} jobs per run",
         f"taskdb-*-tuned: the same with workers={opts.taskdb_workers}, "
         f"batch_size={opts.taskdb_batch}, poll_interval={opts.poll_interval}",
-        f"raw-k10 / raw-k50: psycopg 3 COPY enqueue; per process {opts.raw_conns} connections, "
-        "each in its own thread, looping: claim 10 / 50 with a prepared UPDATE .. WHERE id IN "
-        "(SELECT .. ORDER BY .. LIMIT .. FOR UPDATE SKIP LOCKED) RETURNING (binary results), "
-        "then one prepared UPDATE marking them COMPLETED; same taskdb_jobs table (a migrated "
-        "taskdb database), no change feed, no lease renewal",
+        f"raw-k10 / raw-k50 / raw-k200: psycopg 3 COPY enqueue; per process {opts.raw_conns} "
+        "connections, each in its own thread, looping: claim 10 / 50 / 200 with a prepared "
+        "UPDATE .. WHERE id IN (SELECT .. ORDER BY .. LIMIT .. FOR UPDATE SKIP LOCKED) "
+        "RETURNING (binary results), then one prepared UPDATE marking them COMPLETED; same "
+        "taskdb_jobs table (a migrated taskdb database), no change feed, no lease renewal",
         "pgqueuer / pgqueuer-best: Queries.enqueue of all jobs in one call (asyncpg); per "
         "process PgQueuer(AsyncpgDriver(conn)).run(batch_size=N), N = "
         f"{PGQUEUER_DEFAULT_BATCH} (its default) / {opts.pgqueuer_best_batch}, no-op async "
