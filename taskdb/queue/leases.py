@@ -5,7 +5,8 @@ job missing from the renewal was lost (its lease expired and another worker
 may have it) and its handler is cancelled; a job found ABORTING is aborted.
 Between beats, abort requests are polled on their own, cheaper, interval.
 Every few seconds the worker also reaps its queue: jobs whose worker died go
-back to PENDING (or fail), pending jobs past their deadline fail.
+back to PENDING (or fail), pending jobs past their deadline fail; and it gives
+back its strays, jobs a claim took for it whose answer never arrived.
 :class:`LeaseSchedule` is the timing (pure); :class:`LeaseKeeper` the loop.
 """
 
@@ -69,6 +70,10 @@ class LeaseStore(Protocol):
 
     async def reap(self, queue: str, now: datetime) -> int: ...
 
+    async def release_strays(
+        self, worker_id: str, known: Sequence[Claim], now: datetime, lease_seconds: float
+    ) -> int: ...
+
 
 class WorkerRegistry(Protocol):
     """Where a worker says it is alive (:class:`~taskdb.store.workers.WorkerStore`)."""
@@ -85,6 +90,10 @@ class LeaseHost(Protocol):
 
     def held_claims(self) -> list[Claim]:
         """The claims whose handlers still run (not lost, outcome not being written)."""
+        ...
+
+    def known_claims(self) -> list[Claim]:
+        """Every claim the server has started and not yet finished with."""
         ...
 
     def lost(self, claim: Claim) -> None:
@@ -201,6 +210,18 @@ class LeaseKeeper:
                     "deadline passed, taken back",
                     self._queue,
                     reaped,
+                    extra={"queue": self._queue},
+                )
+                host.wake()
+            strays = await self._store.release_strays(
+                self._worker_id, host.known_claims(), now, self.schedule.lease_seconds
+            )
+            if strays:
+                log.warning(
+                    "queue %r: %d job(s) given back that a claim took for this worker "
+                    "whose answer never arrived (its connection died)",
+                    self._queue,
+                    strays,
                     extra={"queue": self._queue},
                 )
                 host.wake()

@@ -357,9 +357,7 @@ class JobQueueServer:
         if not self.accepting:
             await self._release([Claim(job.id, job.attempts) for job in jobs])
             return 0
-        for job in jobs:
-            self._launch(job)
-        return len(jobs)
+        return sum(self._launch(job) for job in jobs)
 
     def listen_for_work(self, idle: bool) -> bool:
         """Watch for work notifications while idle only (a busy server's LISTEN would
@@ -383,6 +381,9 @@ class JobQueueServer:
 
     def held_claims(self) -> list[Claim]:
         return [r.claim for r in self._running.values() if not (r.lost or r.recording)]
+
+    def known_claims(self) -> list[Claim]:
+        return [r.claim for r in self._running.values()]
 
     def lost(self, claim: Claim) -> None:
         run = self._running.get(claim.job_id)
@@ -411,13 +412,18 @@ class JobQueueServer:
 
     # -- runs ------------------------------------------------------------------------
 
-    def _launch(self, job: Any) -> None:
+    def _launch(self, job: Any) -> bool:
+        """Start a run of ``job``; False when this very attempt already runs here (a
+        claim whose connection died returns what it took, and with a clock that
+        stood still that may include an earlier claim's jobs)."""
+        claim = Claim(job.id, job.attempts)
         stale = self._running.get(job.id)
+        if stale is not None and stale.claim == claim:
+            return False
         if stale is not None:
             # This worker stalled past its lease, the job was requeued and we
             # claimed it again: the old attempt is fenced off, stop it.
             self._lose(stale)
-        claim = Claim(job.id, job.attempts)
         stream = None
         if getattr(job, "durable_stream", False):
             stream = DurableStreamWriter(self._streams, job.id, job.attempts, self.worker_id)
@@ -428,6 +434,7 @@ class JobQueueServer:
         self._running[job.id] = run
         self._slots.executing += 1
         run.task = asyncio.get_running_loop().create_task(self._run(run))
+        return True
 
     async def _run(self, run: Run) -> None:
         job = run.job

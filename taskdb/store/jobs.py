@@ -5,13 +5,16 @@ reads. Each runs in one transaction (a single statement where the dialect
 records changes in one) and records the transitions it makes in the change
 feed in that same transaction; each takes ``now`` so tests never sleep, and
 each runs once more if its connection died before COMMIT
-(:func:`~taskdb.store.errors.reconnecting`). The statements are built once
-per dialect (:mod:`taskdb.store.statements`); a call only binds values.
+(:func:`~taskdb.store.errors.reconnecting`); the worker's claims and outcomes,
+which may have committed when their connection died, first look for what they
+wrote. The statements are built once per dialect
+(:mod:`taskdb.store.statements`); a call only binds values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +50,21 @@ Statuses = dict[int, JobStatus]
 def _refs(items: Sequence[tuple[Claim, Outcome]]) -> dict[int, tuple[str, ...]]:
     """The blob keys each completed output of ``items`` refers to (none: empty)."""
     return {c.job_id: o.refs for c, o in items if isinstance(o, Complete) and o.refs}
+
+
+def _ids(items: Sequence[tuple[Claim, Outcome]]) -> dict[str, Any]:
+    return params(ids=[claim.job_id for claim, _ in items])
+
+
+def _statuses(found: Sequence[Sequence[Any]], items: Sequence[tuple[Claim, Outcome]]) -> Statuses:
+    """The statuses of ``items`` among rows read by ``finished_by`` (the attempts match)."""
+    attempts = {claim.job_id: claim.attempts for claim, _ in items}
+    return {
+        r.id: JobStatus(r.status)
+        for rows in found
+        for r in rows
+        if attempts.get(r.id) == r.attempts
+    }
 
 
 def _claim_order(row: Any) -> tuple[int, datetime, int]:
@@ -302,6 +320,7 @@ class JobStore:
         self._atomic = not self._d.records_in_one_statement
         self._blobs = BlobStore(db)
         self.plans = JobPlans(db.backend)
+        self._lease_ends: dict[str, datetime] = {}  # each worker's last claim's
 
     async def _write(
         self, conn: AsyncConnection, stmt: Recorded, values: dict[str, Any]
@@ -373,7 +392,6 @@ class JobStore:
 
     # -- worker side -----------------------------------------------------------------
 
-    @reconnecting
     async def claim_rows(
         self,
         queue: str,
@@ -389,23 +407,82 @@ class JobStore:
         claim, whatever the workers claiming at the same time (they take turns).
 
         Returns the claimed rows as the database wrote them (the server's hot
-        path); :meth:`claim` returns them as :class:`Job` models.
+        path); :meth:`claim` returns them as :class:`Job` models. If the
+        connection dies, the claim is run again unless it committed: then the
+        rows it claimed are returned (see :meth:`_after_lost`).
         """
         values = self._claim_values(queue, worker_id, limit, now, lease_seconds)
-        if cap is not None:  # counted under the queue's lock, in the claim's transaction
-            async with self.db.transaction() as conn:
-                await self._d.lock(conn, f"taskdb-cap:{queue}")
-                rows = await self._write(conn, self._s.claim_capped, values | params(cap=cap))
-        else:
-            (rows,) = await self._writes((self._s.claim, values))
+
+        async def run() -> tuple[list[Any], Statuses]:
+            return await self._claim(queue, values, cap), {}
+
+        rows, _ = await self._after_lost(run, values, ())
         rows.sort(key=_claim_order)
         return rows
 
-    @staticmethod
+    async def _claim(self, queue: str, values: dict[str, Any], cap: int | None) -> list[Any]:
+        if cap is None:
+            (rows,) = await self._writes((self._s.claim, values))
+            return rows
+        async with self.db.transaction() as conn:  # counted under the queue's lock
+            await self._d.lock(conn, f"taskdb-cap:{queue}")
+            return await self._write(conn, self._s.claim_capped, values | params(cap=cap))
+
+    async def _after_lost(
+        self,
+        run: Callable[[], Awaitable[tuple[list[Any], Statuses]]],
+        values: dict[str, Any],
+        items: Sequence[tuple[Claim, Outcome]],
+        *,
+        claims: bool = True,
+    ) -> tuple[list[Any], Statuses]:
+        """``run()``, a worker write bound to ``values``: outcomes of ``items`` and, if
+        ``claims``, a claim; if its connection dies, what it wrote, or else its result
+        run again.
+
+        Sent, such a write may have committed before its connection died (on
+        PostgreSQL it runs alone in autocommit). Run again, a claim would strand
+        the jobs it took until their lease ran out (an attempt counted that never
+        ran) and outcomes would be fenced off by themselves. So it first looks
+        for what it wrote; finding nothing, it runs again, then looks once more
+        for outcomes the second run did not write: the first run may have been
+        still under way at the first look. A claim that commits that late goes
+        unseen; the worker gives back such strays (:meth:`release_strays`).
+        """
+        try:
+            return await run()
+        except StorageError as exc:
+            if not exc.retryable:
+                raise
+        reads: list[tuple[Recorded, dict[str, Any]]] = []
+        if claims:
+            reads.append((self._s.claimed_by, values))
+        if items:
+            reads.append((self._s.finished_by, values | _ids(items)))
+        found = await self._writes(*reads)
+        claimed = found[0] if claims else []
+        statuses = _statuses(found[1:] if claims else found, items)
+        if claimed or statuses:
+            return claimed, statuses
+        claimed, statuses = await run()
+        missing = [item for item in items if item[0].job_id not in statuses]
+        if missing:
+            with contextlib.suppress(StorageError):  # (the second run's result stands)
+                read = (self._s.finished_by, values | _ids(missing))
+                statuses |= _statuses(await self._writes(read), missing)
+        return claimed, statuses
+
     def _claim_values(
-        queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
+        self, queue: str, worker_id: str, limit: int, now: datetime, lease_seconds: float
     ) -> dict[str, Any]:
+        # A claim is found again by its worker and lease end (_after_lost): a worker's
+        # claims never share one, even with a clock that stands still.
         lease_until = now + timedelta(seconds=lease_seconds)
+        last = self._lease_ends.get(worker_id)
+        if lease_until.tzinfo is not None:  # (a naive one is refused when bound)
+            if last is not None and lease_until <= last:
+                lease_until = last + timedelta(microseconds=1)
+            self._lease_ends[worker_id] = lease_until
         return params(
             queue=queue, worker_id=worker_id, limit=limit, now=now, lease_until=lease_until
         )
@@ -483,10 +560,22 @@ class JobStore:
         aborted ends FAILED with ``AbortedJobError`` whatever its outcome. The
         blobs of a completed output (:attr:`Complete.refs`) are linked to its job
         in the same transaction: a fenced-off or aborted output links nothing.
+        If the connection dies, they are written again unless they were (see
+        :meth:`_after_lost`).
         """
         if not items:
             return {}
         values = self._finish_values(worker_id, items, now)
+
+        async def run() -> tuple[list[Any], Statuses]:
+            return [], await self._finish(values, items)
+
+        _, statuses = await self._after_lost(run, values, items, claims=False)
+        return statuses
+
+    async def _finish(
+        self, values: dict[str, Any], items: Sequence[tuple[Claim, Outcome]]
+    ) -> Statuses:
         refs = _refs(items)
         if not refs:
             (done,) = await self._writes((self._s.finish, values))
@@ -509,7 +598,6 @@ class JobStore:
         if missing:  # never written, or gc took it before this outcome linked it
             raise InvalidJobInput(f"the output refers to blobs that do not exist: {missing}")
 
-    @reconnecting
     async def finish_and_claim(
         self,
         worker_id: str,
@@ -522,9 +610,23 @@ class JobStore:
     ) -> tuple[dict[int, JobStatus], list[Any]]:
         """:meth:`finish` and :meth:`claim_rows` atomically, in one round trip (one
         statement on PostgreSQL): what a busy worker does per batch. A job that
-        an outcome of ``items`` puts back to PENDING is not claimed by this call."""
+        an outcome of ``items`` puts back to PENDING is not claimed by this call.
+        If the connection dies, it runs again unless it committed: then what it
+        wrote is returned (see :meth:`_after_lost`)."""
         values = self._finish_values(worker_id, items, now)
         values |= self._claim_values(queue, worker_id, limit, now, lease_seconds)
+
+        async def run() -> tuple[list[Any], Statuses]:
+            statuses, claimed = await self._finish_and_claim(values, items)
+            return claimed, statuses
+
+        claimed, statuses = await self._after_lost(run, values, items)
+        claimed.sort(key=_claim_order)
+        return statuses, claimed
+
+    async def _finish_and_claim(
+        self, values: dict[str, Any], items: Sequence[tuple[Claim, Outcome]]
+    ) -> tuple[Statuses, list[Any]]:
         refs = _refs(items)
         if self._s.finish_and_claim is None and not refs:
             # claim first, as one statement's snapshot would
@@ -577,6 +679,24 @@ class JobStore:
         values = params(ids=[c.job_id for c in claims], worker_id=worker_id, now=now)
         async with self.db.transaction(atomic=self._atomic) as conn:
             return len(await self._write(conn, self._s.release, values))
+
+    @reconnecting
+    async def release_strays(
+        self, worker_id: str, known: Sequence[Claim], now: datetime, lease_seconds: float
+    ) -> int:
+        """Give back, untouched, the jobs held by ``worker_id`` that it does not know
+        (``known``: every claim it runs or is recording) and whose lease it has not
+        renewed for half a lease: what a claim took whose answer never reached the
+        worker (its connection died after the claim committed; see
+        :meth:`_after_lost`). Their attempt is not counted. Returns how many."""
+        values = params(
+            worker_id=worker_id,
+            known=[c.job_id for c in known],
+            stale_before=now + timedelta(seconds=lease_seconds / 2),
+            now=now,
+        )
+        async with self.db.transaction(atomic=self._atomic) as conn:
+            return len(await self._write(conn, self._s.release_strays, values))
 
     @reconnecting
     async def reap(self, queue: str, now: datetime) -> int:

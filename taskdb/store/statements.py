@@ -150,10 +150,11 @@ class JobStatements:
                 union_all(change_rows(finished, None), change_rows(claimed, ChangeKind.CLAIMED)),
             ),
         )
+        self.claimed_by, self.finished_by = self._written_by()
         self.heartbeat, self.held = self._heartbeat()
         self.aborting = select(jobs.c.id).where(d.id_in(jobs.c.id), status_is(JobStatus.ABORTING))
         self.progress = self._progress()
-        self.release = self._release()
+        self.release, self.release_strays = self._release()
         self.reap_leases, self.reap_deadlines = self._reap()
         self.abort_job, self.abort_run = self._abort()
         self.retry_now = self._retry_now()
@@ -242,6 +243,23 @@ class JobStatements:
             )
         )
 
+    def _written_by(self) -> tuple[Recorded, Recorded]:
+        """Reads of what a claim and a batch of outcomes wrote, for a write whose
+        connection died after it was sent (it may have committed). A claim is known by
+        its worker and lease end (``now`` + lease: the clock moves between a worker's
+        calls, and leases are renewed to later ends); outcomes by their ids, written
+        at ``now`` and released by their worker. Run like the writes they look for, so
+        claimed rows come back as a claim returns them."""
+        claimed = select(*jobs.c).where(
+            jobs.c.worker_id == bind("worker_id"),
+            jobs.c.lease_expires_at == bind("lease_until", UtcDateTime()),
+            status_is(*RUNNING_STATUSES),
+        )
+        finished = select(jobs.c.id, jobs.c.attempts, jobs.c.status).where(
+            self.d.id_in(jobs.c.id), jobs.c.updated_at == _now(), jobs.c.worker_id.is_(None)
+        )
+        return Recorded(claimed, None), Recorded(finished, None)
+
     def _heartbeat(self) -> tuple[Any, Any]:
         mine = and_(
             self.d.id_in(jobs.c.id),
@@ -278,24 +296,28 @@ class JobStatements:
         )
         return self._recorded(dml, ChangeKind.PROGRESS)
 
-    def _release(self) -> Recorded:
-        dml = (
-            update(jobs)
-            .where(
-                self.d.id_in(jobs.c.id),
-                jobs.c.worker_id == bind("worker_id"),
-                status_is(JobStatus.PROCESSING),
-            )
-            .values(
-                status=JobStatus.PENDING.value,
-                attempts=jobs.c.attempts - 1,
-                worker_id=None,
-                lease_expires_at=None,
-                run_after=_now(),
-                updated_at=_now(),
-            )
+    def _release(self) -> tuple[Recorded, Recorded]:
+        """Give jobs back untouched: those listed, and a worker's strays (held by it,
+        not among the ``known`` ids, their lease ending before ``stale_before``)."""
+        mine = (jobs.c.worker_id == bind("worker_id"), status_is(JobStatus.PROCESSING))
+        stray = (
+            jobs.c.lease_expires_at < bind("stale_before", UtcDateTime()),
+            ~self.d.id_in(jobs.c.id, "known"),
         )
-        return self._recorded(dml, ChangeKind.RELEASED)
+        given_back = {
+            "status": JobStatus.PENDING.value,
+            "attempts": jobs.c.attempts - 1,
+            "worker_id": None,
+            "lease_expires_at": None,
+            "run_after": _now(),
+            "updated_at": _now(),
+        }
+        listed = update(jobs).where(self.d.id_in(jobs.c.id), *mine).values(given_back)
+        strays = update(jobs).where(*stray, *mine).values(given_back)
+        return (
+            self._recorded(listed, ChangeKind.RELEASED),
+            self._recorded(strays, ChangeKind.RELEASED),
+        )
 
     def _reap(self) -> tuple[Recorded, Recorded]:
         expired_abort = jobs.c.status == JobStatus.ABORTING.value

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url, select, text
 
 import taskdb
 from taskdb import (
@@ -25,9 +25,12 @@ from taskdb import (
 from taskdb.core.jobs import Claim, JobStatus
 from taskdb.core.retry import Complete
 from taskdb.store.jobs import JobStore
+from taskdb.store.schema import jobs
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import eventually, outside_writer
 from tests.integration.conftest import FAST
+
+T = TypeVar("T")
 
 
 async def test_postgres_connections_killed_mid_run(fresh_pg_url: str) -> None:
@@ -107,17 +110,23 @@ async def test_killed_connection_under_a_worker_write_is_retried(fresh_pg_url: s
     await db.aclose()
 
 
+_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"  # the protocol message ending every answer
+
+
 class CuttingProxy:
     """A TCP proxy in front of PostgreSQL that cuts its connections as a network or a
     middlebox would (no word from the server): all at once (:meth:`cut_all`, an idle
     timeout), or right after it forwards a message holding ``cut_after`` (the server
-    gets the statement; its client never gets the answer)."""
+    gets the statement; its client never gets the answer), or once the server has
+    answered a message holding ``lose_answer_to`` (the statement ran to the end, and
+    committed if it ran alone; its client never gets the answer)."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self._upstream = (parsed.host or "127.0.0.1", parsed.port or 5432)
         self._url = parsed
         self.cut_after: bytes | None = None
+        self.lose_answer_to: bytes | None = None
         self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.url = ""
 
@@ -150,12 +159,23 @@ class CuttingProxy:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         pair = (writer, up_writer)
         self.pairs.add(pair)
+        losing = False
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            nonlocal losing
+            seen = b""
             with contextlib.suppress(ConnectionError, OSError):
                 while pair in self.pairs and (data := await src.read(65536)):
+                    if losing and not up:  # swallow the answer up to ReadyForQuery
+                        seen = (seen + data)[-6:]
+                        if seen[:5] == _READY_FOR_QUERY:
+                            break
+                        continue
                     dst.write(data)
                     await dst.drain()
+                    if up and self.lose_answer_to is not None and self.lose_answer_to in data:
+                        self.lose_answer_to = None
+                        losing = True
                     if up and self.cut_after is not None and self.cut_after in data:
                         self.cut_after = None
                         break
@@ -204,18 +224,27 @@ async def test_a_submit_whose_backend_the_server_ended_is_run_again(fresh_pg_url
     db = taskdb.connect(fresh_pg_url)
     client = JobQueueClient(db, "q")
     await client.submit({"m": "warm"})
-    name = make_url(fresh_pg_url).database
-    with psycopg.connect(fresh_pg_url, autocommit=True) as locker:
+    await _ended_while_waiting(fresh_pg_url, client.submit({"m": "ended"}), "INSERT INTO")
+    assert await _count_marked(fresh_pg_url, "ended") == 1
+    await db.aclose()
+
+
+async def _ended_while_waiting(url: str, write: Awaitable[T], statement: str) -> T:
+    """Run ``write`` while the jobs table is locked; once its ``statement`` (the
+    start of its SQL) waits for the lock, end its backend with pg_terminate_backend,
+    and return what ``write`` returns once it ran again on a new connection."""
+    name = make_url(url).database
+    with psycopg.connect(url, autocommit=True) as locker:
         locker.execute("BEGIN")
-        locker.execute("LOCK TABLE taskdb_jobs IN EXCLUSIVE MODE")  # the INSERT waits
-        submitting = asyncio.ensure_future(client.submit({"m": "ended"}))
+        locker.execute("LOCK TABLE taskdb_jobs IN EXCLUSIVE MODE")
+        writing = asyncio.ensure_future(write)
 
         async def waiting() -> list[Any]:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
                 return admin.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO taskdb_jobs%%'",
-                    (name,),
+                    "AND wait_event_type = 'Lock' AND query LIKE %s",
+                    (name, f"%{statement} taskdb_jobs%"),
                 ).fetchall()
 
         ((pid,),) = await eventually(waiting, lambda rows: len(rows) == 1)
@@ -224,9 +253,7 @@ async def test_a_submit_whose_backend_the_server_ended_is_run_again(fresh_pg_url
         # the retry waits for the lock on a new connection
         await eventually(waiting, lambda rows: len(rows) == 1 and rows[0][0] != pid)
         locker.execute("COMMIT")
-    await asyncio.wait_for(submitting, 10)
-    assert await _count_marked(fresh_pg_url, "ended") == 1
-    await db.aclose()
+    return await asyncio.wait_for(writing, 10)
 
 
 async def test_a_pooled_connection_cut_while_idle_is_replaced_before_use(
@@ -248,6 +275,148 @@ async def test_a_pooled_connection_cut_while_idle_is_replaced_before_use(
         for marker in ("after", "after-sync"):
             assert await _count_marked(fresh_pg_url, marker) == 1
         await db.aclose()
+
+
+async def _jobs_by_status(url: str) -> dict[str, list[tuple[int, int]]]:
+    """(id, attempts) of every job, by status."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        rows = await (
+            await conn.execute("SELECT status, id, attempts FROM taskdb_jobs ORDER BY id")
+        ).fetchall()
+    found: dict[str, list[tuple[int, int]]] = {}
+    for status, job_id, attempts in rows:
+        found.setdefault(status, []).append((job_id, attempts))
+    return found
+
+
+async def test_worker_writes_whose_answer_was_lost_return_what_they_wrote(
+    fresh_pg_url: str,
+) -> None:
+    """A claim, and a batch of outcomes with a claim riding on it, are one statement in
+    autocommit: it can commit and its answer be lost with the connection. Run again,
+    a claim stranded the jobs it took until their lease ran out (an attempt counted
+    that never ran) and outcomes were fenced off by themselves; now each looks for
+    what it wrote first."""
+    worker = "w-cut"
+    async with CuttingProxy(fresh_pg_url).serving() as proxy:
+        db = taskdb.connect(proxy.url)
+        store = JobStore(db)
+        await JobQueueClient(db, "q").submit_batch([1, 2, 3, 4, 5])
+        proxy.lose_answer_to = worker.encode()
+        took = await store.claim_rows("q", worker, 2, datetime.now(UTC), 30)
+        assert proxy.lose_answer_to is None  # (the answer was lost)
+        assert [(r.id, r.attempts, r.input) for r in took] == [(1, 1, 1), (2, 1, 2)]
+        assert (await _jobs_by_status(fresh_pg_url))["PROCESSING"] == [(1, 1), (2, 1)]
+
+        proxy.lose_answer_to = worker.encode()
+        done = [(Claim(r.id, r.attempts), Complete(r.input)) for r in took]
+        statuses, took = await store.finish_and_claim(
+            worker, done, datetime.now(UTC), queue="q", limit=2, lease_seconds=30
+        )
+        assert proxy.lose_answer_to is None
+        assert statuses == {1: JobStatus.COMPLETED, 2: JobStatus.COMPLETED}
+        assert [(r.id, r.attempts) for r in took] == [(3, 1), (4, 1)]
+
+        proxy.lose_answer_to = worker.encode()
+        done = [(Claim(r.id, r.attempts), Complete(r.input)) for r in took]
+        assert await store.finish(worker, done, datetime.now(UTC)) == {
+            3: JobStatus.COMPLETED,
+            4: JobStatus.COMPLETED,
+        }
+        assert proxy.lose_answer_to is None
+        assert await _jobs_by_status(fresh_pg_url) == {
+            "COMPLETED": [(1, 1), (2, 1), (3, 1), (4, 1)],
+            "PENDING": [(5, 0)],
+        }
+        await db.aclose()
+
+
+async def _statements_running(url: str) -> int:
+    """Other sessions of the database that are running a statement."""
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state <> 'idle' "
+            "AND pid <> pg_backend_pid()",
+            (make_url(url).database,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_claim_cut_off_in_flight_strands_no_job(fresh_pg_url: str) -> None:
+    """Cut off as it is sent, a claim may commit before or after its worker looks for
+    what it wrote: whatever it took that the worker never learnt of is a stray the
+    worker gives back, uncounted; outcomes are written once either way."""
+    worker = "w-cut"
+    async with CuttingProxy(fresh_pg_url).serving() as proxy:
+        db = taskdb.connect(proxy.url)
+        store = JobStore(db)
+        await JobQueueClient(db, "q").submit_batch(list(range(6)))
+        proxy.cut_after = worker.encode()
+        took = await store.claim_rows("q", worker, 2, datetime.now(UTC), 30)
+        proxy.cut_after = worker.encode()
+        done = [(Claim(r.id, r.attempts), Complete(r.input)) for r in took]
+        statuses, took = await store.finish_and_claim(
+            worker, done, datetime.now(UTC), queue="q", limit=2, lease_seconds=30
+        )
+        assert statuses == {claim.job_id: JobStatus.COMPLETED for claim, _ in done}
+        await eventually(lambda: _statements_running(fresh_pg_url), lambda n: n == 0)
+        known = [Claim(r.id, r.attempts) for r in took]
+        later = datetime.now(UTC) + timedelta(seconds=30)
+        await store.release_strays(worker, known, later, 30)
+        jobs_now = await _jobs_by_status(fresh_pg_url)
+        assert jobs_now.keys() <= {"PROCESSING", "COMPLETED", "PENDING"}
+        assert jobs_now.get("PROCESSING", []) == [(c.job_id, 1) for c in known]
+        assert jobs_now["COMPLETED"] == [(claim.job_id, 1) for claim, _ in done]
+        pending = [attempts for _, attempts in jobs_now.get("PENDING", [])]
+        assert pending == [0] * (6 - len(done) - len(known))
+        await db.aclose()
+
+
+async def test_a_claim_whose_backend_the_server_ended_is_run_again(fresh_pg_url: str) -> None:
+    """A claim the server ended rolled back: it finds nothing it wrote, and runs again."""
+    db = taskdb.connect(fresh_pg_url)
+    store = JobStore(db)
+    await JobQueueClient(db, "q").submit_batch([1, 2])
+    claim = store.claim_rows("q", "w", 5, datetime.now(UTC), 30)
+    took = await _ended_while_waiting(fresh_pg_url, claim, "UPDATE")
+    assert [(r.id, r.attempts) for r in took] == [(1, 1), (2, 1)]
+    await db.aclose()
+
+
+async def test_a_claim_returning_jobs_already_running_here_starts_them_once(
+    db: taskdb.Database, client: JobQueueClient
+) -> None:
+    """A claim that finds what it wrote may, with a clock that stood still, also find
+    an earlier claim's jobs: the server does not start an attempt it already runs."""
+    await client.submit_batch([1, 2])
+    started: list[Any] = []
+    release = asyncio.Event()
+
+    async def hold(value: Any, ctx: JobContext) -> Any:
+        started.append(value)
+        await release.wait()
+        return value
+
+    server = JobQueueServer(db, "q", hold, **{**FAST, "workers": 4})
+    await server.start()
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(started)), lambda n: n == 2)
+        async with db.transaction(write=False) as conn:
+            rows = (
+                await conn.execute(
+                    select(*jobs.c).where(jobs.c.worker_id == server.worker_id).order_by(jobs.c.id)
+                )
+            ).all()
+        assert len(rows) == 2
+        assert await server.accept(rows) == 0
+        release.set()
+        assert await client.wait((await client.get(rows[0].id)).id, timeout=10) == 1
+    finally:
+        release.set()
+        await server.stop(timeout=5)
+    assert sorted(started) == [1, 2]
+    assert server.stats().lost == 0
 
 
 async def test_postgres_down_gives_storage_error_then_recovers(fresh_pg_url: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import taskdb
 from taskdb.core.jobs import ChangeKind, Claim, JobOptions, JobStatus, NewJob, input_digest
 from taskdb.core.retry import Complete, Fail, Retry
-from taskdb.errors import JobNotFound, LeaseLost
+from taskdb.errors import JobNotFound, LeaseLost, StorageError
 from taskdb.store.feed import ChangeFeed
 from taskdb.store.jobs import JobStore
 from taskdb.store.rates import RateWindow
@@ -285,6 +285,75 @@ async def test_release_returns_job_without_counting_the_attempt(store: JobStore)
     assert await store.release("w", [Claim(job_id, job.attempts)], at(1)) == 1
     row = await store.get(job_id)
     assert row.status is JobStatus.PENDING and row.attempts == 0 and row.worker_id is None
+
+
+async def test_strays_go_back_uncounted_and_known_or_fresh_claims_stay(store: JobStore) -> None:
+    """A stray: held by the worker, unknown to it, its lease not renewed for half a
+    lease (a claim whose answer never arrived). Claims it knows, another worker's,
+    and claims too recent to be strays are left alone."""
+    ids = await submit(store, Q, [new({"i": i}) for i in range(5)], T0)
+    stray, known = await store.claim(Q, "w", 2, T0, 30)
+    (other,) = await store.claim(Q, "other", 1, T0, 30)
+    (fresh,) = await store.claim(Q, "w", 1, at(10), 30)
+    assert await store.release_strays("w", [Claim(known.id, 1)], at(14), 30) == 0  # < lease/2
+    assert await store.release_strays("w", [Claim(known.id, 1)], at(16), 30) == 1
+    rows = {j.id: j for j in await store.list_jobs(queue=Q)}
+    assert (rows[stray.id].status, rows[stray.id].attempts) == (JobStatus.PENDING, 0)
+    assert rows[stray.id].worker_id is None
+    for held in (known, other, fresh):
+        assert rows[held.id].status is JobStatus.PROCESSING and rows[held.id].attempts == 1
+    changes = await ChangeFeed(store.db).changes(0)
+    assert [c.job_id for c in changes if c.kind is ChangeKind.RELEASED] == [stray.id]
+    assert ids[4] not in {stray.id, known.id, other.id, fresh.id}
+
+
+def _lost_answer() -> StorageError:
+    err = StorageError("database connection lost: (the answer never arrived)")
+    err.retryable = True
+    return err
+
+
+async def test_writes_that_committed_before_their_answer_was_lost_return_what_they_wrote(
+    store: JobStore,
+) -> None:
+    """The worker's writes, once committed and their answer lost, are not run again
+    (tests/integration/test_resilience.py loses real answers through a proxy)."""
+    ids = await submit(store, Q, [new({"i": i}) for i in range(3)], T0)
+    claim_values = store._claim_values(Q, "w", 2, at(1), 30)
+
+    async def claimed_then_lost() -> tuple[list[Any], dict[int, JobStatus]]:
+        await store._claim(Q, claim_values, None)
+        raise _lost_answer()
+
+    claimed, _ = await store._after_lost(claimed_then_lost, claim_values, ())
+    assert [(r.id, r.attempts) for r in claimed] == [(ids[0], 1), (ids[1], 1)]
+    items = [(Claim(r.id, r.attempts), Complete(r.input)) for r in claimed]
+    values = store._finish_values("w", items, at(2))
+
+    async def finished_then_lost() -> tuple[list[Any], dict[int, JobStatus]]:
+        await store._finish(values, items)
+        raise _lost_answer()
+
+    _, statuses = await store._after_lost(finished_then_lost, values, items, claims=False)
+    assert statuses == {ids[0]: JobStatus.COMPLETED, ids[1]: JobStatus.COMPLETED}
+    rows = {j.id: j for j in await store.list_jobs(queue=Q)}
+    assert [(rows[i].status, rows[i].attempts) for i in ids] == [
+        (JobStatus.COMPLETED, 1),
+        (JobStatus.COMPLETED, 1),
+        (JobStatus.PENDING, 0),
+    ]
+
+
+async def test_a_claim_made_again_at_the_same_instant_has_its_own_lease_end(
+    store: JobStore,
+) -> None:
+    """What a claim wrote is found by its worker and lease end, so two claims of one
+    worker never share one, even with a clock that stands still."""
+    await submit(store, Q, [new({"i": i}) for i in range(2)], T0)
+    (first,) = await store.claim(Q, "w", 1, T0, 30)
+    (second,) = await store.claim(Q, "w", 1, T0, 30)
+    assert first.lease_expires_at is not None and second.lease_expires_at is not None
+    assert second.lease_expires_at > first.lease_expires_at >= at(30)
 
 
 async def test_progress_is_stored_and_recorded(store: JobStore) -> None:

@@ -130,7 +130,7 @@ async def test_a_cancelled_transaction_rolls_back(
 ) -> None:
     await submit(store, 2)
     claim = job_statements(store.db.backend).claim
-    values = JobStore._claim_values(Q, "cancelled", 2, at(1), 30)
+    values = store._claim_values(Q, "cancelled", 2, at(1), 30)
     other.execute("BEGIN IMMEDIATE")  # the claim waits for the write lock in its thread
     backend = store.db.backend
     assert isinstance(backend, dialect.SqliteDialect)

@@ -360,8 +360,11 @@ def test_the_lease_schedule_beats_every_third_and_reaps_at_most_every_five_secon
 
 
 class LeaseStore:
-    def __init__(self, held: dict[int, JobStatus], aborting: set[int], reaped: int) -> None:
-        self.held, self.aborts, self.reaped = held, aborting, reaped
+    def __init__(
+        self, held: dict[int, JobStatus], aborting: set[int], reaped: int, strays: int = 0
+    ) -> None:
+        self.held, self.aborts, self.reaped, self.strays = held, aborting, reaped, strays
+        self.known: list[Claim] = []
 
     async def heartbeat(
         self, worker_id: str, claims: Sequence[Claim], now: datetime, lease_seconds: float
@@ -374,6 +377,12 @@ class LeaseStore:
     async def reap(self, queue: str, now: datetime) -> int:
         return self.reaped
 
+    async def release_strays(
+        self, worker_id: str, known: Sequence[Claim], now: datetime, lease_seconds: float
+    ) -> int:
+        self.known = list(known)
+        return self.strays
+
 
 class LeaseHost:
     def __init__(self, claims: list[Claim]) -> None:
@@ -384,6 +393,9 @@ class LeaseHost:
 
     def held_claims(self) -> list[Claim]:
         return self.claims
+
+    def known_claims(self) -> list[Claim]:
+        return [*self.claims, Claim(9, 1)]  # (one being recorded)
 
     def lost(self, claim: Claim) -> None:
         self.lost_claims.append(claim)
@@ -409,3 +421,17 @@ async def test_the_lease_keeper_cancels_lost_jobs_and_forwards_aborts() -> None:
     assert host.lost_claims == [Claim(2, 1)] and host.aborted == [3] and host.woken == 0
     await keeper.once(beat=False, reap=True)  # between beats: aborts are polled
     assert host.aborted == [3, 1] and host.woken == 1
+    assert store.known == [*claims, Claim(9, 1)]  # strays: every claim it knows is spared
+
+
+async def test_the_lease_keeper_wakes_its_server_for_released_strays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = LeaseStore({}, set(), reaped=0, strays=2)
+    host = LeaseHost([])
+    keeper = LeaseKeeper(
+        host, store, LeaseSchedule(30, 0.5), worker_id="w", queue="q", clock=FakeClock(T0)
+    )
+    await keeper.once(beat=False, reap=True)
+    assert host.woken == 1
+    assert "2 job(s) given back that a claim took for this worker" in caplog.text
