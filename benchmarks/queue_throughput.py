@@ -218,7 +218,7 @@ def _worker_taskdb(url: str, opts: dict[str, Any], ctl: _Control) -> dict[str, A
     from sqlalchemy import Engine, event, text
 
     import taskdb
-    from taskdb.cli.app import settle_heap
+    from taskdb.cli.serve import settle_heap
     from taskdb.queue.server import JobQueueServer
 
     counts = {"db_errors": 0, "locked": 0}

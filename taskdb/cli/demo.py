@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -39,6 +40,7 @@ from rich.text import Text
 
 from taskdb import settings
 from taskdb.admin import Admin
+from taskdb.cli.common import db_option
 from taskdb.core import Job, JobStatus
 from taskdb.core.format import human_size
 from taskdb.errors import AbortedJobError, RetryableJobError
@@ -300,3 +302,29 @@ async def run_demo(db_url: str, count: int, worker_count: int, mib: int) -> None
         f"{codes['watch']}; workers stopped gracefully."
     )
     console.print("Try: taskdb stats · taskdb jobs · taskdb blob ls · taskdb job show <id>")
+
+
+@click.command()
+@db_option
+@click.option(
+    "--jobs",
+    "count",
+    type=click.IntRange(0, 1000),
+    default=8,
+    show_default=True,
+    help="Jobs in the batch.",
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Worker processes."
+)
+@click.option(
+    "--mib",
+    type=click.IntRange(1, 4096),
+    default=48,
+    show_default=True,
+    help="Size of the graph's binary output.",
+)
+def demo(db_url: str, count: int, workers: int, mib: int) -> None:
+    """A guided tour: worker processes with live progress, a retry and an abort, a task
+    graph streaming a large binary into the database, a watcher process, `blob cat`."""
+    asyncio.run(run_demo(db_url, count, workers, mib))

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import sqlalchemy
 
 import taskdb
 from taskdb.cli import cli
+from taskdb.cli.app import COMMANDS
 from tests.cli.helpers import invoke, invoke_failing, run_job, taskdb_process
 
 PG_DOWN = "postgresql://admin:s3cret@127.0.0.1:1/nope"
@@ -23,19 +26,29 @@ PG_DOWN = "postgresql://admin:s3cret@127.0.0.1:1/nope"
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and subcommand of ``group``, as argument paths."""
     found = []
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         found.append((*prefix, name))
         if isinstance(command, click.Group):
             found += command_paths(command, (*prefix, name))
     return found
 
 
+def command_at(path: tuple[str, ...]) -> click.Command:
+    """The command at ``path`` (loaded, as running it would)."""
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group)
+        found = command.get_command(click.Context(command), name)
+        assert found is not None, path
+        command = found
+    return command
+
+
 def test_every_command_and_option_has_help() -> None:
     for path in command_paths(cli):
-        command: click.Command = cli
-        for name in path:
-            assert isinstance(command, click.Group)
-            command = command.commands[name]
+        command = command_at(path)
         assert command.help, f"taskdb {' '.join(path)} has no help text"
         for param in command.params:
             if isinstance(param, click.Option):
@@ -43,6 +56,28 @@ def test_every_command_and_option_has_help() -> None:
         result = invoke(*path, "--help")
         assert result.exit_code == 0, path
         assert result.output.startswith(f"Usage: cli {' '.join(path)}"), result.output
+
+
+def test_the_command_list_imports_no_command() -> None:
+    """`taskdb --help` lists every command from the table alone: no command module,
+    nor the library beneath them, is imported."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from taskdb.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "heavy = ('sqlalchemy', 'pydantic', 'psycopg', 'starlette', 'taskdb.store')\n"
+        "print(result.output)\n"
+        "print('imported:', sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.rstrip().endswith("imported: []"), done.stdout
+    for name, entry in COMMANDS.items():
+        assert f"  {name} " in done.stdout and entry.summary in done.stdout
+        assert command_at((name,)).name == name
 
 
 def test_migrate_and_check(empty_db_url: str) -> None:

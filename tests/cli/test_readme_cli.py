@@ -9,7 +9,7 @@ import click
 
 from taskdb.cli import cli
 from tests.cli.helpers import ROOT
-from tests.cli.test_cli import command_paths
+from tests.cli.test_cli import command_at, command_paths
 
 GLOBAL = {"--help", "--db", "--log-level", "--log-format"}  # stated once above the table
 
@@ -29,10 +29,7 @@ def test_every_command_and_option_is_in_the_readme() -> None:
     rows = reference_rows()
     leaves = []
     for path in command_paths(cli):
-        command: click.Command = cli
-        for name in path:
-            assert isinstance(command, click.Group)
-            command = command.commands[name]
+        command = command_at(path)
         if isinstance(command, click.Group):
             continue
         name = " ".join(path)
