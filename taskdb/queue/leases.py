@@ -93,7 +93,8 @@ class LeaseHost(Protocol):
         ...
 
     def known_claims(self) -> list[Claim]:
-        """Every claim the server has started and not yet finished with."""
+        """Every claim the server runs or is recording, and those whose run ended
+        with its outcome unwritten by an error (left to their lease)."""
         ...
 
     def lost(self, claim: Claim) -> None:
@@ -218,8 +219,8 @@ class LeaseKeeper:
             )
             if strays:
                 log.warning(
-                    "queue %r: %d job(s) given back that a claim took for this worker "
-                    "whose answer never arrived (its connection died)",
+                    "queue %r: %d job(s) held by this worker that it does not run given "
+                    "back (a claim whose answer was lost, or a release that failed)",
                     self._queue,
                     strays,
                     extra={"queue": self._queue},

@@ -150,6 +150,9 @@ class JobQueueServer:
         self._hub = hub_for(db)
         self._state = ServerState.STOPPED
         self._running: dict[int, Run] = {}  # claimed and not yet recorded
+        # Runs that ended with their outcome unwritten by an error: their jobs are left
+        # to their lease and the reaper (the attempt counts), not given back as strays.
+        self._unsettled: dict[int, tuple[Claim, float]] = {}
         self._listeners: defaultdict[int, list[StreamCallback]] = defaultdict(list)
         self._slots = Slots(config.workers, config.claim_batch)
         self._claimer = Claimer(
@@ -383,7 +386,12 @@ class JobQueueServer:
         return [r.claim for r in self._running.values() if not (r.lost or r.recording)]
 
     def known_claims(self) -> list[Claim]:
-        return [r.claim for r in self._running.values()]
+        forget = time.monotonic() - 2 * self.settings.lease_seconds  # reaped by then
+        for job_id, (_, ended) in list(self._unsettled.items()):
+            if ended < forget:
+                del self._unsettled[job_id]
+        running = [r.claim for r in self._running.values()]
+        return running + [claim for claim, _ in self._unsettled.values()]
 
     def lost(self, claim: Claim) -> None:
         run = self._running.get(claim.job_id)
@@ -460,6 +468,7 @@ class JobQueueServer:
         except Exception as exc:
             if recorded or run.releasing or run.lost:
                 log.exception("job %s: unexpected error in the server", job.id)
+                self._unsettled[job.id] = (run.claim, time.monotonic())
             else:  # logged with its traceback as a failed attempt
                 await self._record_failure(run, exc)
         finally:
@@ -489,6 +498,7 @@ class JobQueueServer:
             await self._record(run, outcome)
         except Exception:
             log.exception("job %s: cannot record the failure; its lease will expire", run.job.id)
+            self._unsettled[run.job.id] = (run.claim, time.monotonic())
 
     def _free_slot(self, run: Run) -> None:
         """The handler returned: its slot can take the next job while the outcome is
@@ -564,7 +574,12 @@ class JobQueueServer:
             self._stats.released += released
         except TaskdbError as exc:
             ids = ", ".join(str(c.job_id) for c in claims)
-            log.warning("job %s: release failed (%s); its lease will expire", ids, exc)
+            log.warning(
+                "job %s: release failed (%s); this worker gives it back once the database "
+                "is back, or its lease expires",
+                ids,
+                exc,
+            )
 
     def _lose(self, run: Run) -> None:
         log.warning("job %s: lease lost (expired or re-claimed); cancelling it", run.job.id)

@@ -419,6 +419,38 @@ async def test_a_claim_returning_jobs_already_running_here_starts_them_once(
     assert server.stats().lost == 0
 
 
+async def test_a_run_whose_outcome_broke_is_left_to_its_lease_not_given_back(
+    db: taskdb.Database, client: JobQueueClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose outcome could not be written because of an error is no stray: it
+    waits for its lease and the reaper, which count the attempt (given back
+    uncounted, a job breaking its worker the same way would run for ever)."""
+    handle = await client.submit(1)
+
+    async def echo(value: Any, ctx: JobContext) -> Any:
+        return value
+
+    server = JobQueueServer(db, "q", echo, **{**FAST, "workers": 1})
+
+    async def broken(claim: Claim, outcome: Any) -> Any:
+        raise RuntimeError("the outcome writer broke")
+
+    server._outcomes.record = broken  # type: ignore[method-assign]
+    await server.start()
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, caplog.text), lambda t: "unexpected error in the server" in t
+        )
+        known = server.known_claims()
+        assert known == [Claim(handle.id, 1)]
+        later = datetime.now(UTC) + timedelta(seconds=60)
+        store = JobStore(db)
+        assert await store.release_strays(server.worker_id, known, later, 30) == 0
+        assert await store.release_strays(server.worker_id, [], later, 30) == 1  # (a stray)
+    finally:
+        await server.stop(timeout=5)
+
+
 async def test_postgres_down_gives_storage_error_then_recovers(fresh_pg_url: str) -> None:
     bad = taskdb.connect(fresh_pg_url.replace(":5432", ":1"))
     with pytest.raises(taskdb.StorageError, match="unavailable"):

@@ -434,4 +434,4 @@ async def test_the_lease_keeper_wakes_its_server_for_released_strays(
     )
     await keeper.once(beat=False, reap=True)
     assert host.woken == 1
-    assert "2 job(s) given back that a claim took for this worker" in caplog.text
+    assert "2 job(s) held by this worker that it does not run given back" in caplog.text
