@@ -11,7 +11,7 @@ for an unknown job id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -226,18 +226,17 @@ class Admin:
         """One of :data:`SCHEDULE_ACTIONS` on ``name`` by its word (a CLI or HTTP
         action): ``trigger`` returns the job's id, the others ``None``;
         :class:`~taskdb.ConfigurationError` for another word."""
-        if action == "trigger":
-            return await self.trigger_schedule(name)
-        act = {
+        acts: dict[str, Callable[[str], Awaitable[int | None]]] = {
             "pause": self.pause_schedule,
             "resume": self.resume_schedule,
+            "trigger": self.trigger_schedule,
             "delete": self.delete_schedule,
-        }.get(action)
+        }
+        act = acts.get(action)
         if act is None:
             known = ", ".join(SCHEDULE_ACTIONS)
             raise ConfigurationError(f"no schedule action {action!r} (one of {known})")
-        await act(name)
-        return None
+        return await act(name)
 
     # -- the change feed ---------------------------------------------------------------
 
