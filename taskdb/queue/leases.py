@@ -72,7 +72,7 @@ class LeaseStore(Protocol):
 
     async def release_strays(
         self, worker_id: str, known: Sequence[Claim], now: datetime, lease_seconds: float
-    ) -> int: ...
+    ) -> list[int]: ...
 
 
 class WorkerRegistry(Protocol):
@@ -219,10 +219,10 @@ class LeaseKeeper:
             )
             if strays:
                 log.warning(
-                    "queue %r: %d job(s) held by this worker that it does not run given "
+                    "queue %r: job(s) %s, held by this worker but not run by it, given "
                     "back (a claim whose answer was lost, or a release that failed)",
                     self._queue,
-                    strays,
+                    ", ".join(map(str, strays)),
                     extra={"queue": self._queue},
                 )
                 host.wake()

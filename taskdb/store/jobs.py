@@ -683,12 +683,12 @@ class JobStore:
     @reconnecting
     async def release_strays(
         self, worker_id: str, known: Sequence[Claim], now: datetime, lease_seconds: float
-    ) -> int:
+    ) -> list[int]:
         """Give back, untouched, the jobs held by ``worker_id`` that it does not know
         (``known``: every claim it runs or is recording) and whose lease it has not
         renewed for half a lease: what a claim took whose answer never reached the
         worker (its connection died after the claim committed; see
-        :meth:`_after_lost`). Their attempt is not counted. Returns how many."""
+        :meth:`_after_lost`). Their attempt is not counted. Returns their ids."""
         values = params(
             worker_id=worker_id,
             known=[c.job_id for c in known],
@@ -696,7 +696,7 @@ class JobStore:
             now=now,
         )
         async with self.db.transaction(atomic=self._atomic) as conn:
-            return len(await self._write(conn, self._s.release_strays, values))
+            return sorted(r.id for r in await self._write(conn, self._s.release_strays, values))
 
     @reconnecting
     async def reap(self, queue: str, now: datetime) -> int:

@@ -295,8 +295,8 @@ async def test_strays_go_back_uncounted_and_known_or_fresh_claims_stay(store: Jo
     stray, known = await store.claim(Q, "w", 2, T0, 30)
     (other,) = await store.claim(Q, "other", 1, T0, 30)
     (fresh,) = await store.claim(Q, "w", 1, at(10), 30)
-    assert await store.release_strays("w", [Claim(known.id, 1)], at(14), 30) == 0  # < lease/2
-    assert await store.release_strays("w", [Claim(known.id, 1)], at(16), 30) == 1
+    assert await store.release_strays("w", [Claim(known.id, 1)], at(14), 30) == []  # < lease/2
+    assert await store.release_strays("w", [Claim(known.id, 1)], at(16), 30) == [stray.id]
     rows = {j.id: j for j in await store.list_jobs(queue=Q)}
     assert (rows[stray.id].status, rows[stray.id].attempts) == (JobStatus.PENDING, 0)
     assert rows[stray.id].worker_id is None

@@ -361,7 +361,11 @@ def test_the_lease_schedule_beats_every_third_and_reaps_at_most_every_five_secon
 
 class LeaseStore:
     def __init__(
-        self, held: dict[int, JobStatus], aborting: set[int], reaped: int, strays: int = 0
+        self,
+        held: dict[int, JobStatus],
+        aborting: set[int],
+        reaped: int,
+        strays: Sequence[int] = (),
     ) -> None:
         self.held, self.aborts, self.reaped, self.strays = held, aborting, reaped, strays
         self.known: list[Claim] = []
@@ -379,9 +383,9 @@ class LeaseStore:
 
     async def release_strays(
         self, worker_id: str, known: Sequence[Claim], now: datetime, lease_seconds: float
-    ) -> int:
+    ) -> list[int]:
         self.known = list(known)
-        return self.strays
+        return list(self.strays)
 
 
 class LeaseHost:
@@ -427,11 +431,11 @@ async def test_the_lease_keeper_cancels_lost_jobs_and_forwards_aborts() -> None:
 async def test_the_lease_keeper_wakes_its_server_for_released_strays(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = LeaseStore({}, set(), reaped=0, strays=2)
+    store = LeaseStore({}, set(), reaped=0, strays=[4, 7])
     host = LeaseHost([])
     keeper = LeaseKeeper(
         host, store, LeaseSchedule(30, 0.5), worker_id="w", queue="q", clock=FakeClock(T0)
     )
     await keeper.once(beat=False, reap=True)
     assert host.woken == 1
-    assert "2 job(s) held by this worker that it does not run given back" in caplog.text
+    assert "job(s) 4, 7, held by this worker but not run by it, given back" in caplog.text
