@@ -37,7 +37,7 @@ from taskdb.errors import InvalidJobInput, JobNotFound, LeaseLost, StorageError
 from taskdb.store.blobs import BlobStore
 from taskdb.store.database import Database
 from taskdb.store.dialect import Dialect, Recorded
-from taskdb.store.errors import reconnecting
+from taskdb.store.errors import ended_by_server, reconnecting
 from taskdb.store.params import params
 from taskdb.store.plans import Plan, PlanCall, Step
 from taskdb.store.rows import model
@@ -454,6 +454,8 @@ class JobStore:
         except StorageError as exc:
             if not exc.retryable:
                 raise
+            if ended_by_server(exc):  # it rolled back: nothing to look for
+                return await run()
         reads: list[tuple[Recorded, dict[str, Any]]] = []
         if claims:
             reads.append((self._s.claimed_by, values))
